@@ -1,0 +1,1 @@
+"""Hydra configuration tree of worldmodels, installed as ``worldmodels.configs``."""

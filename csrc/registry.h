@@ -1,0 +1,7 @@
+// One registration function per C++ component of worldmodels._C.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace wm {
+void register_bouncing_balls(pybind11::module_& m);
+}  // namespace wm

@@ -1,0 +1,41 @@
+"""Shared fixtures: composing the Hydra config in-process for fast tests."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+# A run small enough for unit tests: tiny VAE, few frames, no progress bar.
+TINY = [
+    "size=tiny",
+    "device=cpu",
+    "train.batch_size=2",
+    "env.seq_len=4",
+    "env.chunk_sequences=8",
+    "env.refresh_steps=3",
+    "env.eval_sequences=2",
+    "train.log_every=1",
+    "train.eval_every=4",
+    "train.checkpoint_every=4",
+    "train.progress=false",
+]
+
+
+def compose_config(overrides=()):
+    GlobalHydra.instance().clear()
+    with initialize_config_module("worldmodels.configs", version_base=None):
+        return compose("config", list(overrides))
+
+
+@pytest.fixture
+def tiny_config():
+    def make(*overrides):
+        return compose_config(TINY + list(overrides))
+
+    return make
+
+
+@pytest.fixture
+def tiny_overrides():
+    return list(TINY)

@@ -1,0 +1,1 @@
+"""Environments and renderers: the env factory and the batched renderers' Python side."""

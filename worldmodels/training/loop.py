@@ -1,0 +1,210 @@
+"""The training loop: a function given factories, not a Trainer class.
+
+``fit`` builds the model, optimiser, data and evaluator from the factories an
+algorithm provides, then repeats :func:`~worldmodels.training.step.train_step`,
+logging, evaluating, keeping ``best.pt`` and ``last.pt``, and writing media. A run
+resumed from ``last.pt`` continues exactly: model, optimiser, grad scaler, every
+RNG, the step and the data position are restored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..utils.profiling import nvtx_range
+from ..utils.seeding import capture_rng_state, restore_rng_state, seed_everything
+from .checkpoint import load_checkpoint, save_checkpoint
+from .metrics_log import MetricsLogger
+from .precision import Precision, resolve_device, resolve_precision
+from .step import StepResult, train_step
+
+
+class TrainData(Protocol):
+    """A resumable source of training batches."""
+
+    def next_batch(self) -> Any: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Evaluator(Protocol):
+    """Held-out evaluation: ``evaluate`` returns ``eval/...`` metrics; ``write_media``
+    saves pictures a person can judge and returns their paths."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+    def write_media(self, model: nn.Module, directory: Path, step: int) -> list[Path]: ...
+
+
+def adamw(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The default optimiser: AdamW with ``train.lr`` and ``train.weight_decay``."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+@dataclass(frozen=True)
+class Factories:
+    """What an algorithm gives the loop. Each is called once per run."""
+
+    model: Callable[[DictConfig], nn.Module]
+    data: Callable[[DictConfig, torch.device], TrainData]
+    evaluator: Callable[[DictConfig, torch.device], Evaluator]
+    optimizer: Callable[[DictConfig, nn.Module], torch.optim.Optimizer] = adamw
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Run:
+    """Everything the loop mutates, in one place."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    data: TrainData
+    evaluator: Evaluator
+    precision: Precision
+    step: int = 0
+    best: float = float("inf")
+
+    def state_dict(self, cfg: DictConfig) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "best": self.best,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data": self.data.state_dict(),
+            "rng": capture_rng_state(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.data.load_state_dict(state["data"])
+        restore_rng_state(state["rng"])
+        self.step, self.best = int(state["step"]), float(state["best"])
+
+
+def build_run(cfg: DictConfig, factories: Factories) -> Run:
+    """Seed, pick device and precision, and call the factories."""
+    seed_everything(int(cfg.seed))
+    device = resolve_device(str(cfg.device))
+    precision = resolve_precision(str(cfg.precision), device)
+    model = factories.model(cfg).to(device)
+    return Run(
+        model=model,
+        optimizer=factories.optimizer(cfg, model),
+        scaler=precision.grad_scaler(),
+        data=factories.data(cfg, device),
+        evaluator=factories.evaluator(cfg, device),
+        precision=precision,
+    )
+
+
+def fit(cfg: DictConfig, factories: Factories, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train until ``train.max_steps`` (or ``train.stop_at``) and return a summary.
+
+    ``run_dir`` receives ``metrics.csv``, ``tensorboard/``, ``checkpoints/`` and
+    ``media/``. With ``resume=True`` the run continues from ``checkpoints/last.pt``.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir, media_dir = run_dir / "checkpoints", run_dir / "media"
+    media_dir.mkdir(parents=True, exist_ok=True)
+    run = build_run(cfg, factories)
+    if resume:
+        run.load_state_dict(load_checkpoint(ckpt_dir / "last.pt", map_location=run.precision.device_type))
+    logger = MetricsLogger(
+        run_dir, cfg.logger, OmegaConf.to_container(cfg, resolve=True), resume_step=run.step if resume else None
+    )
+    try:
+        _train(cfg, run, logger, ckpt_dir, media_dir)
+    finally:
+        logger.close()
+    return {"step": run.step, "best": run.best, "run_dir": str(run_dir)}
+
+
+def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, media_dir: Path) -> None:
+    train_cfg = cfg.train
+    max_steps, stop_at = int(train_cfg.max_steps), train_cfg.get("stop_at")
+    bar = tqdm(
+        total=max_steps, initial=run.step, unit="step", dynamic_ncols=True,
+        disable=not train_cfg.progress, desc=str(cfg.run.name),
+    )
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while run.step < max_steps:
+            result = _one_step(run, int(train_cfg.accum_steps), train_cfg.grad_clip)
+            if not result.finite:
+                raise NonFiniteLossError(
+                    f"loss became {result.loss} at step {run.step + 1}; stopped without saving. "
+                    f"The last good checkpoint is {ckpt_dir / 'last.pt'}; lower train.lr or "
+                    "check the data, then resume with +resume=<run dir>."
+                )
+            run.step += 1
+            window_steps += 1
+            bar.update(1)
+            if run.step % int(train_cfg.log_every) == 0 or run.step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                logger.log(run.step, _train_metrics(result, window_steps / max(elapsed, 1e-9)))
+                bar.set_postfix(loss=f"{result.loss:.4g}")
+                window_start, window_steps = time.perf_counter(), 0
+            if run.step % int(train_cfg.eval_every) == 0 or run.step == max_steps:
+                _evaluate(cfg, run, logger, ckpt_dir, media_dir)
+            if run.step % int(train_cfg.checkpoint_every) == 0 or run.step == max_steps:
+                save_checkpoint(ckpt_dir / "last.pt", run.state_dict(cfg))
+            if stop_at is not None and run.step == int(stop_at):
+                save_checkpoint(ckpt_dir / "last.pt", run.state_dict(cfg))
+                bar.write(f"stopped at step {run.step} (train.stop_at); resume with +resume={ckpt_dir.parent}")
+                break
+    except KeyboardInterrupt:
+        save_checkpoint(ckpt_dir / "last.pt", run.state_dict(cfg))
+        bar.write(f"interrupted at step {run.step}; saved {ckpt_dir / 'last.pt'}; resume with +resume={ckpt_dir.parent}")
+        raise
+    finally:
+        bar.close()
+
+
+def _one_step(run: Run, accum_steps: int, grad_clip: float | None) -> StepResult:
+    run.model.train()
+    with nvtx_range("data"):
+        batches = [run.data.next_batch() for _ in range(accum_steps)]
+    return train_step(
+        run.model, run.optimizer, batches, precision=run.precision, scaler=run.scaler, grad_clip=grad_clip
+    )
+
+
+def _train_metrics(result: StepResult, steps_per_second: float) -> dict[str, float]:
+    metrics = {"train/loss": result.loss, "train/grad_norm": result.grad_norm}
+    metrics.update({f"train/{name}": value for name, value in result.metrics.items()})
+    metrics["perf/steps_per_s"] = steps_per_second
+    return metrics
+
+
+def _evaluate(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, media_dir: Path) -> None:
+    """Held-out metrics; on a new best, ``best.pt`` and fresh media."""
+    run.model.eval()
+    with torch.no_grad(), nvtx_range("evaluate"), run.precision.autocast():
+        metrics = run.evaluator.evaluate(run.model)
+    key = str(cfg.train.best_metric)
+    if key not in metrics:
+        raise KeyError(f"train.best_metric={key!r} is not among the evaluation metrics {sorted(metrics)}.")
+    logger.log(run.step, metrics)
+    if metrics[key] < run.best:
+        run.best = float(metrics[key])
+        save_checkpoint(ckpt_dir / "best.pt", run.state_dict(cfg))
+    with torch.no_grad():
+        for path in run.evaluator.write_media(run.model, media_dir, run.step):
+            logger.log_image(run.step, f"media/{path.stem.rsplit('_step', 1)[0]}", path)
+    run.model.train()

@@ -1,0 +1,44 @@
+"""Image grids for ``media/``: rows of frames tiled into one PNG a person can read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+
+def image_grid(rows: Sequence[torch.Tensor], scale: int = 4, gap: int = 2) -> np.ndarray:
+    """Tile ``rows`` (each ``[N, C, H, W]`` in [0, 1], C in {1, 3}) into ``[H', W', 3]`` uint8.
+
+    Each row is one line of the grid; pixels are enlarged ``scale`` times (nearest)
+    and separated by ``gap`` pixels of mid gray.
+    """
+    if not rows:
+        raise ValueError("image_grid needs at least one row.")
+    count = max(row.shape[0] for row in rows)
+    tiles = []
+    for row in rows:
+        row = row.detach().float().clamp(0, 1).cpu()
+        if row.shape[1] == 1:
+            row = row.expand(-1, 3, -1, -1)
+        if row.shape[0] < count:
+            row = torch.cat([row, row.new_zeros(count - row.shape[0], *row.shape[1:])])
+        tiles.append(row)
+    grid = torch.stack(tiles)  # [R, N, 3, H, W]
+    grid = grid.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    grid = torch.nn.functional.pad(grid, (gap, gap, gap, gap), value=0.5)
+    image = rearrange(grid, "r n c h w -> (r h) (n w) c")
+    return (image.numpy() * 255).round().astype(np.uint8)
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an ``[H, W, 3]`` uint8 array as PNG, creating parent folders."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, image)
+    return path
