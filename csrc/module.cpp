@@ -27,4 +27,6 @@ PYBIND11_MODULE(_C, m) {
 #endif
   }, "OpenMP's default thread count (1 without OpenMP).");
   wm::register_bouncing_balls(m);
+  wm::register_gru(m);
+  wm::register_sampling(m);
 }

@@ -4,4 +4,6 @@
 
 namespace wm {
 void register_bouncing_balls(pybind11::module_& m);
+void register_gru(pybind11::module_& m);
+void register_sampling(pybind11::module_& m);
 }  // namespace wm

@@ -1,0 +1,44 @@
+"""Hot-path ops, each with a pure-PyTorch reference (``<op>_ref``) that is its spec
+and fallback, and an ``impl=`` choice of Triton, C++ or reference.
+
+Import is lazy: ``from worldmodels.ops import gru_scan`` loads only that op's module,
+and no Triton kernel is compiled before it is first called.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    # recurrent core
+    "gru_cell": "gru",
+    "gru_cell_ref": "gru",
+    "gru_scan": "gru",
+    "gru_scan_ref": "gru",
+    "block_gru_cell": "gru",
+    "block_gru_cell_ref": "gru",
+    "block_gru_scan": "gru",
+    "block_gru_scan_ref": "gru",
+    "rssm_observe": "rssm",
+    "rssm_observe_ref": "rssm",
+    "rssm_imagine_step": "rssm",
+    "rssm_imagine_step_ref": "rssm",
+    # sampling
+    "st_categorical": "sampling",
+    "st_categorical_ref": "sampling",
+    "boundary_sample": "sampling",
+    "boundary_sample_ref": "sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'worldmodels.ops' has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    return getattr(module, name)
+
+
+def __dir__():
+    return __all__
