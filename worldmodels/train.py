@@ -24,6 +24,7 @@ from .training.overrides import config_for_resume, explain_bad_override
 # algo.name -> "module:attribute" of its Factories; imported only when chosen.
 ALGORITHMS = {
     "vae": "worldmodels.algos.vae:FACTORIES",
+    "vta": "worldmodels.algos.vta.experiment:FACTORIES",
 }
 
 

@@ -1,0 +1,131 @@
+"""VTA: shapes, loss terms, segment limits during training, temperature schedule,
+boundary scores and pictures."""
+
+import math
+
+import pytest
+import torch
+
+from worldmodels.algos.vta.metrics import boundary_scores, dilate, random_boundaries
+from worldmodels.algos.vta.model import VTA, VTAConfig, quantize
+from worldmodels.algos.vta.visualize import GREEN, RED, YELLOW, save_visualization, with_bars
+
+SMALL = dict(image_size=16, channels=1, widths=[8, 8], feat_size=16, belief_size=16, state_size=4,
+             boundary_layers=2, seg_len=3, seg_num=4, init_size=2, seq_size=8)
+
+
+def make(**overrides):
+    torch.manual_seed(0)
+    return VTA(VTAConfig(**{**SMALL, **overrides}))
+
+
+def frames(batch=3, steps=12, channels=1, size=16):
+    return torch.rand(batch, steps, channels, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_forward_shapes_and_loss_terms():
+    model = make()
+    obs = frames()
+    out = model(obs, obs.new_zeros(3, 12, 0), seq_size=8, init_size=2)
+    assert out.reconstruction.shape == (3, 8, 1, 16, 16)
+    for name in ["mask", "obs_cost", "kl_abs", "kl_obs", "kl_mask", "abs_entropy", "obs_entropy", "boundary_entropy"]:
+        assert getattr(out, name).shape == (3, 8), name
+    expected = (out.obs_cost + out.kl_abs + out.kl_obs + out.kl_mask).sum(1).mean() / 8
+    torch.testing.assert_close(out.train_loss, expected)
+    assert (out.kl_mask[:, 0] == 0).all()                   # step 0 is a boundary for both
+    assert (out.kl_abs[out.mask < 0.5] == 0).all()          # the abstract level only pays at boundaries
+    assert (out.kl_obs >= 0).all() and (out.kl_mask >= -1e-6).all()
+    assert out.reconstruction.min() >= 0 and out.reconstruction.max() <= 1
+
+
+def test_every_parameter_learns():
+    model = make(action_size=3)
+    obs = frames()
+    actions = torch.nn.functional.one_hot(torch.randint(0, 3, (3, 12)), 3).float()
+    loss, metrics = model.compute_loss({"frames": obs, "actions": actions})
+    loss.backward()
+    assert {"obs_cost", "kl_abs", "kl_obs", "kl_mask", "boundary_rate", "mask_beta"} <= set(metrics)
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+
+
+def test_segment_limits_hold_during_training():
+    model = make(seg_len=3, seg_num=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(5):
+        out = model(frames(batch=8), torch.zeros(8, 12, 0), seq_size=8, init_size=2)
+        out.train_loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        mask = out.mask.detach() > 0.5
+        assert mask[:, 0].all()
+        assert (mask.sum(1) <= 4).all()
+        starts = [torch.nonzero(row).flatten().tolist() + [8] for row in mask]
+        assert all(b - a <= 3 for row in starts for a, b in zip(row, row[1:]))
+
+
+def test_temperature_schedule_and_step_counter():
+    fixed = make(mask_beta=0.7, beta_anneal=0.0)
+    fixed.step += 1000
+    assert fixed.mask_beta() == 0.7
+    decaying = make(beta_anneal=0.01, max_beta=1.0, min_beta=0.2)
+    assert decaying.mask_beta() == 1.0
+    decaying.step += 100
+    assert decaying.mask_beta() == pytest.approx(math.exp(-1.0))
+    decaying.step += 10_000
+    assert decaying.mask_beta() == 0.2
+    model = make()
+    batch = {"frames": frames()}
+    model.compute_loss(batch)
+    model.eval()
+    model.compute_loss(batch)
+    assert int(model.step) == 1 and "step" in model.state_dict()
+
+
+def test_quantize_levels_and_gaussian_loss():
+    x = torch.tensor([0.0, 0.5, 1.0])
+    q = quantize(x, 5, dequantize=False)
+    torch.testing.assert_close(q, torch.tensor([0.0, 15 / 32, 31 / 32]) - 0.5)
+    assert quantize(x, None, dequantize=True) is x
+    model = make(obs_bit=5, loss_type="gaussian", channels=3)
+    out = model(frames(channels=3), torch.zeros(3, 12, 0), 8, 2, obs_std=0.5, loss_type="gaussian")
+    assert torch.isfinite(out.train_loss)
+
+
+def test_bad_inputs_are_named():
+    model = make()
+    with pytest.raises(ValueError, match=r"obs must be \[B, T, C, H, W\]"):
+        model(torch.rand(3, 12, 16, 16), torch.zeros(3, 12, 0), 8, 2)
+    with pytest.raises(ValueError, match="action must be"):
+        model(frames(), torch.zeros(3, 12, 2), 8, 2)
+    with pytest.raises(ValueError, match="init_size=6 \\+ seq_size=8"):
+        model(frames(), torch.zeros(3, 12, 0), 8, 6)
+    with pytest.raises(ValueError, match="loss_type='l1'"):
+        VTAConfig(loss_type="l1")
+    with pytest.raises(ValueError, match="seg_len=2 x seg_num=2"):
+        make(seg_len=2, seg_num=2)(frames(), torch.zeros(3, 12, 0), 8, 2)
+
+
+def test_boundary_scores_by_hand():
+    truth = torch.tensor([[1, 0, 0, 1, 0, 0, 0, 1]], dtype=torch.bool)
+    pred = torch.tensor([[1, 0, 1, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    scores = boundary_scores(pred, truth, tolerance=1)
+    # step 0 is ignored; predictions at 2 (near 3) hit, 5 misses; truths at 3 found, 7 missed
+    assert scores["precision"] == 0.5 and scores["recall"] == 0.5 and scores["f1"] == 0.5
+    assert boundary_scores(pred, truth, tolerance=0)["f1"] == 0.0
+    assert dilate(truth, 1)[0].tolist() == [True, True, True, True, True, False, True, True]
+    baseline = random_boundaries(torch.Size([200, 50]), 0.2, torch.Generator().manual_seed(0))
+    assert baseline[:, 0].all() and abs(baseline[:, 1:].float().mean().item() - 0.2) < 0.02
+
+
+def test_pictures(tmp_path):
+    bars = with_bars(torch.zeros(3, 1, 4, 4), torch.tensor([1, 0, 1]), torch.tensor([0, 1, 1]))
+    assert bars.shape == (3, 3, 6, 4)
+    assert bars[0, :, 0, 0].tolist() == pytest.approx(list(RED))
+    assert bars[1, :, 0, 0].tolist() == pytest.approx(list(GREEN))
+    assert bars[2, :, 0, 0].tolist() == pytest.approx(list(YELLOW))
+    model = make()
+    held_out = {"frames": frames(), "events": torch.rand(3, 12) < 0.3}
+    path = save_visualization(model, held_out, tmp_path, index=1, num_samples=2)
+    assert path.name == "vis_seq_1.png" and (tmp_path / "jumpy_1.png").is_file()
+    assert model.training  # restored

@@ -1,0 +1,74 @@
+"""Factories that let :func:`worldmodels.training.loop.fit` train VTA on bouncing
+balls (generated on the fly) or on 3D-maze episodes (from npz files)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set
+from ...training.loop import Factories
+from ...utils.config import dataclass_from_config
+from ..vae.experiment import renderer_kwargs
+from .evaluate import VTAEvaluator
+from .model import VTA, VTAConfig
+
+BALL_EVENTS = ("any", "ball", "wall")
+
+
+def build_model(cfg: DictConfig) -> VTA:
+    return VTA(dataclass_from_config(VTAConfig, cfg.model))
+
+
+def sequence_length(cfg: DictConfig) -> int:
+    """Frames per training sequence: context + modelled window + margin."""
+    return int(cfg.model.init_size) + int(cfg.model.seq_size) + int(cfg.algo.margin)
+
+
+def ball_events(batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    """Ground-truth boundaries of bouncing balls: collisions of the chosen kind."""
+    if kind not in BALL_EVENTS:
+        raise ValueError(f"env.events={kind!r} is not one of {BALL_EVENTS}.")
+    if kind == "ball":
+        return batch["ball_collisions"]
+    if kind == "wall":
+        return batch["wall_collisions"]
+    return batch["ball_collisions"] | batch["wall_collisions"]
+
+
+def build_data(cfg: DictConfig, device: torch.device) -> Any:
+    env = cfg.env
+    if env.name == "bouncing_balls":
+        return BouncingBallsProvider(
+            int(cfg.train.batch_size), sequence_length(cfg),
+            chunk_sequences=int(env.chunk_sequences), refresh_steps=int(env.refresh_steps),
+            seed=int(cfg.seed), device=device, **renderer_kwargs(env),
+        )
+    if env.name == "maze":
+        from ...data.maze import maze_provider
+
+        return maze_provider(cfg, sequence_length(cfg), device)
+    raise ValueError(f"env.name={env.name!r}: VTA trains on 'bouncing_balls' or 'maze'.")
+
+
+def held_out_set(cfg: DictConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    env = cfg.env
+    if env.name == "bouncing_balls":
+        batch = make_eval_set(int(env.eval_sequences), sequence_length(cfg), int(cfg.seed), device=device,
+                              **renderer_kwargs(env))
+        return {"frames": batch["frames"], "events": ball_events(batch, str(env.events))}
+    if env.name == "maze":
+        from ...data.maze import maze_held_out
+
+        return maze_held_out(cfg, sequence_length(cfg), device)
+    raise ValueError(f"env.name={env.name!r}: VTA evaluates on 'bouncing_balls' or 'maze'.")
+
+
+def build_evaluator(cfg: DictConfig, device: torch.device) -> VTAEvaluator:
+    return VTAEvaluator(held_out_set(cfg, device), tolerance=int(cfg.algo.tolerance),
+                        num_samples=int(cfg.algo.num_samples))
+
+
+FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator)

@@ -1,0 +1,197 @@
+"""VTA: convolutional encoder and decoder around the hierarchical RSSM.
+
+``VTA.forward(obs, act, seq_size, init_size, obs_std, loss_type)`` follows the
+original code's contract; ``compute_loss(batch)`` is what the trainer calls. The
+boundary temperature is annealed by the model's own step counter (a buffer, so a
+resumed run continues the schedule exactly)::
+
+    beta(step) = mask_beta                                             if beta_anneal == 0
+               = clip(max_beta * exp(-beta_anneal * step), min_beta, max_beta)  otherwise
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...nn.conv import ConvDecoder, ConvEncoder
+from ...nn.hrssm import HierarchicalRSSM, HRSSMConfig, HRSSMOutput
+from ...ops.sampling import BoundarySample
+
+Tensor = torch.Tensor
+LOSS_TYPES = ("bce", "gaussian")
+
+
+@dataclass
+class VTAConfig:
+    image_size: int = 32
+    channels: int = 1
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    feat_size: int = 128
+    belief_size: int = 128
+    state_size: int = 8
+    action_size: int = 0
+    boundary_layers: int = 3
+    seg_len: int = 8
+    seg_num: int = 5
+    min_std: float = 0.1
+    init_size: int = 3           # context frames before the modelled window
+    seq_size: int = 20           # modelled window
+    obs_bit: int | None = None   # quantise inputs to this many bits (5 for the maze); None: raw
+    loss_type: str = "bce"       # bce (pixel-wise) | gaussian (NLL with obs_std)
+    obs_std: float = 1.0
+    mask_beta: float = 1.0
+    beta_anneal: float = 0.0
+    min_beta: float = 0.1
+    max_beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is not one of {LOSS_TYPES}.")
+        if self.obs_bit is not None and not 1 <= self.obs_bit <= 8:
+            raise ValueError(f"obs_bit={self.obs_bit} must be None or in 1..8.")
+        if min(self.mask_beta, self.min_beta, self.max_beta, self.obs_std) <= 0 or self.beta_anneal < 0:
+            raise ValueError("mask_beta, min_beta, max_beta and obs_std must be > 0 and beta_anneal >= 0.")
+
+    def hrssm(self) -> HRSSMConfig:
+        return HRSSMConfig(self.feat_size, self.belief_size, self.state_size, self.action_size,
+                           self.boundary_layers, self.seg_len, self.seg_num, self.min_std)
+
+
+@dataclass
+class VTAOutput:
+    reconstruction: Tensor   # [B, S, C, H, W] in [0, 1]
+    mask: Tensor             # [B, S] posterior boundaries (hard forward)
+    boundary: BoundarySample
+    obs_cost: Tensor         # [B, S] reconstruction NLL per frame
+    kl_abs: Tensor           # [B, S]
+    kl_obs: Tensor           # [B, S]
+    kl_mask: Tensor          # [B, S]
+    abs_entropy: Tensor      # [B, S]
+    obs_entropy: Tensor      # [B, S]
+    boundary_entropy: Tensor  # [B, S] entropy of the posterior boundary distribution
+    train_loss: Tensor       # scalar: negative ELBO per frame, averaged over the batch
+
+
+def quantize(frames: Tensor, bits: int | None, dequantize: bool) -> Tensor:
+    """Frames in [0, 1] -> model inputs. ``None``: unchanged. Otherwise ``bits``-bit
+    levels centred on 0 (``floor(255 x / 2^(8-bits)) / 2^bits - 1/2``), plus uniform
+    dequantisation noise of one level when ``dequantize``."""
+    if bits is None:
+        return frames
+    bins = 2**bits
+    levels = torch.floor(frames * 255.0 / 2 ** (8 - bits)) / bins
+    if dequantize:
+        levels = levels + torch.rand_like(levels) / bins
+    return levels - 0.5
+
+
+class VTA(nn.Module):
+    """Frames ``[B, T, C, H, W]`` and actions ``[B, T, A]`` -> ELBO terms, boundaries."""
+
+    def __init__(self, config: VTAConfig):
+        super().__init__()
+        self.config = c = config
+        self.encoder = ConvEncoder(c.channels, c.image_size, c.widths, c.feat_size)
+        self.hrssm = HierarchicalRSSM(c.hrssm())
+        self.decoder = ConvDecoder(c.feat_size, c.channels, c.image_size, c.widths)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def mask_beta(self) -> float:
+        """The boundary temperature at the current training step."""
+        c = self.config
+        if c.beta_anneal == 0:
+            return c.mask_beta
+        value = c.max_beta * math.exp(-c.beta_anneal * int(self.step))
+        return min(max(value, c.min_beta), c.max_beta)
+
+    def embed(self, obs: Tensor) -> Tensor:
+        """``[B, T, C, H, W]`` model inputs -> ``[B, T, feat]``."""
+        return self.encoder(obs.flatten(0, 1)).unflatten(0, obs.shape[:2])
+
+    def decode(self, feat: Tensor) -> Tensor:
+        """``[B, S, feat]`` -> decoder output ``[B, S, C, H, W]`` (logits or means)."""
+        return self.decoder(feat.flatten(0, 1)).unflatten(0, feat.shape[:2])
+
+    def to_image(self, decoded: Tensor) -> Tensor:
+        """Decoder output -> images in [0, 1]."""
+        if self.config.loss_type == "bce":
+            return torch.sigmoid(decoded)
+        offset = 0.5 if self.config.obs_bit is not None else 0.0
+        return (decoded + offset).clamp(0, 1)
+
+    def forward(self, obs: Tensor, act: Tensor, seq_size: int, init_size: int,
+                obs_std: float = 1.0, loss_type: str = "bce", noise: Tensor | None = None) -> VTAOutput:
+        """Negative ELBO of the window ``[init_size, init_size + seq_size)``.
+
+        Args:
+            obs: frames ``[B, T, C, H, W]`` in [0, 1], ``T >= init_size + seq_size``.
+            act: actions ``[B, T, A]`` (A may be 0).
+            loss_type: ``bce`` or ``gaussian`` (with ``obs_std``).
+            noise: optional uniform noise ``[B, seq_size]`` for the boundary draws.
+        """
+        if obs.dim() != 5:
+            raise ValueError(f"obs must be [B, T, C, H, W], got {list(obs.shape)}.")
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={loss_type!r} is not one of {LOSS_TYPES}.")
+        inputs = quantize(obs, self.config.obs_bit, dequantize=self.training)
+        out = self.hrssm(self.embed(inputs), act, init_size, seq_size, self.mask_beta(), noise)
+        decoded = self.decode(out.feat)
+        target = inputs[:, init_size : init_size + seq_size]
+        obs_cost = reconstruction_nll(decoded, target, loss_type, obs_std)
+        return self._output(out, decoded, obs_cost)
+
+    def _output(self, out: HRSSMOutput, decoded: Tensor, obs_cost: Tensor) -> VTAOutput:
+        q = out.boundary.log_probs
+        boundary_entropy = -(q.exp() * q).sum(-1)
+        per_sequence = (obs_cost + out.kl_abs + out.kl_obs + out.kl_mask).sum(1)
+        return VTAOutput(
+            reconstruction=self.to_image(decoded.detach()), mask=out.boundary.mask, boundary=out.boundary,
+            obs_cost=obs_cost, kl_abs=out.kl_abs, kl_obs=out.kl_obs, kl_mask=out.kl_mask,
+            abs_entropy=out.abs_entropy, obs_entropy=out.obs_entropy, boundary_entropy=boundary_entropy,
+            train_loss=per_sequence.mean() / obs_cost.shape[1],
+        )
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """The trainer's entry: ``batch["frames"]`` and optionally ``batch["actions"]``."""
+        c = self.config
+        frames = batch["frames"]
+        actions = batch.get("actions")
+        if actions is None:
+            actions = frames.new_zeros(*frames.shape[:2], 0)
+        beta = self.mask_beta()
+        out = self(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type)
+        if self.training:
+            self.step += 1
+        return out.train_loss, summarize(out, beta)
+
+
+def reconstruction_nll(decoded: Tensor, target: Tensor, loss_type: str, obs_std: float) -> Tensor:
+    """Per-frame negative log-likelihood ``[B, S]``, summed over pixels."""
+    decoded = decoded.float()
+    if loss_type == "bce":
+        nll = F.binary_cross_entropy_with_logits(decoded, target.float(), reduction="none")
+    else:
+        z = (target.float() - decoded) / obs_std
+        nll = 0.5 * z.square() + math.log(obs_std) + 0.5 * math.log(2 * math.pi)
+    return nll.flatten(2).sum(-1)
+
+
+def summarize(out: VTAOutput, beta: float) -> dict[str, Tensor | float]:
+    """Scalars for logging: per-frame terms, boundary rate, temperature."""
+    free = out.mask[:, 1:]
+    return {
+        "obs_cost": out.obs_cost.mean(),
+        "kl_abs": out.kl_abs.mean(),
+        "kl_obs": out.kl_obs.mean(),
+        "kl_mask": out.kl_mask.mean(),
+        "abs_entropy": out.abs_entropy.mean(),
+        "obs_entropy": out.obs_entropy.mean(),
+        "boundary_entropy": out.boundary_entropy[:, 1:].mean(),
+        "boundary_rate": free.detach().float().mean() if free.numel() else 0.0,
+        "mask_beta": beta,
+    }
