@@ -27,6 +27,7 @@ struct SimulateArgs {
   double* velocities;        // out [B, T, N, 2]
   uint8_t* ball_flags;       // out [B, T]: a ball-ball impulse during step t-1 -> t
   uint8_t* wall_flags;       // out [B, T]: a wall reflection during step t-1 -> t
+  uint8_t* ball_wall_hits;   // out [B, T, N]: ball n reflected at a wall during step t-1 -> t
 };
 
 // Inputs and outputs of one batched rendering; every array is C-contiguous.
@@ -34,7 +35,9 @@ struct SimulateArgs {
 struct RenderArgs {
   const double* positions;  // [B, T, N, 2] (x, y) in pixels
   const double* radii;      // [B, N] pixels
-  const float* colors;      // [B, N, C] per-ball colour, each channel in [0, 1]
+  const float* colors;      // [B, N, C] per-ball colour, or [B, T, N, C] per frame when
+                            // colors_per_frame; each channel in [0, 1]
+  bool colors_per_frame = false;
   int64_t batch = 0;        // B
   int64_t seq_len = 0;      // T
   int64_t num_balls = 0;    // N

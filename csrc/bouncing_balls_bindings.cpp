@@ -55,6 +55,7 @@ py::tuple simulate(const F64Array& positions0, const F64Array& velocities0,
   F64Array velocities({batch, seq_len, n, int64_t{2}});
   py::array_t<uint8_t> ball_flags({batch, seq_len});
   py::array_t<uint8_t> wall_flags({batch, seq_len});
+  py::array_t<uint8_t> ball_wall_hits({batch, seq_len, n});
   bb::SimulateArgs a;
   a.positions0 = positions0.data();
   a.velocities0 = velocities0.data();
@@ -69,24 +70,32 @@ py::tuple simulate(const F64Array& positions0, const F64Array& velocities0,
   a.velocities = velocities.mutable_data();
   a.ball_flags = ball_flags.mutable_data();
   a.wall_flags = wall_flags.mutable_data();
+  a.ball_wall_hits = ball_wall_hits.mutable_data();
   {
     py::gil_scoped_release release;
     bb::simulate(a, num_threads);
   }
-  return py::make_tuple(positions, velocities, ball_flags, wall_flags);
+  return py::make_tuple(positions, velocities, ball_flags, wall_flags, ball_wall_hits);
 }
 
 py::array render(const F64Array& positions, const F64Array& radii, const F32Array& colors,
                  int64_t size, bool as_float, int num_threads) {
   if (positions.ndim() != 4) throw py::value_error("positions must be [B, T, N, 2]");
-  if (colors.ndim() != 3) throw py::value_error("colors must be [B, N, C]");
+  if (colors.ndim() != 3 && colors.ndim() != 4) {
+    throw py::value_error("colors must be [B, N, C] or [B, T, N, C]");
+  }
+  const bool per_frame = colors.ndim() == 4;
   const int64_t batch = positions.shape(0);
   const int64_t seq_len = positions.shape(1);
   const int64_t n = positions.shape(2);
-  const int64_t c = colors.shape(2);
+  const int64_t c = colors.shape(colors.ndim() - 1);
   check_shape(positions, "positions", {batch, seq_len, n, 2});
   check_shape(radii, "radii", {batch, n});
-  check_shape(colors, "colors", {batch, n, c});
+  if (per_frame) {
+    check_shape(colors, "colors", {batch, seq_len, n, c});
+  } else {
+    check_shape(colors, "colors", {batch, n, c});
+  }
   if (c != 1 && c != 3) throw py::value_error("channels must be 1 or 3, got " + std::to_string(c));
   if (size < 1) throw py::value_error("size must be >= 1, got " + std::to_string(size));
 
@@ -95,6 +104,7 @@ py::array render(const F64Array& positions, const F64Array& radii, const F32Arra
   a.positions = positions.data();
   a.radii = radii.data();
   a.colors = colors.data();
+  a.colors_per_frame = per_frame;
   a.batch = batch;
   a.seq_len = seq_len;
   a.num_balls = n;
@@ -128,12 +138,14 @@ void register_bouncing_balls(py::module_& m) {
         "Simulates B sequences of N balls for T frames in float64.\n\n"
         "positions0, velocities0: [B, N, 2]; radii, masses: [B, N]. Returns\n"
         "(positions [B, T, N, 2], velocities [B, T, N, 2], ball_flags [B, T] uint8,\n"
-        "wall_flags [B, T] uint8). num_threads <= 0 uses OpenMP's default.");
+        "wall_flags [B, T] uint8, ball_wall_hits [B, T, N] uint8). num_threads <= 0\n"
+        "uses OpenMP's default.");
   m.def("bouncing_balls_render", &render, py::arg("positions"), py::arg("radii"),
         py::arg("colors"), py::arg("size"), py::arg("as_float") = false,
         py::arg("num_threads") = 0,
         "Renders frames [B, T, C, size, size] (uint8, or float32 when as_float) from\n"
-        "positions [B, T, N, 2], radii [B, N] and colors [B, N, C] (C = 1 or 3).");
+        "positions [B, T, N, 2], radii [B, N] and colors [B, N, C] or, per frame,\n"
+        "[B, T, N, C] (C = 1 or 3).");
 }
 
 }  // namespace wm

@@ -101,15 +101,21 @@ bool collide_pair(State& s, int64_t i, int64_t j, double size) {
   return approaching;
 }
 
-// One sub-step of length dt; sets the flags when a wall or ball event happens.
-void substep(State& s, int64_t n, double dt, double size, bool& wall, bool& ball) {
+// One sub-step of length dt; sets the flags when a wall or ball event happens and
+// wall_hits[k] (N entries) when ball k reflects at a wall.
+void substep(State& s, int64_t n, double dt, double size, bool& wall, bool& ball,
+             uint8_t* wall_hits) {
   for (int64_t k = 0; k < n; ++k) {
     s.px[k] = s.px[k] + s.vx[k] * dt;
     s.py[k] = s.py[k] + s.vy[k] * dt;
   }
   for (int64_t k = 0; k < n; ++k) {
-    wall = reflect_axis(s.px[k], s.vx[k], s.r[k], size) || wall;
-    wall = reflect_axis(s.py[k], s.vy[k], s.r[k], size) || wall;
+    const bool hit_x = reflect_axis(s.px[k], s.vx[k], s.r[k], size);
+    const bool hit_y = reflect_axis(s.py[k], s.vy[k], s.r[k], size);
+    if (hit_x || hit_y) {
+      wall_hits[k] = 1;
+      wall = true;
+    }
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = i + 1; j < n; ++j) {
@@ -124,11 +130,14 @@ void simulate_sequence(const SimulateArgs& a, int64_t b, State& s) {
   store_frame(a, b, 0, s);
   a.ball_flags[b * a.seq_len] = 0;
   a.wall_flags[b * a.seq_len] = 0;
+  std::fill(a.ball_wall_hits + b * a.seq_len * a.num_balls,
+            a.ball_wall_hits + (b + 1) * a.seq_len * a.num_balls, uint8_t{0});
   for (int64_t t = 1; t < a.seq_len; ++t) {
     bool wall = false;
     bool ball = false;
+    uint8_t* wall_hits = a.ball_wall_hits + (b * a.seq_len + t) * a.num_balls;
     for (int64_t k = 0; k < a.substeps; ++k) {
-      substep(s, a.num_balls, dt, a.size, wall, ball);
+      substep(s, a.num_balls, dt, a.size, wall, ball, wall_hits);
     }
     store_frame(a, b, t, s);
     a.ball_flags[b * a.seq_len + t] = ball ? 1 : 0;

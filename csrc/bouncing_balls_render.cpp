@@ -119,6 +119,7 @@ void render_frame(const RenderArgs& a, int64_t f, const ProfileLut& lut, float* 
   const int64_t b = f / a.seq_len;
   const double* pos = a.positions + f * a.num_balls * 2;
   const double* radii = a.radii + b * a.num_balls;
+  const float* colors = a.colors + (a.colors_per_frame ? f : b) * a.num_balls * C;
   Out* frame = out + f * C * plane;
   int lo, hi;
   touched_rows(pos, radii, a.num_balls, size, lo, hi);
@@ -131,7 +132,7 @@ void render_frame(const RenderArgs& a, int64_t f, const ProfileLut& lut, float* 
   for (int c = 0; c < C; ++c) std::fill(acc + c * plane + first, acc + c * plane + first + count, 0.0f);
   for (int64_t k = 0; k < a.num_balls; ++k) {
     splat_ball<C>(static_cast<float>(pos[2 * k]), static_cast<float>(pos[2 * k + 1]),
-                  static_cast<float>(radii[k]), a.colors + (b * a.num_balls + k) * C, size,
+                  static_cast<float>(radii[k]), colors + k * C, size,
                   lut, dx2, acc);
   }
   for (int c = 0; c < C; ++c) {

@@ -22,12 +22,26 @@ def _equal(a: dict, b: dict) -> bool:
 
 def test_batch_format():
     batch = _provider(channels=3).batch(0)
-    assert set(batch) == {"frames", "ball_collisions", "wall_collisions"}
+    assert set(batch) == {"frames", "ball_collisions", "wall_collisions", "ball_wall_hits",
+                          "recolor_events"}
     assert batch["frames"].shape == (4, 6, 3, 16, 16) and batch["frames"].dtype == torch.float32
     assert 0.0 <= batch["frames"].min() and batch["frames"].max() <= 1.0
     assert batch["frames"].max() > 0.5  # balls are visible
-    for key in ("ball_collisions", "wall_collisions"):
+    for key in ("ball_collisions", "wall_collisions", "recolor_events"):
         assert batch[key].shape == (4, 6) and batch[key].dtype == torch.bool
+    assert batch["ball_wall_hits"].shape == (4, 6, 2) and batch["ball_wall_hits"].dtype == torch.bool
+    assert not batch["recolor_events"].any()  # constant colours without the option
+
+
+def test_recolour_option_passes_through():
+    data = _provider(channels=3, recolor_on_wall_hit=True, seq_len=20)
+    batch = data.batch(0)
+    assert batch["wall_collisions"].any()
+    assert torch.equal(batch["recolor_events"], batch["wall_collisions"])
+    assert torch.equal(batch["ball_wall_hits"].any(-1), batch["wall_collisions"])
+    held_out = make_eval_set(5, 20, seed=0, channels=3, recolor_on_wall_hit=True, **SMALL)
+    assert torch.equal(held_out["recolor_events"], held_out["wall_collisions"])
+    assert held_out["recolor_events"].any()
 
 
 def test_batch_is_a_pure_function_of_seed_and_step():
@@ -93,6 +107,7 @@ def test_eval_set_is_fixed_and_held_out():
         ({"seed": -1}, "seed"),
         ({"dtype": "float32"}, "dtype"),
         ({"num_balls": 0}, "num_balls"),
+        ({"recolor_on_wall_hit": True}, "channels"),
     ],
 )
 def test_bad_arguments(overrides, match):

@@ -1,4 +1,5 @@
-"""Bouncing balls: C++ vs NumPy parity, conservation, determinism, sanity, errors."""
+"""Bouncing balls: C++ vs NumPy parity, conservation, determinism, sanity, recolouring
+on wall hits, errors."""
 
 from __future__ import annotations
 
@@ -57,6 +58,9 @@ def test_trajectories_match_reference(num_balls):
     np.testing.assert_allclose(cpp.velocities, ref.velocities, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(cpp.ball_collisions, ref.ball_collisions)
     np.testing.assert_array_equal(cpp.wall_collisions, ref.wall_collisions)
+    np.testing.assert_array_equal(cpp.ball_wall_hits, ref.ball_wall_hits)
+    np.testing.assert_array_equal(ref.ball_wall_hits.any(2), ref.wall_collisions)
+    assert ref.ball_wall_hits.shape == (8, 60, num_balls) and ref.ball_wall_hits.dtype == bool
     assert ref.wall_collisions.sum() > 20
     if num_balls > 1:
         assert ref.ball_collisions.sum() > 10  # the small box makes collisions frequent
@@ -118,10 +122,13 @@ def test_same_seed_same_output_different_seed_differs(impl):
 
 
 @needs_cpp
-def test_thread_count_does_not_change_output():
-    one = bb.generate(7, 40, num_balls=4, channels=3, seed=3, num_threads=1, impl="cpp")
-    two = bb.generate(7, 40, num_balls=4, channels=3, seed=3, num_threads=2, impl="cpp")
-    for name in ("frames", "positions", "velocities", "ball_collisions", "wall_collisions"):
+@pytest.mark.parametrize("recolor", [False, True])
+def test_thread_count_does_not_change_output(recolor):
+    kwargs = {"num_balls": 4, "channels": 3, "seed": 3, "impl": "cpp", "recolor_on_wall_hit": recolor}
+    one = bb.generate(7, 40, num_threads=1, **kwargs)
+    two = bb.generate(7, 40, num_threads=2, **kwargs)
+    for name in ("frames", "positions", "velocities", "ball_collisions", "wall_collisions",
+                 "ball_wall_hits", "colors"):
         assert torch.equal(getattr(one, name), getattr(two, name)), name
 
 
@@ -200,12 +207,102 @@ def test_generate_shapes_and_dtypes(impl):
     assert data.frames.shape == (2, 5, 3, 16, 16) and data.frames.dtype == torch.float32
     assert 0.0 <= data.frames.min() and data.frames.max() <= 1.0
     assert data.ball_collisions.shape == data.wall_collisions.shape == (2, 5)
-    assert data.ball_collisions.dtype == torch.bool
+    assert data.ball_collisions.dtype == data.ball_wall_hits.dtype == torch.bool
+    assert data.ball_wall_hits.shape == (2, 5, 2)
+    assert data.colors.shape == (2, 5, 2, 3) and data.colors.dtype == torch.float32
     assert data.positions.shape == data.velocities.shape == (2, 5, 2, 2)
     assert data.positions.dtype == torch.float64
     assert data.radii.shape == data.masses.shape == (2, 2)
     torch.testing.assert_close(data.masses, data.radii**2)
     assert data.substeps >= 1
+
+
+# --------------------------------------------------------------- recolour on wall hit
+
+
+def _palette_index(colors: torch.Tensor) -> torch.Tensor:
+    """Row of PALETTE equal to each colour [..., 3] -> [...] (-1: none)."""
+    match = (colors[..., None, :] == torch.from_numpy(bb.PALETTE)).all(-1)  # [..., P]
+    return torch.where(match.any(-1), match.int().argmax(-1), -1)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_per_frame_colour_frames_match_reference(dtype):
+    state = _state(3, 4, 32, seed=4, radius=(1.0, 4.0))
+    traj = _run(state, 8, 32, "ref")
+    colors = np.random.default_rng(0).random((3, 8, 4, 3), dtype=np.float32)
+    cpp = bb.render(traj.positions, state.radii, 32, 3, colors, dtype=dtype, impl="cpp")
+    ref = bb.render(traj.positions, state.radii, 32, 3, colors, dtype=dtype, impl="ref")
+    diff = np.abs(cpp.astype(np.float64) - ref.astype(np.float64))
+    assert diff.max() <= (1 if dtype == "uint8" else 1 / 255)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_per_frame_colours_are_used_frame_by_frame(impl):
+    positions = np.full((1, 3, 1, 2), 16.5)  # pixel (16, 16) in all three frames
+    colors = bb.PALETTE[None, [0, 3, 5], None]  # [1, T=3, N=1, 3]
+    frames = bb.render(positions, np.array([[3.0]]), 32, 3, colors, dtype="float32", impl=impl)
+    np.testing.assert_allclose(frames[0, :, :, 16, 16], bb.PALETTE[[0, 3, 5]], atol=1 / 255)
+    constant = bb.render(positions, np.array([[3.0]]), 32, 3, colors[:, 0], dtype="float32",
+                         impl=impl)
+    np.testing.assert_array_equal(constant[0, 1], frames[0, 0])  # [B, N, C] still works
+
+
+@needs_cpp
+def test_recolour_matches_reference_end_to_end():
+    cpp = bb.generate(4, 30, channels=3, seed=8, recolor_on_wall_hit=True, impl="cpp")
+    ref = bb.generate(4, 30, channels=3, seed=8, recolor_on_wall_hit=True, impl="ref")
+    assert torch.equal(cpp.ball_wall_hits, ref.ball_wall_hits) and cpp.ball_wall_hits.any()
+    assert torch.equal(cpp.colors, ref.colors)
+    assert (cpp.frames.int() - ref.frames.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_colour_changes_exactly_at_wall_hits_and_stays_in_the_palette(impl):
+    data = bb.generate(16, 40, channels=3, seed=2, recolor_on_wall_hit=True, impl=impl)
+    index = _palette_index(data.colors)  # [B, T, N]
+    assert (index >= 0).all()  # every colour is a palette row
+    changed = index[:, 1:] != index[:, :-1]
+    hits = data.ball_wall_hits[:, 1:]
+    assert hits.sum() > 20 and torch.equal(changed, hits)
+    assert index[:, 0].unique().numel() > 3  # random initial colours
+    assert torch.equal(bb.recolor_events(data.colors), data.wall_collisions)
+    plain = bb.generate(16, 40, channels=3, seed=2, impl=impl)
+    assert torch.equal(plain.positions, data.positions)  # recolouring keeps the physics
+    assert not bb.recolor_events(plain.colors).any()
+    assert torch.equal(plain.colors[:, 0], torch.from_numpy(bb.ball_colors(16, 3, 3)))
+
+
+def test_recolour_is_seeded():
+    a = bb.generate(4, 30, channels=3, seed=5, recolor_on_wall_hit=True, impl="ref")
+    b = bb.generate(4, 30, channels=3, seed=5, recolor_on_wall_hit=True, impl="ref")
+    c = bb.generate(4, 30, channels=3, seed=6, recolor_on_wall_hit=True, impl="ref")
+    assert torch.equal(a.colors, b.colors) and torch.equal(a.frames, b.frames)
+    assert not torch.equal(a.colors, c.colors)
+
+
+def test_recolor_indices_follow_the_rule():
+    hits = np.zeros((1, 5, 2), dtype=bool)
+    hits[0, 2, 0] = hits[0, 3, 0] = hits[0, 4, 1] = True
+    index = bb.recolor_indices(hits, np.random.default_rng(0), num_colors=3)
+    assert index.shape == (1, 5, 2) and ((index >= 0) & (index < 3)).all()
+    changed = index[:, 1:] != index[:, :-1]
+    np.testing.assert_array_equal(changed, hits[:, 1:])
+
+
+def test_recolour_errors():
+    with pytest.raises(ValueError, match="recolor_on_wall_hit.*channels"):
+        bb.generate(2, 3, channels=1, recolor_on_wall_hit=True, impl="ref")
+    with pytest.raises(ValueError, match="recolor_on_wall_hit"):
+        bb.generate(2, 3, channels=3, recolor_on_wall_hit="yes", impl="ref")
+    positions = np.full((2, 3, 1, 2), 8.0)
+    with pytest.raises(ValueError, match=r"colors must be \[B, N, C\].*\[B, T, N, C\]"):
+        bb.render(positions, np.ones((2, 1)), 16, 3, np.ones((2, 4, 1, 3)), impl="ref")
+    with pytest.raises(ValueError, match="colors"):
+        bb.render(positions, np.ones((2, 1)), 16, 3, np.full((2, 3, 1, 3), 2.0), impl="ref")
+    with pytest.raises(ValueError, match="ball_wall_hits"):
+        bb.recolor_indices(np.zeros((2, 3), dtype=bool), np.random.default_rng(0))
 
 
 # ------------------------------------------------------------------------ bad input

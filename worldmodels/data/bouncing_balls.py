@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from worldmodels.envs.bouncing_balls import BouncingBalls, generate
+from worldmodels.envs.bouncing_balls import BouncingBalls, generate, recolor_events
 
 _CHUNK_STREAM = 0
 _INDEX_STREAM = 1
@@ -35,17 +35,20 @@ def _check_kwargs(generate_kwargs: dict) -> None:
 
 
 def _to_batch(data: BouncingBalls, index: torch.Tensor | None, device) -> dict:
-    """frames float32 [B, T, C, H, W] in [0, 1] and bool flags [B, T] on ``device``.
+    """The batch dict of :meth:`BouncingBallsProvider.batch` on ``device``.
 
-    The uint8 frames are moved first and converted on the device (4x less traffic).
+    The uint8 frames are moved first and converted on the device (4x less traffic);
+    the recolour events are computed on the CPU from the picked colours.
     """
     def pick(x: torch.Tensor) -> torch.Tensor:
-        return (x if index is None else x.index_select(0, index)).to(device)
+        return x if index is None else x.index_select(0, index)
 
     return {
-        "frames": pick(data.frames).float().div_(255.0),
-        "ball_collisions": pick(data.ball_collisions),
-        "wall_collisions": pick(data.wall_collisions),
+        "frames": pick(data.frames).to(device).float().div_(255.0),
+        "ball_collisions": pick(data.ball_collisions).to(device),
+        "wall_collisions": pick(data.wall_collisions).to(device),
+        "ball_wall_hits": pick(data.ball_wall_hits).to(device),
+        "recolor_events": recolor_events(pick(data.colors)).to(device),
     }
 
 
@@ -62,7 +65,7 @@ class BouncingBallsProvider:
         device: where the batches go.
         **generate_kwargs: passed to :func:`worldmodels.envs.bouncing_balls.generate`
             (num_balls, size, radius, speed, mass, channels, substeps, num_threads,
-            impl); not batch, seq_len, seed or dtype.
+            impl, recolor_on_wall_hit); not batch, seq_len, seed or dtype.
 
     Example::
 
@@ -114,7 +117,10 @@ class BouncingBallsProvider:
 
         Returns:
             {"frames": float32 [B, T, C, H, W] in [0, 1], "ball_collisions": bool [B, T],
-            "wall_collisions": bool [B, T]}, all on ``device``.
+            "wall_collisions": bool [B, T], "ball_wall_hits": bool [B, T, N],
+            "recolor_events": bool [B, T]}, all on ``device``. ``recolor_events[:, t]``:
+            some ball changed colour at t; with ``recolor_on_wall_hit=True`` it equals
+            ``wall_collisions``, without it is all False.
         """
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")

@@ -16,6 +16,11 @@ Example::
     data = generate(batch=64, seq_len=100)        # 3 gray balls, 32x32, uint8
     data.frames.shape                             # torch.Size([64, 100, 1, 32, 32])
     data.ball_collisions.float().mean()           # event rate, the VTA ground truth
+
+    # VTA's variant: RGB balls that change colour at every wall hit.
+    data = generate(64, 100, channels=3, recolor_on_wall_hit=True)
+    data.colors.shape                             # torch.Size([64, 100, 3, 3]), per frame
+    recolor_events(data.colors)                   # [64, 100], equals data.wall_collisions
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ PALETTE = np.array(
     ],
     dtype=np.float32,
 )
-"""Colours of balls 0..7 (ball k uses ``PALETTE[k % 8]``) when ``channels == 3``."""
+"""Colours of balls 0..7 (ball k uses ``PALETTE[k % 8]``) when ``channels == 3``;
+with ``recolor_on_wall_hit`` every colour is drawn from these rows."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,15 @@ class InitialState:
 @dataclass(frozen=True)
 class Trajectory:
     """NumPy simulation output: positions/velocities [B, T, N, 2] float64,
-    ball_collisions/wall_collisions [B, T] bool (events during step t-1 -> t)."""
+    ball_collisions/wall_collisions [B, T] bool (events during step t-1 -> t) and
+    ball_wall_hits [B, T, N] bool (ball n reflected at a wall during step t-1 -> t;
+    wall_collisions is its any over n)."""
 
     positions: np.ndarray
     velocities: np.ndarray
     ball_collisions: np.ndarray
     wall_collisions: np.ndarray
+    ball_wall_hits: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -74,20 +83,27 @@ class BouncingBalls:
         frames: [B, T, C, H, W] uint8 (0..255) or float32 (0..1), H = W = size.
         ball_collisions: [B, T] bool, a ball-ball impulse during step t-1 -> t.
         wall_collisions: [B, T] bool, a wall reflection during step t-1 -> t.
+        ball_wall_hits: [B, T, N] bool, ball n reflected at a wall during step
+            t-1 -> t (``wall_collisions`` is its any over n).
         positions: [B, T, N, 2] float64 centres (x, y) in pixels.
         velocities: [B, T, N, 2] float64 in pixels per frame.
         radii: [B, N] float64 in pixels.
         masses: [B, N] float64.
+        colors: [B, T, N, C] float32 colour of each ball in each frame, always
+            present: with ``recolor_on_wall_hit`` the per-frame colours, else a
+            zero-copy broadcast (stride 0 over T) of the constant [B, N, C] colours.
         substeps: physics sub-steps per frame used for the whole batch.
     """
 
     frames: torch.Tensor
     ball_collisions: torch.Tensor
     wall_collisions: torch.Tensor
+    ball_wall_hits: torch.Tensor
     positions: torch.Tensor
     velocities: torch.Tensor
     radii: torch.Tensor
     masses: torch.Tensor
+    colors: torch.Tensor
     substeps: int
 
 
@@ -172,7 +188,7 @@ def sample_initial_state(
     radius: Range = 3.0,
     speed: Range = (1.0, 2.0),
     mass: Range | None = None,
-    seed: int | np.random.SeedSequence = 0,
+    seed: int | np.random.SeedSequence | np.random.Generator = 0,
     max_tries: int = 1000,
 ) -> InitialState:
     """Sample B initial states of N non-overlapping balls inside the box.
@@ -180,6 +196,7 @@ def sample_initial_state(
     Per ball: radius ~ U[radius], centre uniform with every ball inside the walls
     and no two overlapping, direction ~ U[0, 2 pi), speed ~ U[speed], mass ~ U[mass]
     or ``r^2`` when ``mass is None``. Ranges are a float or a (min, max) pair.
+    ``seed`` may be a ``np.random.Generator``, which is then advanced in place.
 
     Raises:
         ValueError: on bad arguments, or when the balls cannot be placed.
@@ -282,8 +299,8 @@ def simulate(
         out = _ext.extension().bouncing_balls_simulate(
             positions, velocities, radii, masses, seq_len, float(size), substeps, threads
         )
-        pos, vel, ball, wall = out
-        return Trajectory(pos, vel, ball.view(np.bool_), wall.view(np.bool_))
+        pos, vel, ball, wall, hits = out
+        return Trajectory(pos, vel, ball.view(np.bool_), wall.view(np.bool_), hits.view(np.bool_))
     return Trajectory(*ref.simulate_ref(positions, velocities, radii, masses, seq_len, size, substeps))
 
 
@@ -298,6 +315,54 @@ def ball_colors(batch: int, num_balls: int, channels: int) -> np.ndarray:
         rows = PALETTE[np.arange(num_balls) % len(PALETTE)]
         return np.ascontiguousarray(np.broadcast_to(rows, (batch, num_balls, 3)))
     raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+
+
+def _check_colors(colors, batch: int, seq_len: int, n: int, channels: int) -> np.ndarray:
+    """``colors`` as C-contiguous float32 [B, N, C] or [B, T, N, C] with values in [0, 1]."""
+    colors = np.ascontiguousarray(colors, dtype=np.float32)
+    shapes = ((batch, n, channels), (batch, seq_len, n, channels))
+    if colors.shape not in shapes or not ((colors >= 0) & (colors <= 1)).all():
+        raise ValueError(f"colors must be [B, N, C] = {list(shapes[0])} or [B, T, N, C] = "
+                         f"{list(shapes[1])} in [0, 1], got shape {list(colors.shape)}")
+    return colors
+
+
+def recolor_indices(ball_wall_hits: np.ndarray, rng: np.random.Generator,
+                    num_colors: int = len(PALETTE)) -> np.ndarray:
+    """Palette indices [B, T, N] int64 of balls that change colour at each wall hit.
+
+    Ball n starts with ``c[:, 0, n] ~ U{0..P-1}`` and at every frame t where it hit
+    a wall moves to a different colour, uniform over the other P - 1:
+    ``c[:, t] = (c[:, t-1] + hit[:, t] * s[:, t]) mod P`` with ``s ~ U{1..P-1}``.
+    The draws ([B, N] starts, then [B, T-1, N] shifts) do not depend on the hits.
+
+    Args:
+        ball_wall_hits: [B, T, N] bool wall hits (:attr:`Trajectory.ball_wall_hits`).
+        rng: the generator the draws come from (advanced in place).
+        num_colors: P >= 2.
+    """
+    hits = np.asarray(ball_wall_hits, dtype=bool)
+    if hits.ndim != 3:
+        raise ValueError(f"ball_wall_hits must be [B, T, N], got shape {list(hits.shape)}")
+    num_colors = _check_int("num_colors", num_colors, 2)
+    batch, seq_len, n = hits.shape
+    steps = np.empty((batch, seq_len, n), dtype=np.int64)
+    steps[:, 0] = rng.integers(0, num_colors, (batch, n))
+    steps[:, 1:] = rng.integers(1, num_colors, (batch, seq_len - 1, n)) * hits[:, 1:]
+    return np.cumsum(steps, axis=1) % num_colors
+
+
+def recolor_events(colors: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: some ball's colour differs from the previous frame (False at t = 0).
+
+    Args:
+        colors: [B, T, N, C] per-frame colours (:attr:`BouncingBalls.colors`).
+    """
+    if colors.ndim != 4:
+        raise ValueError(f"colors must be [B, T, N, C], got shape {list(colors.shape)}")
+    events = torch.zeros(colors.shape[:2], dtype=torch.bool, device=colors.device)
+    events[:, 1:] = (colors[:, 1:] != colors[:, :-1]).flatten(2).any(-1)
+    return events
 
 
 def render(
@@ -317,7 +382,8 @@ def render(
         radii: [B, N] radii in pixels.
         size: H = W >= 8 pixels.
         channels: 1 (gray) or 3 (RGB, :data:`PALETTE` unless ``colors`` is given).
-        colors: optional [B, N, C] colours in [0, 1].
+        colors: optional colours in [0, 1], constant [B, N, C] or per frame
+            [B, T, N, C].
         dtype: "uint8" (``round(255 v)``) or "float32" (``v`` in [0, 1]).
         num_threads, impl: as in :func:`simulate`. The C++ path renders in float32
             with a lookup table: within 1/255 of the float64 reference.
@@ -326,19 +392,15 @@ def render(
         frames [B, T, C, size, size] of ``dtype``.
     """
     positions = _as_f64("positions", positions, (-1, -1, -1, 2))
-    batch, _, n = positions.shape[:3]
+    batch, seq_len, n = positions.shape[:3]
     radii = _as_f64("radii", radii, (batch, n))
     size = _check_int("size", size, 8)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if colors is None:
-        colors = ball_colors(batch, n, channels)
-    colors = np.ascontiguousarray(colors, dtype=np.float32)
-    if colors.shape != (batch, n, channels) or colors.min(initial=0) < 0 or colors.max(initial=0) > 1:
-        raise ValueError(f"colors must be [B, N, C] = {[batch, n, channels]} in [0, 1], "
-                         f"got shape {list(colors.shape)}")
+    colors = _check_colors(ball_colors(batch, n, channels) if colors is None else colors,
+                           batch, seq_len, n, channels)
     threads = _check_threads(num_threads)
     if _use_cpp(impl):
         return _ext.extension().bouncing_balls_render(
@@ -364,6 +426,7 @@ def generate(
     seed: int | np.random.SeedSequence = 0,
     num_threads: int | None = None,
     impl: str = "auto",
+    recolor_on_wall_hit: bool = False,
 ) -> BouncingBalls:
     """Generate a batch of bouncing-balls videos.
 
@@ -378,6 +441,11 @@ def generate(
             pixels per frame, and arbitrary units (None: mass = r^2).
         channels: 1 (gray) or 3 (colour). dtype: "uint8" or "float32".
         substeps, num_threads, impl: as in :func:`simulate`.
+        recolor_on_wall_hit: VTA's variant (needs ``channels=3``): each ball starts
+            with a random :data:`PALETTE` colour and switches to a different random
+            one at every frame where it hit a wall (:func:`recolor_indices`, drawn
+            from the same NumPy generator as the initial state, after it, so the
+            trajectories equal those without the option and both impls agree).
 
     Returns:
         :class:`BouncingBalls` of torch tensors (zero-copy views of NumPy arrays).
@@ -387,20 +455,32 @@ def generate(
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if not isinstance(recolor_on_wall_hit, (bool, np.bool_)):
+        raise ValueError(f"recolor_on_wall_hit must be a bool, got {recolor_on_wall_hit!r}")
+    if recolor_on_wall_hit and channels != 3:
+        raise ValueError(f"recolor_on_wall_hit=True needs channels=3, got channels={channels}")
     seq_len = _check_int("seq_len", seq_len, 1)
-    state = sample_initial_state(batch, num_balls, size, radius, speed, mass, seed)
+    rng = np.random.default_rng(seed)
+    state = sample_initial_state(batch, num_balls, size, radius, speed, mass, rng)
     if substeps == "auto":
         substeps = auto_substeps(state.velocities, state.radii, state.masses)
     traj = simulate(state.positions, state.velocities, state.radii, state.masses, seq_len,
                     size, substeps, num_threads, impl)
-    frames = render(traj.positions, state.radii, size, channels, None, dtype, num_threads, impl)
+    if recolor_on_wall_hit:
+        colors = PALETTE[recolor_indices(traj.ball_wall_hits, rng)]  # [B, T, N, 3]
+    else:
+        colors = ball_colors(batch, num_balls, channels)  # [B, N, C]
+    frames = render(traj.positions, state.radii, size, channels, colors, dtype, num_threads, impl)
+    colors = torch.from_numpy(colors)
     return BouncingBalls(
         frames=torch.from_numpy(frames),
         ball_collisions=torch.from_numpy(traj.ball_collisions),
         wall_collisions=torch.from_numpy(traj.wall_collisions),
+        ball_wall_hits=torch.from_numpy(traj.ball_wall_hits),
         positions=torch.from_numpy(traj.positions),
         velocities=torch.from_numpy(traj.velocities),
         radii=torch.from_numpy(state.radii),
         masses=torch.from_numpy(state.masses),
+        colors=colors if recolor_on_wall_hit else colors[:, None].expand(-1, seq_len, -1, -1),
         substeps=int(substeps),
     )

@@ -43,13 +43,13 @@ def _reflect_axis(p, v, r, size):
     return p, v, low | high
 
 
-def _walls(px, py, vx, vy, radii, size, wall):
-    """Wall reflections of every ball, in place on [B, N] arrays; ORs hits into wall [B]."""
+def _walls(px, py, vx, vy, radii, size, hits):
+    """Wall reflections of every ball, in place on [B, N] arrays; ORs them into hits [B, N]."""
     for k in range(px.shape[1]):
         r = radii[:, k]
         px[:, k], vx[:, k], hit_x = _reflect_axis(px[:, k], vx[:, k], r, size)
         py[:, k], vy[:, k], hit_y = _reflect_axis(py[:, k], vy[:, k], r, size)
-        wall |= hit_x | hit_y
+        hits[:, k] |= hit_x | hit_y
 
 
 def _collide_pair(px, py, vx, vy, radii, masses, i, j, size, ball):
@@ -95,7 +95,7 @@ def simulate_ref(
     seq_len: int,
     size: float,
     substeps: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Simulate ``B`` sequences of ``N`` balls for ``T = seq_len`` frames in float64.
 
     Args:
@@ -109,8 +109,10 @@ def simulate_ref(
 
     Returns:
         ``(positions [B, T, N, 2] float64, velocities [B, T, N, 2] float64,
-        ball_collisions [B, T] bool, wall_collisions [B, T] bool)``; the flags at
-        ``t >= 1`` say whether an event happened during the step from ``t-1`` to ``t``.
+        ball_collisions [B, T] bool, wall_collisions [B, T] bool, ball_wall_hits
+        [B, T, N] bool)``; the flags at ``t >= 1`` say whether an event happened
+        during the step from ``t-1`` to ``t`` (``ball_wall_hits[:, t, n]``: ball ``n``
+        reflected at a wall; ``wall_collisions`` is its any over ``n``).
     """
     p0 = np.asarray(positions0, dtype=np.float64)
     v0 = np.asarray(velocities0, dtype=np.float64)
@@ -124,20 +126,20 @@ def simulate_ref(
     positions = np.empty((batch, seq_len, n, 2))
     velocities = np.empty((batch, seq_len, n, 2))
     ball_flags = np.zeros((batch, seq_len), dtype=bool)
-    wall_flags = np.zeros((batch, seq_len), dtype=bool)
+    wall_hits = np.zeros((batch, seq_len, n), dtype=bool)
     positions[:, 0], velocities[:, 0] = p0, v0
     with np.errstate(divide="ignore", invalid="ignore"):
         for t in range(1, seq_len):
             for _ in range(substeps):
                 px = px + vx * dt
                 py = py + vy * dt
-                _walls(px, py, vx, vy, radii, size, wall_flags[:, t])
+                _walls(px, py, vx, vy, radii, size, wall_hits[:, t])
                 for i in range(n):
                     for j in range(i + 1, n):
                         _collide_pair(px, py, vx, vy, radii, masses, i, j, size, ball_flags[:, t])
             positions[:, t, :, 0], positions[:, t, :, 1] = px, py
             velocities[:, t, :, 0], velocities[:, t, :, 1] = vx, vy
-    return positions, velocities, ball_flags, wall_flags
+    return positions, velocities, ball_flags, wall_hits.any(axis=2), wall_hits
 
 
 def profile(q: np.ndarray) -> np.ndarray:
@@ -161,7 +163,8 @@ def render_ref(
     Args:
         positions: [B, T, N, 2] ball centres (x, y) in pixels.
         radii: [B, N] radii in pixels.
-        colors: [B, N, C] per-ball colour in [0, 1], C = 1 or 3.
+        colors: [B, N, C] per-ball colour, or [B, T, N, C] per frame, in [0, 1],
+            C = 1 or 3.
         size: H = W in pixels.
         dtype: "uint8" (``round(255 v)``) or "float32" (``v``).
 
@@ -172,7 +175,7 @@ def render_ref(
     radii = np.asarray(radii, dtype=np.float64)
     colors = np.asarray(colors, dtype=np.float64)
     batch, seq_len = positions.shape[:2]
-    channels = colors.shape[2]
+    channels = colors.shape[-1]
     out = np.empty((batch, seq_len, channels, size, size), dtype=np.dtype(dtype))
     centres = np.arange(size, dtype=np.float64) + 0.5
     inv_r2 = (1.0 / (radii * radii))[:, :, None, None]
@@ -180,6 +183,7 @@ def render_ref(
         dx = centres[None, None, None, :] - positions[:, t, :, 0, None, None]  # [B, N, 1, W]
         dy = centres[None, None, :, None] - positions[:, t, :, 1, None, None]  # [B, N, H, 1]
         p = profile((dx * dx + dy * dy) * inv_r2)  # [B, N, H, W]
-        value = np.clip(np.einsum("bnhw,bnc->bchw", p, colors), 0.0, 1.0)
+        frame_colors = colors[:, t] if colors.ndim == 4 else colors  # [B, N, C]
+        value = np.clip(np.einsum("bnhw,bnc->bchw", p, frame_colors), 0.0, 1.0)
         out[:, t] = np.rint(value * 255.0) if dtype == "uint8" else value
     return out

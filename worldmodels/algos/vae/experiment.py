@@ -27,6 +27,7 @@ def renderer_kwargs(env: DictConfig) -> dict[str, Any]:
         "radius": _scalar_or_range(env.radius),
         "speed": _scalar_or_range(env.speed),
         "channels": int(env.channels),
+        "recolor_on_wall_hit": bool(env.get("recolor_on_wall_hit", False)),
     }
 
 
