@@ -29,4 +29,5 @@ PYBIND11_MODULE(_C, m) {
   wm::register_bouncing_balls(m);
   wm::register_gru(m);
   wm::register_sampling(m);
+  wm::register_maze(m);
 }

@@ -6,4 +6,5 @@ namespace wm {
 void register_bouncing_balls(pybind11::module_& m);
 void register_gru(pybind11::module_& m);
 void register_sampling(pybind11::module_& m);
+void register_maze(pybind11::module_& m);
 }  // namespace wm

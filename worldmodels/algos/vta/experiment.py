@@ -16,6 +16,7 @@ from .evaluate import VTAEvaluator
 from .model import VTA, VTAConfig
 
 BALL_EVENTS = ("any", "ball", "wall")
+MAZE_EVENTS = ("turn", "junction", "any")
 
 
 def build_model(cfg: DictConfig) -> VTA:
@@ -38,6 +39,17 @@ def ball_events(batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
     return batch["ball_collisions"] | batch["wall_collisions"]
 
 
+def maze_events(batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    """Ground-truth boundaries in the maze: turns, junctions, or either."""
+    if kind not in MAZE_EVENTS:
+        raise ValueError(f"env.events={kind!r} is not one of {MAZE_EVENTS}.")
+    if kind == "turn":
+        return batch["turn"]
+    if kind == "junction":
+        return batch["junction"]
+    return batch["turn"] | batch["junction"]
+
+
 def build_data(cfg: DictConfig, device: torch.device) -> Any:
     env = cfg.env
     if env.name == "bouncing_balls":
@@ -47,9 +59,10 @@ def build_data(cfg: DictConfig, device: torch.device) -> Any:
             seed=int(cfg.seed), device=device, **renderer_kwargs(env),
         )
     if env.name == "maze":
-        from ...data.maze import maze_provider
+        from ...data.maze import MazeProvider
 
-        return maze_provider(cfg, sequence_length(cfg), device)
+        return MazeProvider(str(env.root), int(cfg.train.batch_size), sequence_length(cfg),
+                            seed=int(cfg.seed), size=int(env.size), device=device)
     raise ValueError(f"env.name={env.name!r}: VTA trains on 'bouncing_balls' or 'maze'.")
 
 
@@ -60,9 +73,11 @@ def held_out_set(cfg: DictConfig, device: torch.device) -> dict[str, torch.Tenso
                               **renderer_kwargs(env))
         return {"frames": batch["frames"], "events": ball_events(batch, str(env.events))}
     if env.name == "maze":
-        from ...data.maze import maze_held_out
+        from ...data.maze import make_eval_set as maze_eval_set
 
-        return maze_held_out(cfg, sequence_length(cfg), device)
+        batch = maze_eval_set(str(env.root), int(env.eval_sequences), sequence_length(cfg),
+                              size=int(env.size), device=device)
+        return {"frames": batch["frames"], "actions": batch["actions"], "events": maze_events(batch, str(env.events))}
     raise ValueError(f"env.name={env.name!r}: VTA evaluates on 'bouncing_balls' or 'maze'.")
 
 
