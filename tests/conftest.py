@@ -39,3 +39,9 @@ def tiny_config():
 @pytest.fixture
 def tiny_overrides():
     return list(TINY)
+
+
+@pytest.fixture
+def config_from():
+    """Compose the config from an explicit list of overrides."""
+    return compose_config

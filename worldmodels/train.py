@@ -18,8 +18,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .data.maze import MazeDataError
+from .training.checkpoint import CheckpointError
 from .training.loop import Factories, NonFiniteLossError, fit
 from .training.overrides import config_for_resume, explain_bad_override
+
+# Failures caused by what the user gave (data, checkpoints, diverging settings): a
+# one-paragraph message instead of a traceback.
+USER_ERRORS = (FileNotFoundError, CheckpointError, MazeDataError, NonFiniteLossError)
 
 # algo.name -> "module:attribute" of its Factories; imported only when chosen.
 ALGORITHMS = {
@@ -47,6 +53,15 @@ def write_resolved_config(cfg: DictConfig, run_dir: Path) -> Path:
 
 @hydra.main(version_base=None, config_path="pkg://worldmodels.configs", config_name="config")
 def main(cfg: DictConfig) -> dict:
+    try:
+        return run(cfg)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train the configured experiment in a new run directory, or resume one."""
     hydra_cfg = HydraConfig.get()
     resume = cfg.get("resume")
     if resume:
@@ -56,11 +71,7 @@ def main(cfg: DictConfig) -> dict:
         run_dir = Path(hydra_cfg.runtime.output_dir)
     write_resolved_config(cfg, run_dir)
     print(f"run directory: {run_dir}", flush=True)
-    try:
-        summary = fit(cfg, factories_for(str(cfg.algo.name)), run_dir, resume=bool(resume))
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    summary = fit(cfg, factories_for(str(cfg.algo.name)), run_dir, resume=bool(resume))
     print(
         f"done: step {summary['step']}, best {cfg.train.best_metric} {summary['best']:.4f}; "
         f"see {run_dir}/metrics.csv, {run_dir}/media and `tensorboard --logdir {run_dir}`",

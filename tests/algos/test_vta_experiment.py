@@ -38,3 +38,28 @@ def test_vta_trains_logs_boundary_scores_and_visualises(tiny_config, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode != 0 and "--idx 9 is outside the 2 held-out sequences" in bad.stderr
+
+
+def test_missing_maze_data_names_the_generator_command(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "worldmodels.train", "+exp=vta_maze", f"env.root={tmp_path / 'nowhere'}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "python -m worldmodels.data.generate_maze --out" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_vta_trains_on_generated_maze_episodes(config_from, tmp_path):
+    from worldmodels.data.generate_maze import main as generate
+
+    root = tmp_path / "maze"
+    generate(["--out", str(root), "--train", "4", "--test", "2", "--length", "24", "--no-progress"])
+    model = [o for o in VTA_TINY if o.startswith(("model.", "train."))]
+    cfg = config_from(["+exp=vta_maze", "device=cpu", "train.progress=false", "train.log_every=1", *model,
+                   f"env.root={root}", "env.eval_sequences=2"])
+    summary = fit(cfg, FACTORIES, tmp_path / "run")
+    assert summary["step"] == 4
+    with (tmp_path / "run" / "metrics.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("eval/boundary_f1")]
+    assert rows and float(rows[-1]["eval/event_rate"]) > 0
