@@ -19,6 +19,23 @@ input projection, shared by every group)::
     r, c, u = split(p_g, 3)
     reset = sigmoid(r);  cand = tanh(reset * c);  update = sigmoid(u - 1)
     h'_g = update * cand + (1 - update) * h_g
+
+Public ops (``gru_cell``, ``gru_scan``, ``block_gru_cell``, ``block_gru_scan``) take
+the references' arguments plus ``impl="auto" | "triton" | "cpp" | "ref"``:
+
+- ``"triton"`` (CUDA; CPU tensors only under ``TRITON_INTERPRET=1``): per step one
+  launch of a fused kernel (recurrent GEMM tile + gates) or, with LayerNorm, a
+  GEMM-tile launch and a row-wise LayerNorm+gates launch (``kernels/gru*.py``).
+- ``"cpp"`` (CPU): GEMMs in PyTorch (MKL), per-step gate maths fused in C++
+  (``csrc/gru.cpp``), OpenMP over the batch rows.
+- Both fused paths precompute the input projections of all steps in one GEMM, store
+  the gate activations in forward, run the reverse recurrence in backward and do the
+  weight-gradient GEMMs once over the whole sequence. They are registered as
+  ``torch.library`` custom ops (``worldmodels::gru_scan``,
+  ``worldmodels::block_gru_scan`` and their ``*_backward``), so ``torch.compile``
+  traces through them. The cells run the scan ops with ``T = 1``.
+- bf16/fp16 inputs are computed in float32 by the fused paths (states are returned in
+  the input dtype); float64 is computed in float64. No double backward through them.
 """
 
 from __future__ import annotations
@@ -26,7 +43,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _gru_custom  # registers the worldmodels::*gru_scan custom ops
+from ._dispatch import resolve_impl
+from ._gru_checks import check_block, check_classic
+
 Tensor = torch.Tensor
+
+# What impl="auto" prefers for CPU tensors (see benchmarks/bench_gru.py): the fused
+# C++ scans beat the eager reference at every measured size; a single cell step
+# is dominated by the custom op's fixed cost, so cells stay on the reference.
+_CPU_AUTO = {"gru_scan": "cpp", "block_gru_scan": "cpp", "gru_cell": "ref", "block_gru_cell": "ref"}
+_CPP_SYMBOL = {"gru": "GruClassicForwardF32", "block": "GruBlockForwardF32"}
 
 
 def gru_cell_ref(
@@ -147,3 +174,69 @@ def block_gru_scan_ref(
         h = block_gru_cell_ref(x[:, t], h, weight, bias, ln_weight, ln_bias, eps)
         states.append(h)
     return torch.stack(states, dim=1)
+
+
+# ---------------------------------------------------------------- public ops
+
+def _path(op: str, impl: str, x: Tensor, cell: str) -> str:
+    return _resolve(op, impl, x.device, cell)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op: str, impl: str, device: torch.device, cell: str) -> str:
+    # A constant for torch.compile: the choice depends only on the arguments here.
+    return resolve_impl(op, impl, device, triton=True, cpp_symbol=_CPP_SYMBOL[cell], cpu_auto=_CPU_AUTO[op])
+
+
+def _ops():
+    return _gru_custom
+
+
+def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None, ln_weight: Tensor | None = None, ln_bias: Tensor | None = None,
+             eps: float = 1e-5, impl: str = "auto") -> Tensor:
+    """One classic GRU step, as :func:`gru_cell_ref` (``x [B,I]``, ``h [B,H]`` -> ``[B,H]``),
+    with the implementation chosen by ``impl``."""
+    check_classic("gru_cell", x, h, w_ih, w_hh, b_ih, b_hh, ln_weight, ln_bias, eps, sequence=False)
+    path = _path("gru_cell", impl, x, "gru")
+    if path == "ref":
+        return gru_cell_ref(x, h, w_ih, w_hh, b_ih, b_hh, ln_weight, ln_bias, eps)
+    out = _ops().gru_scan_op(x.unsqueeze(1), h, w_ih, w_hh, b_ih, b_hh, ln_weight, ln_bias, eps, path)
+    return out[0].squeeze(1)
+
+
+def gru_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None, ln_weight: Tensor | None = None, ln_bias: Tensor | None = None,
+             eps: float = 1e-5, impl: str = "auto") -> Tensor:
+    """The classic cell over known inputs, as :func:`gru_scan_ref`
+    (``x [B,T,I]``, ``h0 [B,H]`` -> states ``[B,T,H]``), fused over time on the fast paths."""
+    check_classic("gru_scan", x, h0, w_ih, w_hh, b_ih, b_hh, ln_weight, ln_bias, eps, sequence=True)
+    path = _path("gru_scan", impl, x, "gru")
+    if path == "ref":
+        return gru_scan_ref(x, h0, w_ih, w_hh, b_ih, b_hh, ln_weight, ln_bias, eps)
+    return _ops().gru_scan_op(x, h0, w_ih, w_hh, b_ih, b_hh, ln_weight, ln_bias, eps, path)[0]
+
+
+def block_gru_cell(x: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None = None,
+                   ln_weight: Tensor | None = None, ln_bias: Tensor | None = None, eps: float = 1e-5,
+                   impl: str = "auto") -> Tensor:
+    """One block-diagonal GRU step, as :func:`block_gru_cell_ref`
+    (``x [B,I]``, ``h [B,G*Hg]``, ``weight [G,Hg+I,3Hg]`` -> ``[B,G*Hg]``)."""
+    check_block("block_gru_cell", x, h, weight, bias, ln_weight, ln_bias, eps, sequence=False)
+    path = _path("block_gru_cell", impl, x, "block")
+    if path == "ref":
+        return block_gru_cell_ref(x, h, weight, bias, ln_weight, ln_bias, eps)
+    out = _ops().block_gru_scan_op(x.unsqueeze(1), h, weight, bias, ln_weight, ln_bias, eps, path)
+    return out[0].squeeze(1)
+
+
+def block_gru_scan(x: Tensor, h0: Tensor, weight: Tensor, bias: Tensor | None = None,
+                   ln_weight: Tensor | None = None, ln_bias: Tensor | None = None, eps: float = 1e-5,
+                   impl: str = "auto") -> Tensor:
+    """The block-diagonal cell over known inputs, as :func:`block_gru_scan_ref`
+    (``x [B,T,I]``, ``h0 [B,H]`` -> states ``[B,T,H]``), fused over time on the fast paths."""
+    check_block("block_gru_scan", x, h0, weight, bias, ln_weight, ln_bias, eps, sequence=True)
+    path = _path("block_gru_scan", impl, x, "block")
+    if path == "ref":
+        return block_gru_scan_ref(x, h0, weight, bias, ln_weight, ln_bias, eps)
+    return _ops().block_gru_scan_op(x, h0, weight, bias, ln_weight, ln_bias, eps, path)[0]
