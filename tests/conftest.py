@@ -1,10 +1,29 @@
-"""Shared fixtures: composing the Hydra config in-process for fast tests."""
+"""Shared fixtures: composing the Hydra config in-process for fast tests.
+
+Without a GPU, Triton kernels are tested on CPU tensors in Triton's interpreter. Its
+switch is read when ``triton`` and its ``@triton.jit`` functions are first imported
+(torch may import triton early), so it is set here, before anything else loads.
+"""
 
 from __future__ import annotations
 
-import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+import os
+import shutil
+import subprocess
+
+
+def _has_cuda() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 # A run small enough for unit tests: tiny VAE, few frames, no progress bar.
 TINY = [

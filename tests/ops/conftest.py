@@ -1,14 +1,6 @@
-"""Op tests: without a GPU, Triton kernels run on CPU tensors in Triton's interpreter.
-
-The variable must be set before any kernel module is imported (``triton.jit`` reads
-it when decorating), so it is set here, at collection of tests/ops.
-"""
-
-import os
+"""Op tests run their Triton paths in Triton's interpreter when there is no GPU
+(``TRITON_INTERPRET=1`` is set by tests/conftest.py before torch or triton load)."""
 
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

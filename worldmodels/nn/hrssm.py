@@ -34,7 +34,7 @@ from torch.distributions import Normal, kl_divergence
 
 from ..ops import sampling as sampling_ops
 from ..ops.sampling import CONSTRAINED_LOGIT, BoundarySample, boundary_constraints
-from torch.nn import GRUCell
+from .gru import GRUCell
 
 Tensor = torch.Tensor
 

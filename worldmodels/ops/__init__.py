@@ -23,6 +23,9 @@ _EXPORTS = {
     "rssm_observe_ref": "rssm",
     "rssm_imagine_step": "rssm",
     "rssm_imagine_step_ref": "rssm",
+    "RSSMParams": "rssm",
+    "RSSMObservation": "rssm",
+    "RSSMImaginer": "rssm",
     # sampling
     "st_categorical": "sampling",
     "st_categorical_ref": "sampling",
