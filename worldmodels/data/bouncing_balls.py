@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from worldmodels.envs.bouncing_balls import BouncingBalls, generate, recolor_events
+from ..envs.bouncing_balls import BouncingBalls, generate, recolor_events
+from .stream import StepStream, check_step
 
 _CHUNK_STREAM = 0
 _INDEX_STREAM = 1
@@ -52,7 +53,7 @@ def _to_batch(data: BouncingBalls, index: torch.Tensor | None, device) -> dict:
     }
 
 
-class BouncingBallsProvider:
+class BouncingBallsProvider(StepStream):
     """Deterministic, resumable stream of bouncing-balls training batches.
 
     Args:
@@ -122,25 +123,9 @@ class BouncingBallsProvider:
             some ball changed colour at t; with ``recolor_on_wall_hit=True`` it equals
             ``wall_collisions``, without it is all False.
         """
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        data = self.chunk(int(step) // self.refresh_steps)
-        return _to_batch(data, self.indices(int(step)), self.device)
-
-    def next_batch(self) -> dict:
-        """The batch at the internal step counter, which then advances by one."""
-        out = self.batch(self.step)
-        self.step += 1
-        return out
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        step = state.get("step") if isinstance(state, dict) else None
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"state must be {{'step': int >= 0}}, got {state!r}")
-        self.step = int(step)
+        step = check_step(step)
+        data = self.chunk(step // self.refresh_steps)
+        return _to_batch(data, self.indices(step), self.device)
 
 
 def make_eval_set(num_sequences: int, seq_len: int, seed: int,

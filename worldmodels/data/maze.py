@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .stream import StepStream, check_step
+
 NUM_ACTIONS = 3
 SPLITS = ("train", "test")
 _INDEX_STREAM = 1
@@ -286,7 +288,7 @@ class MazeDataset:
         }
 
 
-class MazeProvider:
+class MazeProvider(StepStream):
     """Deterministic, resumable stream of random maze windows.
 
     The batch at ``step`` draws its episodes (without replacement when the split has
@@ -330,25 +332,9 @@ class MazeProvider:
     def batch(self, step: int) -> dict:
         """The batch at ``step`` (a pure function of seed and step); see
         :meth:`MazeDataset.windows` for the format."""
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        episodes, starts = self.indices(int(step))
+        step = check_step(step)
+        episodes, starts = self.indices(step)
         return self.dataset.windows(episodes, starts, self.device)
-
-    def next_batch(self) -> dict:
-        """The batch at the internal step counter, which then advances by one."""
-        out = self.batch(self.step)
-        self.step += 1
-        return out
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        step = state.get("step") if isinstance(state, dict) else None
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"state must be {{'step': int >= 0}}, got {state!r}")
-        self.step = int(step)
 
 
 def make_eval_set(root: str | Path, num_sequences: int, seq_len: int, split: str = "test",
