@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "array_checks.h"
 #include "bouncing_balls.h"
 #include "registry.h"
 
@@ -17,26 +18,6 @@ namespace {
 
 using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
-
-void check_shape(const py::array& x, const char* name, std::initializer_list<int64_t> shape) {
-  bool ok = x.ndim() == static_cast<py::ssize_t>(shape.size());
-  int d = 0;
-  std::string want = "[";
-  for (int64_t s : shape) {
-    if (ok && x.shape(d) != s) ok = false;
-    want += (d ? ", " : "") + std::to_string(s);
-    ++d;
-  }
-  want += "]";
-  if (!ok) {
-    std::string got = "[";
-    for (py::ssize_t k = 0; k < x.ndim(); ++k) {
-      got += (k ? ", " : "") + std::to_string(x.shape(k));
-    }
-    throw py::value_error(std::string(name) + " must have shape " + want + ", got " +
-                          got + "]");
-  }
-}
 
 py::tuple simulate(const F64Array& positions0, const F64Array& velocities0,
                    const F64Array& radii, const F64Array& masses, int64_t seq_len,

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "gru_rows.h"
+#include "array_checks.h"
 #include "registry.h"
 
 #ifdef WM_HAVE_OPENMP
@@ -49,14 +50,7 @@ using Array = py::array_t<S, py::array::c_style>;
 template <typename S>
 S* checked(const Array<S>& a, const char* name, std::vector<int64_t> shape, bool present = true) {
   if (!present) return nullptr;
-  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  std::string want = "[", got = "[";
-  for (size_t d = 0; d < shape.size(); ++d) {
-    if (ok && a.shape(d) != shape[d]) ok = false;
-    want += (d ? ", " : "") + std::to_string(shape[d]);
-  }
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) got += (d ? ", " : "") + std::to_string(a.shape(d));
-  if (!ok) throw py::value_error(std::string("gru: ") + name + " must have shape " + want + "], got " + got + "]");
+  check_shape(a, std::string("gru: ") + name, shape);
   if (!a.writeable()) throw py::value_error(std::string("gru: ") + name + " must be writeable");
   return const_cast<S*>(a.data());
 }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "array_checks.h"
 #include "maze.h"
 #include "registry.h"
 
@@ -20,16 +21,6 @@ namespace {
 
 using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
-
-std::string shape_of(const py::array& x) {
-  std::string s = "[";
-  for (py::ssize_t k = 0; k < x.ndim(); ++k) s += (k ? ", " : "") + std::to_string(x.shape(k));
-  return s + "]";
-}
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw py::value_error(message);
-}
 
 // Every wall id below the palette size and every border cell a wall.
 void check_mazes(const U8Array& mazes, int64_t palette_size) {

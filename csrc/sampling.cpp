@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "array_checks.h"
 #include "registry.h"
 
 #ifdef WM_HAVE_OPENMP
@@ -145,13 +146,6 @@ void forward_row(const ForwardArgs& a, int64_t b) {
   }
 }
 
-void check_bt(const py::array& x, const char* name, int64_t batch, int64_t steps) {
-  if (x.ndim() != 2 || x.shape(0) != batch || x.shape(1) != steps) {
-    throw py::value_error(std::string(name) + " must have shape [" + std::to_string(batch) +
-                          ", " + std::to_string(steps) + "] like logits");
-  }
-}
-
 int threads_for(int64_t work, int num_threads) {
 #ifdef WM_HAVE_OPENMP
   if (work < kParallelMin) return 1;
@@ -174,7 +168,7 @@ py::tuple boundary_forward(const F32Array& logits, const py::object& noise, uint
   F32Array noise_array;
   if (!noise.is_none()) {
     noise_array = noise.cast<F32Array>();
-    check_bt(noise_array, "noise", batch, steps);
+    check_shape(noise_array, "noise (like logits)", {batch, steps});
   }
   F32Array mask({batch, steps}), probs({batch, steps}), log_probs({batch, steps, int64_t{2}});
   F32Array soft({batch, steps});
