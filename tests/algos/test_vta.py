@@ -129,3 +129,29 @@ def test_pictures(tmp_path):
     path = save_visualization(model, held_out, tmp_path, index=1, num_samples=2)
     assert path.name == "vis_seq_1.png" and (tmp_path / "jumpy_1.png").is_file()
     assert model.training  # restored
+
+
+def test_training_only_options_keep_the_reported_elbo():
+    from worldmodels.algos.vta.model import balanced_bernoulli_kl
+    from worldmodels.nn.hrssm import bernoulli_kl
+
+    q = torch.log_softmax(torch.randn(4, 6, 2), -1).requires_grad_()
+    p = torch.log_softmax(torch.randn(4, 6, 2), -1).requires_grad_()
+    torch.testing.assert_close(balanced_bernoulli_kl(q, p, 0.8), bernoulli_kl(q, p))
+    balanced_bernoulli_kl(q, p, 1.0).sum().backward()
+    assert q.grad.abs().sum() == 0 and p.grad.abs().sum() > 0   # all of it trains the prior
+    plain, relaxed = make(), make(abs_free_nats=5.0, mask_kl_balance=0.8)
+    obs, act = frames(), torch.zeros(3, 12, 0)
+    torch.manual_seed(3)
+    a = plain(obs, act, 8, 2)
+    torch.manual_seed(3)
+    b = relaxed(obs, act, 8, 2)
+    assert b.train_loss < a.train_loss                            # KL_abs allowance in training
+    plain.eval(), relaxed.eval()
+    torch.manual_seed(4)
+    c = plain(obs, act, 8, 2)
+    torch.manual_seed(4)
+    d = relaxed(obs, act, 8, 2)
+    torch.testing.assert_close(c.train_loss, d.train_loss)       # evaluation reports the ELBO
+    with pytest.raises(ValueError, match="mask_kl_balance=1.5"):
+        VTAConfig(mask_kl_balance=1.5)

@@ -72,11 +72,14 @@ class GaussianHead(nn.Module):
 
 
 class BoundaryDetector(nn.Module):
-    """Posterior boundary log-odds ``[B, L]`` from embeddings ``[B, L, F]``: a stack
-    of non-causal Conv1d layers (kernel 3), so ``m_t`` sees the frames around ``t``."""
+    """Posterior boundary log-odds ``[B, L]`` from embeddings ``[B, L, F]``: LayerNorm,
+    then a stack of non-causal Conv1d layers (kernel 3), so ``m_t`` sees the frames
+    around ``t``. The LayerNorm keeps the logits' scale independent of how large the
+    encoder's features grow, so the sampler does not saturate early in training."""
 
     def __init__(self, in_size: int, hidden: int, layers: int):
         super().__init__()
+        self.norm = nn.LayerNorm(in_size)
         convs: list[nn.Module] = []
         for index in range(layers):
             convs += [nn.Conv1d(in_size if index == 0 else hidden, hidden, 3, padding=1), nn.ELU()]
@@ -84,7 +87,7 @@ class BoundaryDetector(nn.Module):
         self.out = nn.Conv1d(hidden, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.convs(x.transpose(1, 2))).squeeze(1)
+        return self.out(self.convs(self.norm(x).transpose(1, 2))).squeeze(1)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...nn.conv import ConvDecoder, ConvEncoder
-from ...nn.hrssm import HierarchicalRSSM, HRSSMConfig, HRSSMOutput
+from ...nn.hrssm import HierarchicalRSSM, HRSSMConfig, HRSSMOutput, bernoulli_kl
 from ...ops.sampling import BoundarySample
 
 Tensor = torch.Tensor
@@ -48,6 +48,8 @@ class VTAConfig:
     beta_anneal: float = 0.0
     min_beta: float = 0.1
     max_beta: float = 1.0
+    abs_free_nats: float = 0.0   # training only: KL_abs below this many nats per boundary is free
+    mask_kl_balance: float | None = None  # training only: weight of KL(sg(q) || p) in KL_mask (rest on q)
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -56,6 +58,10 @@ class VTAConfig:
             raise ValueError(f"obs_bit={self.obs_bit} must be None or in 1..8.")
         if min(self.mask_beta, self.min_beta, self.max_beta, self.obs_std) <= 0 or self.beta_anneal < 0:
             raise ValueError("mask_beta, min_beta, max_beta and obs_std must be > 0 and beta_anneal >= 0.")
+        if self.mask_kl_balance is not None and not 0 <= self.mask_kl_balance <= 1:
+            raise ValueError(f"mask_kl_balance={self.mask_kl_balance} must be None or in [0, 1].")
+        if self.abs_free_nats < 0:
+            raise ValueError(f"abs_free_nats={self.abs_free_nats} must be >= 0.")
 
     def hrssm(self) -> HRSSMConfig:
         return HRSSMConfig(self.feat_size, self.belief_size, self.state_size, self.action_size,
@@ -75,6 +81,7 @@ class VTAOutput:
     obs_entropy: Tensor      # [B, S]
     boundary_entropy: Tensor  # [B, S] entropy of the posterior boundary distribution
     train_loss: Tensor       # scalar: negative ELBO per frame, averaged over the batch
+                             # (in training, KL_abs minus abs_free_nats per boundary when set)
 
 
 def quantize(frames: Tensor, bits: int | None, dequantize: bool) -> Tensor:
@@ -148,7 +155,14 @@ class VTA(nn.Module):
     def _output(self, out: HRSSMOutput, decoded: Tensor, obs_cost: Tensor) -> VTAOutput:
         q = out.boundary.log_probs
         boundary_entropy = -(q.exp() * q).sum(-1)
-        per_sequence = (obs_cost + out.kl_abs + out.kl_obs + out.kl_mask).sum(1)
+        kl_abs = out.kl_abs
+        if self.training and self.config.abs_free_nats > 0:
+            kl_abs = torch.relu(kl_abs - self.config.abs_free_nats * out.boundary.mask)
+        kl_mask = out.kl_mask
+        if self.training and self.config.mask_kl_balance is not None:
+            kl_mask = balanced_bernoulli_kl(out.boundary.log_probs, out.prior_boundary_log_probs,
+                                            self.config.mask_kl_balance)
+        per_sequence = (obs_cost + kl_abs + out.kl_obs + kl_mask).sum(1)
         return VTAOutput(
             reconstruction=self.to_image(decoded.detach()), mask=out.boundary.mask, boundary=out.boundary,
             obs_cost=obs_cost, kl_abs=out.kl_abs, kl_obs=out.kl_obs, kl_mask=out.kl_mask,
@@ -168,6 +182,14 @@ class VTA(nn.Module):
         if self.training:
             self.step += 1
         return out.train_loss, summarize(out, beta)
+
+
+def balanced_bernoulli_kl(q_log_probs: Tensor, p_log_probs: Tensor, balance: float) -> Tensor:
+    """``KL(q || p)`` in value; gradients split as ``balance`` to the prior (through
+    ``KL(sg(q) || p)``) and ``1 - balance`` to the posterior (DreamerV2's KL balancing)."""
+    to_prior = bernoulli_kl(q_log_probs.detach(), p_log_probs)
+    to_posterior = bernoulli_kl(q_log_probs, p_log_probs.detach())
+    return balance * to_prior + (1 - balance) * to_posterior
 
 
 def reconstruction_nll(decoded: Tensor, target: Tensor, loss_type: str, obs_std: float) -> Tensor:
