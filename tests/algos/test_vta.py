@@ -155,3 +155,16 @@ def test_training_only_options_keep_the_reported_elbo():
     torch.testing.assert_close(c.train_loss, d.train_loss)       # evaluation reports the ELBO
     with pytest.raises(ValueError, match="mask_kl_balance=1.5"):
         VTAConfig(mask_kl_balance=1.5)
+
+
+def test_boundary_warmup_keeps_the_detector_out_of_the_gradient():
+    model = make(boundary_warmup=1)
+    batch = {"frames": frames()}
+    loss, _ = model.compute_loss(batch)
+    loss.backward()
+    detector = list(model.hrssm.post_boundary.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in detector)
+    model.zero_grad()
+    loss, _ = model.compute_loss(batch)   # step 1: warm-up over
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector)

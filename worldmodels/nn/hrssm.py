@@ -125,9 +125,12 @@ class HierarchicalRSSM(nn.Module):
         self.obs_feat = nn.Sequential(nn.Linear(belief + state, feat), nn.ELU())
 
     def sample_boundaries(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
-                          beta: float, noise: Tensor | None = None) -> BoundarySample:
-        """Posterior boundaries of the window ``[init_size, init_size + seq_size)``."""
+                          beta: float, noise: Tensor | None = None, frozen: bool = False) -> BoundarySample:
+        """Posterior boundaries of the window ``[init_size, init_size + seq_size)``;
+        ``frozen``: no gradient reaches the detector (boundary warm-up)."""
         logits = self.post_boundary(torch.cat([embed, action], dim=-1))
+        if frozen:
+            logits = logits.detach()
         window = logits[:, init_size : init_size + seq_size]
         return sampling_ops.boundary_sample(window, beta, self.config.seg_len, self.config.seg_num, noise=noise)
 
@@ -146,7 +149,7 @@ class HierarchicalRSSM(nn.Module):
         return torch.stack(out[::-1], dim=1)
 
     def forward(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
-                beta: float, noise: Tensor | None = None) -> HRSSMOutput:
+                beta: float, noise: Tensor | None = None, freeze_boundaries: bool = False) -> HRSSMOutput:
         """Infer both levels over the window ``[init_size, init_size + seq_size)``.
 
         Args:
@@ -155,9 +158,10 @@ class HierarchicalRSSM(nn.Module):
             action: ``[B, L, A]``; ``action[:, t]`` is the action taken after frame ``t``.
             beta: Gumbel-sigmoid temperature of the boundary sampler.
             noise: optional uniform noise ``[B, seq_size]`` for the boundary draws.
+            freeze_boundaries: keep the boundary detector out of the gradient.
         """
         self._check(embed, action, init_size, seq_size)
-        boundary = self.sample_boundaries(embed, action, init_size, seq_size, beta, noise)
+        boundary = self.sample_boundaries(embed, action, init_size, seq_size, beta, noise, freeze_boundaries)
         x, mask = embed[:, init_size : init_size + seq_size], boundary.mask
         prev_action = F.pad(action, (0, 0, 1, 0))[:, init_size : init_size + seq_size]
         summaries = self.segment_summaries(x, mask)

@@ -50,6 +50,7 @@ class VTAConfig:
     max_beta: float = 1.0
     abs_free_nats: float = 0.0   # training only: KL_abs below this many nats per boundary is free
     mask_kl_balance: float | None = None  # training only: weight of KL(sg(q) || p) in KL_mask (rest on q)
+    boundary_warmup: int = 0     # training steps during which the boundary detector gets no gradient
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -146,7 +147,8 @@ class VTA(nn.Module):
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={loss_type!r} is not one of {LOSS_TYPES}.")
         inputs = quantize(obs, self.config.obs_bit, dequantize=self.training)
-        out = self.hrssm(self.embed(inputs), act, init_size, seq_size, self.mask_beta(), noise)
+        frozen = self.training and int(self.step) < self.config.boundary_warmup
+        out = self.hrssm(self.embed(inputs), act, init_size, seq_size, self.mask_beta(), noise, frozen)
         decoded = self.decode(out.feat)
         target = inputs[:, init_size : init_size + seq_size]
         obs_cost = reconstruction_nll(decoded, target, loss_type, obs_std)
