@@ -181,7 +181,7 @@ def block_backward(grad, x, h0, weight, bias, ln_weight, ln_bias, states, saved,
     states = states_c if states_c.numel() else states
     originals = (x, h0, weight, bias, ln_weight, ln_bias)
     x, h0, weight, ln_weight, grad, states = (_up(t, dtype) for t in (x, h0, weight, ln_weight, grad, states))
-    (batch, steps, inputs), hidden = x.shape, h0.shape[1]
+    batch, steps, inputs = x.shape
     groups, hg = weight.shape[0], weight.shape[2] // 3
     width = groups * 3 * hg
     w_h, w_x = _split_block(weight, hg)
