@@ -64,3 +64,36 @@ def tiny_overrides():
 def config_from():
     """Compose the config from an explicit list of overrides."""
     return compose_config
+
+
+@pytest.fixture
+def without_extension():
+    """Run ``body`` in a fresh interpreter where ``worldmodels._C`` cannot be imported.
+
+    ``body`` may call ``try_cpp(fn)``, which prints ``CPP-ERROR: <message>`` when ``fn``
+    raises :class:`ExtensionUnavailableError`. Returns the completed process.
+    """
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    prelude = textwrap.dedent(
+        """
+        import sys
+        sys.modules["worldmodels._C"] = None  # make the extension unimportable
+        from worldmodels._ext import ExtensionUnavailableError
+
+        def try_cpp(fn):
+            try:
+                fn()
+            except ExtensionUnavailableError as error:
+                print("CPP-ERROR:", error)
+        """
+    )
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(body: str) -> subprocess.CompletedProcess:
+        code = prelude + textwrap.dedent(body)
+        return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+
+    return run

@@ -3,10 +3,6 @@ on wall hits, errors."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +16,6 @@ needs_cpp = pytest.mark.skipif(
     reason="C++ extension worldmodels._C not built (pip install --no-build-isolation -e .)",
 )
 IMPLS = ["ref", pytest.param("cpp", marks=needs_cpp)]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _state(batch, num_balls, size, seed, radius=(1.5, 3.0), speed=(1.0, 3.0)):
@@ -349,24 +344,16 @@ def test_simulate_checks_shapes():
 # ------------------------------------------------------------------------- fallback
 
 
-def test_fallback_without_extension_warns_once_and_cpp_says_how_to_build():
-    code = textwrap.dedent(
+def test_fallback_without_extension_warns_once_and_cpp_says_how_to_build(without_extension):
+    done = without_extension(
         """
-        import sys
-        sys.modules["worldmodels._C"] = None  # make the extension unimportable
         from worldmodels.envs import bouncing_balls as bb
-        from worldmodels._ext import ExtensionUnavailableError
         a = bb.generate(2, 4, impl="auto")
         b = bb.generate(2, 4, impl="auto")
         assert a.frames.shape == (2, 4, 1, 32, 32)
-        try:
-            bb.generate(2, 4, impl="cpp")
-        except ExtensionUnavailableError as error:
-            print("CPP-ERROR:", error)
+        try_cpp(lambda: bb.generate(2, 4, impl="cpp"))
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     notices = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(notices) == 1 and "pure-Python" in notices[0], done.stderr
