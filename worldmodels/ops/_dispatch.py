@@ -45,6 +45,7 @@ def cpp_has(symbol: str) -> bool:
     return module is not None and hasattr(module, symbol)
 
 
+@torch.compiler.assume_constant_result
 def resolve_impl(
     op: str,
     impl: str,
@@ -54,7 +55,8 @@ def resolve_impl(
     cpp_symbol: str | None = None,
     cpu_auto: str = "cpp",
 ) -> str:
-    """The implementation ``op`` runs with on ``device``.
+    """The implementation ``op`` runs with on ``device``. A constant under
+    ``torch.compile`` (Dynamo cannot trace the cached extension lookup).
 
     Args:
         op: the op's public name, for messages.

@@ -230,13 +230,6 @@ def _check_boundary(logits: Tensor, beta: float, seg_len: int, seg_num: int,
     _check_noise_and_seed(name, logits, noise, seed)
 
 
-@torch.compiler.assume_constant_result
-def _resolve(op: str, impl: str, device: torch.device, cpp_symbol: str | None, cpu_auto: str) -> str:
-    """:func:`resolve_impl` for the samplers, a constant under ``torch.compile`` (its
-    cached extension lookup cannot be traced by Dynamo)."""
-    return resolve_impl(op, impl, device, triton=True, cpp_symbol=cpp_symbol, cpu_auto=cpu_auto)
-
-
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
@@ -279,7 +272,7 @@ def st_categorical(
         of ``logits``; the sample is exactly one-hot in the forward pass.
     """
     _check_categorical(logits, unimix, noise, seed)
-    path = _resolve("st_categorical", impl, logits.device, None, "ref")
+    path = resolve_impl("st_categorical", impl, logits.device, triton=True, cpp_symbol=None, cpu_auto="ref")
     if path == "ref":
         return st_categorical_ref(logits, unimix, noise, _generator(seed, logits.device))
     from . import _sampling_custom as custom
@@ -318,7 +311,8 @@ def boundary_sample(
         in the dtype of ``logits``.
     """
     _check_boundary(logits, beta, seg_len, seg_num, noise, seed)
-    path = _resolve("boundary_sample", impl, logits.device, "boundary_sample_forward", "cpp")
+    path = resolve_impl("boundary_sample", impl, logits.device, triton=True,
+                        cpp_symbol="boundary_sample_forward", cpu_auto="cpp")
     if path == "ref":
         return boundary_sample_ref(logits, beta, seg_len, seg_num, noise,
                                    _generator(seed, logits.device))
