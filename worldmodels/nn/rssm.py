@@ -91,7 +91,7 @@ def categorical_kl_loss(post_logits: Tensor, prior_logits: Tensor, *, unimix: fl
     return KLLoss(loss, dyn, rep)
 
 
-def _fan_avg_(tensor: Tensor, fan_in: int, fan_out: int) -> Tensor:
+def fan_avg_normal_(tensor: Tensor, fan_in: int, fan_out: int) -> Tensor:
     """Truncated normal (at 2 std) with variance ``1 / mean(fan_in, fan_out)`` (DreamerV3)."""
     std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978  # std of N(0,1) truncated at +-2
     return nn.init.trunc_normal_(tensor, 0.0, std, -2.0 * std, 2.0 * std)
@@ -135,9 +135,9 @@ class RSSM(nn.Module):
             for name, (shape, kind) in _param_table(c).items():
                 param = getattr(self, name)
                 if kind == "w" and name == "gru_weight":
-                    _fan_avg_(param, shape[1], shape[2])
+                    fan_avg_normal_(param, shape[1], shape[2])
                 elif kind == "w":
-                    _fan_avg_(param, shape[1], shape[0])
+                    fan_avg_normal_(param, shape[1], shape[0])
                 else:
                     param.fill_(1.0 if kind == "1" else 0.0)
             self.initial.zero_()

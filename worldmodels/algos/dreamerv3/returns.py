@@ -1,0 +1,108 @@
+"""Actor-critic targets of DreamerV3: lambda-returns, return normalisation, slow critic.
+
+Indexing of an imagined trajectory of ``H`` steps from states ``s_0 .. s_H``:
+``reward[:, t]`` and ``cont[:, t]`` are the reward and continue flag predicted for the
+step ``s_t -> s_{t+1}`` (i.e. the heads applied to ``s_{t+1}``), and ``value[:, t]`` is
+the critic at ``s_t``, so ``value`` has ``H + 1`` entries and ``value[:, H]`` bootstraps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, discount: float = 1.0 - 1.0 / 333.0,
+                   lam: float = 0.95) -> Tensor:
+    """TD(lambda) returns ``R [..., H]`` computed backwards from ``R_H = v_H``::
+
+        R_t = r_t + gamma * c_t * ((1 - lam) * v_{t+1} + lam * R_{t+1}),   t = H-1 .. 0
+
+    Args:
+        reward: ``[..., H]`` float, ``r_t`` for the step reached from ``s_t``.
+        cont: ``[..., H]`` float in [0, 1], ``c_t`` = 1 - termination of that step.
+        value: ``[..., H + 1]`` float, ``v_t`` = critic at ``s_t``.
+        discount: ``gamma`` (DreamerV3: 1 - 1/333). lam: ``lambda`` in [0, 1].
+    Returns:
+        ``[..., H]`` in the promoted dtype of the inputs (``R_0 .. R_{H-1}``).
+    """
+    if reward.shape != cont.shape or value.shape[:-1] != reward.shape[:-1] or value.shape[-1] != reward.shape[-1] + 1:
+        raise ValueError(f"need reward and cont [..., H] and value [..., H + 1], got reward {tuple(reward.shape)}, "
+                         f"cont {tuple(cont.shape)}, value {tuple(value.shape)}.")
+    if reward.dim() < 1 or reward.shape[-1] < 1:
+        raise ValueError(f"need a horizon H >= 1, got reward {tuple(reward.shape)}.")
+    if not 0.0 <= lam <= 1.0 or not 0.0 <= discount <= 1.0:
+        raise ValueError(f"lam={lam} and discount={discount} must lie in [0, 1].")
+    horizon = reward.shape[-1]
+    interim = reward + discount * cont * (1.0 - lam) * value[..., 1:]
+    factor = discount * lam * cont
+    returns = [value[..., -1]]
+    for t in reversed(range(horizon)):
+        returns.append(interim[..., t] + factor[..., t] * returns[-1])
+    return torch.stack(returns[:0:-1], dim=-1)
+
+
+class ReturnNormalizer(nn.Module):
+    """Running percentile range of the returns (DreamerV3's return scale).
+
+    ``update(R)``: ``low <- decay * low + (1 - decay) * quantile(R, low_q)`` and the same
+    for ``high`` with ``high_q`` (both start at 0, no bias correction).
+    ``scale() = max(max_scale, high - low)``: the advantages are divided by it, so
+    returns spanning less than ``max_scale`` (default 1) are not scaled up.
+    Buffers ``low``/``high`` (fp32 scalars) are saved in ``state_dict``.
+    """
+
+    def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95, max_scale: float = 1.0):
+        super().__init__()
+        if not 0.0 <= decay < 1.0 or not 0.0 <= low < high <= 1.0 or max_scale <= 0:
+            raise ValueError(f"need 0 <= decay < 1, 0 <= low < high <= 1 and max_scale > 0, got decay={decay}, "
+                             f"low={low}, high={high}, max_scale={max_scale}.")
+        self.decay, self.low_q, self.high_q, self.max_scale = decay, low, high, max_scale
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, returns: Tensor) -> None:
+        """Fold the ``low_q``/``high_q`` quantiles (linear interpolation) of all of ``returns`` in."""
+        if returns.numel() == 0:
+            raise ValueError("cannot update the return normaliser with an empty tensor.")
+        flat = returns.detach().reshape(-1).float().to(self.low.device)
+        qs = torch.quantile(flat, torch.tensor([self.low_q, self.high_q], device=flat.device))
+        self.low.lerp_(qs[0], 1.0 - self.decay)
+        self.high.lerp_(qs[1], 1.0 - self.decay)
+
+    def scale(self) -> Tensor:
+        """``max(max_scale, high - low)``, a 0-d fp32 tensor."""
+        return torch.clamp(self.high - self.low, min=self.max_scale)
+
+    def forward(self, returns: Tensor) -> Tensor:
+        """``update(returns)`` then return ``scale()``."""
+        self.update(returns)
+        return self.scale()
+
+
+@torch.no_grad()
+def ema_update_(target: nn.Module, source: nn.Module, fraction: float = 0.02) -> None:
+    """Slow-moving copy: ``theta_target <- (1 - fraction) * theta_target + fraction * theta_source``
+    for every parameter and floating buffer (other buffers are copied). Modules must have
+    the same parameter and buffer names and shapes."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction={fraction} must lie in [0, 1].")
+    for kind, tgt, src in (("parameters", dict(target.named_parameters()), dict(source.named_parameters())),
+                           ("buffers", dict(target.named_buffers()), dict(source.named_buffers()))):
+        if tgt.keys() != src.keys():
+            raise ValueError(f"target and source {kind} differ: only in target {sorted(tgt.keys() - src.keys())}, "
+                             f"only in source {sorted(src.keys() - tgt.keys())}.")
+        for name, t in tgt.items():
+            s = src[name]
+            if t.shape != s.shape:
+                raise ValueError(f"{name}: target shape {tuple(t.shape)} != source shape {tuple(s.shape)}.")
+            if t.is_floating_point():
+                t.lerp_(s.to(t.dtype), fraction)
+            else:
+                t.copy_(s)
+
+
+__all__ = ["ReturnNormalizer", "ema_update_", "lambda_returns"]
