@@ -1,0 +1,140 @@
+"""Record episodes of a policy (by default uniformly random) for offline training.
+
+Command line::
+
+    python -m worldmodels.record --suite classic --task cartpole --episodes 20 \\
+        --out data/cartpole_random [--num-envs 4] [--seed 0] [--max-steps N] [--render-image]
+
+Each finished episode is written with :func:`worldmodels.data.episodes.save_episode`
+as ``{index:06d}-{length}.npz`` in the output folder (numbering continues after the
+files already there). An episode holds, for ``T`` steps: the observation keys
+(``image`` uint8 ``(T, H, W, C)``, ``vector`` float32 ``(T, D)``), ``action`` float32
+``(T, A)`` (one-hot for discrete actions; ``action[t]`` is taken after observing step
+``t``; zeros at the last step), ``reward`` float32 ``(T,)`` (0 at ``t = 0``),
+``discount`` float32 (``1 - is_terminal``) and the bool flags ``is_first``,
+``is_last`` and ``is_terminal``. Episodes still running when enough have finished are
+dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from worldmodels.data.episodes import (
+    EpisodeBuilder,
+    episode_name,
+    load_episode,
+    save_episode,
+)
+from worldmodels.envs.factory import (
+    SUITES,
+    ActionSpace,
+    EnvSpec,
+    VectorEnv,
+    make_env,
+    prepare_actions,
+    random_actions,
+)
+
+STEP_KEYS = ("reward", "is_first", "is_last", "is_terminal")
+Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def action_vectors(space: ActionSpace, actions: np.ndarray, num_envs: int) -> np.ndarray:
+    """A batch of actions as stored in episodes: float32 ``[N, A]``, one-hot when discrete."""
+    actions = prepare_actions(space, actions, num_envs)
+    if space.discrete:
+        return np.eye(space.size, dtype=np.float32)[actions]
+    return actions.astype(np.float32)
+
+
+def _next_index(out_dir: Path) -> int:
+    """One past the highest ``{index:06d}-{length}.npz`` index in ``out_dir`` (0 if none)."""
+    indices = [int(m.group(1)) for p in out_dir.iterdir() if (m := re.fullmatch(r"(\d{6})-\d+\.npz", p.name))]
+    return max(indices, default=-1) + 1
+
+
+def record_episodes(env: VectorEnv, policy: Policy, num_episodes: int, out_dir: str | Path,
+                    progress: bool = True) -> list[Path]:
+    """Run ``policy`` in ``env`` until ``num_episodes`` episodes finish; save each one.
+
+    ``policy(obs)`` maps a batch of observations (the dict ``env.reset``/``env.step``
+    return, leading dim ``N``) to a batch of actions for ``env.step``. Returns the
+    written paths in the order the episodes finished.
+    """
+    if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
+        raise ValueError(f"num_episodes must be an integer >= 1, got {num_episodes!r}")
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = _next_index(out_dir)
+    obs_keys = [key for key in env.obs_space if key not in STEP_KEYS]
+    builder = EpisodeBuilder(env.num_envs)
+    paths: list[Path] = []
+    obs = env.reset()
+    with tqdm(total=num_episodes, desc="episodes", unit="ep", disable=not progress) as bar:
+        while True:
+            actions = policy(obs)
+            stored = action_vectors(env.act_space, actions, env.num_envs)
+            stored[obs["is_last"]] = 0.0
+            step = {key: obs[key] for key in (*obs_keys, *STEP_KEYS)}
+            step.update(action=stored, discount=1.0 - obs["is_terminal"].astype(np.float32))
+            for _, episode in builder.add(step):
+                name = episode_name(index + len(paths), len(episode["reward"]))
+                paths.append(save_episode(out_dir / name, episode))
+                bar.update(1)
+                if len(paths) == num_episodes:
+                    return paths
+            obs = env.step(actions)
+
+
+def summarize(paths: Sequence[str | Path]) -> str:
+    """One line: episode count, total steps and mean/min/max return of saved episodes."""
+    rewards = [load_episode(path)["reward"] for path in paths]
+    returns = np.array([r.sum() for r in rewards], np.float64)
+    return (f"{len(paths)} episodes, {sum(len(r) for r in rewards)} steps, return "
+            f"mean {returns.mean():.2f} min {returns.min():.2f} max {returns.max():.2f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m worldmodels.record`` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m worldmodels.record", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", required=True, choices=SUITES)
+    parser.add_argument("--task", required=True, help="e.g. cartpole, CartPole-v1, pong, walker_walk, reward")
+    parser.add_argument("--episodes", type=int, required=True, help="number of episodes to write")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="env seed (env i gets seed + i) and policy seed")
+    parser.add_argument("--max-steps", type=int, default=None, help="episode time limit in agent steps")
+    parser.add_argument("--render-image", action="store_true", help="also store rendered frames (classic/gym)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """Record random-policy episodes as the command line asks; prints a summary line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    try:
+        spec = EnvSpec(args.suite, args.task, num_envs=args.num_envs, seed=args.seed,
+                       max_episode_steps=args.max_steps, render_image=args.render_image)
+    except ValueError as error:
+        parser.error(str(error))
+    rng = np.random.default_rng(args.seed)
+    with make_env(spec) as env:
+        paths = record_episodes(env, lambda obs: random_actions(env.act_space, env.num_envs, rng),
+                                args.episodes, args.out, progress=not args.no_progress)
+    print(f"recorded {summarize(paths)} to {args.out}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()
