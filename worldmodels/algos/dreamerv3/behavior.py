@@ -1,0 +1,156 @@
+"""DreamerV3's actor-critic, trained on trajectories imagined by the world model.
+
+From ``N`` start states ``s_0`` (detached posterior states of a replay batch) the RSSM
+prior is rolled ``H`` steps with actions ``a_t ~ pi(. | s_t)`` without gradients.
+On the imagined ``s_0 .. s_H`` (``sg`` = stop-gradient, all targets are ``sg``)::
+
+    r_t = E[reward | s_{t+1}],  c_t = P[continue | s_t] (c_0 = 1 - is_terminal of the start)
+    v_t = E[critic(s_t)],  R = lambda_returns(r_{0..H-1}, c_{1..H}, v_{0..H}, gamma, lambda)
+    w_t = prod_{j<=t} (gamma c_j) / gamma                 (t = 0 .. H-1)
+    S   = max(1, P95(R) - P5(R))   (running, ReturnNormalizer)
+    L_actor  = mean_t w_t * ( -sg((R_t - v_t) / S) log pi(a_t | s_t) - eta H[pi(. | s_t)] )
+    L_critic = mean_t w_t * ( -log p_critic(R_t | s_t) - reg * -log p_critic(v^slow_t | s_t) )
+
+REINFORCE for discrete and continuous actions, as DreamerV3. The slow critic
+(``theta_slow <- (1 - f) theta_slow + f theta``) only regularises the critic.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ...nn.distributions import BoundedNormal, OneHotDist, TwoHotSymlog
+from ...nn.mlp import MLP
+from ...ops.rssm import Imagination
+from .config import DreamerConfig
+from .returns import ReturnNormalizer, ema_update_, lambda_returns
+
+Tensor = torch.Tensor
+
+
+class Rollout(NamedTuple):
+    """An imagined trajectory and its (detached) targets, ``N`` starts, horizon ``H``."""
+
+    feat: Tensor     # [N, H+1, F]  features of s_0 .. s_H
+    action: Tensor   # [N, H, A]    a_t taken in s_t
+    reward: Tensor   # [N, H]       r_t predicted for s_t -> s_{t+1}
+    cont: Tensor     # [N, H+1]     c_t of s_t (c_0 from the start's is_terminal)
+    value: Tensor    # [N, H+1]     critic mean v_t
+    returns: Tensor  # [N, H]       lambda-returns R_t
+    weight: Tensor   # [N, H]       w_t
+
+
+class ActorCritic(nn.Module):
+    """Actor (``OneHotDist`` or ``BoundedNormal``), critic and slow critic (``TwoHotSymlog``).
+
+    Args:
+        config: :class:`DreamerConfig`. feat_dim: ``F`` of the world model's features.
+        act_space: anything with ``.discrete`` (bool) and ``.size`` (``A``).
+    """
+
+    def __init__(self, config: DreamerConfig, feat_dim: int, act_space):
+        super().__init__()
+        self.config = config
+        self.discrete, self.action_dim = bool(act_space.discrete), int(act_space.size)
+        if self.action_dim < 1:
+            raise ValueError(f"the action space needs size >= 1, got {act_space.size}.")
+        units = config.head_units
+        out = self.action_dim if self.discrete else 2 * self.action_dim
+        self.actor = MLP(feat_dim, out, units, config.actor_layers)
+        self.critic = MLP(feat_dim, config.reward_bins, units, config.critic_layers, zero_init_output=True)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.return_norm = ReturnNormalizer(config.return_norm_decay, config.return_norm_low,
+                                            config.return_norm_high)
+        # One bound method kept for the lifetime of the module: the CUDA-graph imaginer
+        # keys its captures by the policy's identity.
+        self._imagine_policy = self._sample_imagined_action
+
+    def policy(self, feat: Tensor) -> OneHotDist | BoundedNormal:
+        """``pi(. | s)`` for features ``[..., F]`` (event ``[..., A]``)."""
+        out = self.actor(feat)
+        if self.discrete:
+            return OneHotDist(out, self.config.unimix)
+        mean_raw, std_raw = out.chunk(2, dim=-1)
+        return BoundedNormal(mean_raw, std_raw, self.config.actor_min_std, self.config.actor_max_std)
+
+    def value(self, feat: Tensor, slow: bool = False) -> TwoHotSymlog:
+        """Critic (or slow critic) distribution ``[...]`` over returns."""
+        return TwoHotSymlog((self.slow_critic if slow else self.critic)(feat))
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """``theta_slow <- (1 - f) theta_slow + f theta_critic``, ``f = slow_critic_fraction``."""
+        ema_update_(self.slow_critic, self.critic, self.config.slow_critic_fraction)
+
+    def _sample_imagined_action(self, deter: Tensor, stoch: Tensor) -> Tensor:
+        """Capturable policy sample for the imaginer: ``(h [N, H], z [N, S, K]) -> a [N, A]``."""
+        dist = self.policy(torch.cat([deter, stoch.flatten(-2).to(deter.dtype)], dim=-1))
+        if self.discrete:
+            noise = torch.rand(dist.log_probs.shape, device=deter.device)
+            return dist.sample(noise=noise).to(deter.dtype)
+        return dist.sample().to(deter.dtype)
+
+    def imagine(self, world_model, start_deter: Tensor, start_stoch: Tensor) -> Imagination:
+        """Roll the prior ``horizon`` steps from detached starts ``[N, H]``, ``[N, S, K]``."""
+        imaginer = world_model.imaginer()
+        return imaginer(start_deter.detach(), start_stoch.detach(), self._imagine_policy,
+                        horizon=self.config.horizon)
+
+    @torch.no_grad()
+    def rollout(self, world_model, start_deter: Tensor, start_stoch: Tensor,
+                start_cont: Tensor | None = None) -> Rollout:
+        """Imagine from ``N`` starts and compute the detached targets (module docstring).
+        ``start_cont [N]`` is ``1 - is_terminal`` of the starts (None: all 1)."""
+        c = self.config
+        imag = self.imagine(world_model, start_deter, start_stoch)
+        feat = world_model.features(imag.deter, imag.stoch)
+        reward = world_model.reward(feat[:, 1:]).mean()
+        cont = world_model.cont(feat).mean()
+        first = torch.ones_like(cont[:, 0]) if start_cont is None else start_cont.to(cont)
+        cont = torch.cat([first.reshape(-1, 1), cont[:, 1:]], dim=1)
+        value = self.value(feat).mean()
+        returns = lambda_returns(reward, cont[:, 1:], value, c.discount, c.lam)
+        weight = torch.cumprod(c.discount * cont[:, :-1], dim=1) / c.discount
+        return Rollout(feat, imag.action, reward, cont, value, returns, weight)
+
+    def loss(self, world_model, start_deter: Tensor, start_stoch: Tensor,
+             start_cont: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Actor and critic losses from ``N`` start states (module docstring).
+
+        Args:
+            world_model: :class:`~worldmodels.algos.dreamerv3.world_model.WorldModel`
+                (only used without gradients). start_deter ``[N, H]``, start_stoch
+                ``[N, S, K]`` (detached here), start_cont ``[N]`` or None.
+        Returns:
+            ``(terms, metrics)``: ``terms = {"actor", "critic"}`` unscaled scalars with
+            gradients only into the actor and the critic respectively; ``metrics`` are
+            detached scalars. Updates the return normaliser when ``self.training``.
+        """
+        c = self.config
+        roll = self.rollout(world_model, start_deter, start_stoch, start_cont)
+        if self.training:
+            self.return_norm.update(roll.returns)
+        scale = self.return_norm.scale()
+        advantage = (roll.returns - roll.value[:, :-1]) / scale
+        feat = roll.feat[:, :-1]
+        dist = self.policy(feat)
+        log_prob, entropy = dist.log_prob(roll.action), dist.entropy()
+        actor = (roll.weight * (-advantage * log_prob - c.entropy * entropy)).mean()
+        critic_dist = self.value(feat)
+        with torch.no_grad():
+            slow_value = self.value(feat, slow=True).mean()
+        critic_nll = -critic_dist.log_prob(roll.returns) - c.slow_critic_reg * critic_dist.log_prob(slow_value)
+        critic = (roll.weight * critic_nll).mean()
+        metrics = {
+            "return": roll.returns.mean(), "advantage": advantage.abs().mean(), "actor_entropy": entropy.mean(),
+            "value": roll.value[:, :-1].mean(), "slow_value": slow_value.mean(), "return_scale": scale,
+            "imag_reward": roll.reward.mean(), "imag_cont": roll.cont[:, 1:].mean(), "weight": roll.weight.mean(),
+        }
+        return {"actor": actor, "critic": critic}, {k: v.detach() for k, v in metrics.items()}
+
+
+__all__ = ["ActorCritic", "Rollout"]
