@@ -25,20 +25,19 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
-# A run small enough for unit tests: tiny VAE, few frames, no progress bar.
-TINY = [
+# Settings that make any experiment a smoke run: narrow, CPU, tiny batches, no progress bar.
+SMOKE = [
     "size=tiny",
     "device=cpu",
     "train.batch_size=2",
-    "env.seq_len=4",
-    "env.chunk_sequences=8",
-    "env.refresh_steps=3",
     "env.eval_sequences=2",
     "train.log_every=1",
     "train.eval_every=4",
     "train.checkpoint_every=4",
     "train.progress=false",
 ]
+# The fastest whole run, for tests of the trainer itself: a tiny VAE on few frames.
+TINY = ["+exp=vae_balls", *SMOKE, "env.seq_len=4", "env.chunk_sequences=8", "env.refresh_steps=3"]
 
 
 def compose_config(overrides=()):
@@ -58,6 +57,12 @@ def tiny_config():
 @pytest.fixture
 def tiny_overrides():
     return list(TINY)
+
+
+@pytest.fixture
+def smoke_overrides():
+    """:data:`SMOKE`: shrink any experiment (give ``+exp=...`` yourself, or none for the default)."""
+    return list(SMOKE)
 
 
 @pytest.fixture

@@ -8,14 +8,20 @@ from worldmodels.algos.vta.experiment import FACTORIES
 from worldmodels.training.loop import fit
 
 VTA_TINY = [
-    "+exp=vta_balls", "model.feat_size=16", "model.belief_size=16", "model.state_size=4",
+    "model.feat_size=16", "model.belief_size=16", "model.state_size=4",
     "model.widths=[8,8,8]", "model.seq_size=8", "model.init_size=2", "model.seg_len=4", "model.seg_num=3",
     "train.max_steps=4", "train.eval_every=2", "train.batch_size=2", "env.eval_sequences=2",
 ]
 
 
-def test_vta_trains_logs_boundary_scores_and_visualises(tiny_config, tmp_path):
-    cfg = tiny_config(*VTA_TINY)
+def test_default_experiment_is_vta_on_colour_balls(config_from):
+    cfg = config_from([])
+    assert (cfg.algo.name, cfg.model.name, cfg.env.name, cfg.run.name) == ("vta", "vta", "bouncing_balls", "vta_balls")
+    assert cfg.env.recolor_on_wall_hit and cfg.env.events == "wall" and cfg.env.channels == 3
+
+
+def test_vta_trains_logs_boundary_scores_and_visualises(config_from, smoke_overrides, tmp_path):
+    cfg = config_from([*smoke_overrides, *VTA_TINY])  # the default experiment, shrunk
     fit(cfg, FACTORIES, tmp_path)
     with (tmp_path / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -42,7 +42,7 @@ def test_run_then_resume_from_the_command_line(tmp_path, tiny_overrides):
 @pytest.mark.parametrize(
     "override,expected",
     [
-        ("+exp=nope", "Unknown experiment 'nope'. Known experiments: vae_balls"),
+        ("+exp=nope", "Unknown experiment 'nope'. Known experiments: dreamer_atari100k, dreamer_bc"),
         ("train.max_stepz=5", "Unknown config key 'train.max_stepz'. Keys under 'train': max_steps"),
         ("model=nope", "Unknown model option 'nope'"),
     ],
@@ -60,10 +60,13 @@ def test_resume_of_a_missing_run_says_what_it_expects(tmp_path):
     assert "checkpoints/last.pt" in result.stderr and "nowhere" in result.stderr
 
 
-def test_experiment_choice_and_dot_overrides(tmp_path, tiny_overrides):
-    result = train("+exp=vae_balls", *tiny_overrides, "train.max_steps=2", "run.name=smoke", cwd=tmp_path)
+def test_experiment_choice_and_dot_overrides(tmp_path, smoke_overrides):
+    result = train("+exp=vae_balls_64", *smoke_overrides, "env.seq_len=2", "env.chunk_sequences=4",
+                   "train.max_steps=2", "run.name=smoke", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert only_run_dir(tmp_path).name.endswith("_smoke")
+    run_dir = only_run_dir(tmp_path)
+    assert run_dir.name.endswith("_smoke")
+    assert "size: 64" in (run_dir / "resolved_config.yaml").read_text()
 
 
 @pytest.mark.slow

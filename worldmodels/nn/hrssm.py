@@ -49,11 +49,14 @@ class HRSSMConfig:
     seg_len: int = 8            # the longest segment
     seg_num: int = 5            # the most segments in the modelled window
     min_std: float = 0.1
+    logit_bound: float | None = None  # boundary log-odds squashed into (-bound, bound); None: free
 
     def __post_init__(self) -> None:
         for name in ("feat_size", "belief_size", "state_size", "boundary_layers", "seg_len", "seg_num"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.logit_bound is not None and self.logit_bound <= 0:
+            raise ValueError(f"logit_bound={self.logit_bound} must be None or > 0.")
         if self.action_size < 0:
             raise ValueError(f"action_size={self.action_size} must be >= 0.")
 
@@ -69,6 +72,14 @@ class GaussianHead(nn.Module):
     def forward(self, x: Tensor) -> Normal:
         mean, raw_std = self.net(x).chunk(2, dim=-1)
         return Normal(mean, F.softplus(raw_std) + self.min_std)
+
+
+def soft_bound(logits: Tensor, bound: float | None) -> Tensor:
+    """``bound * tanh(logits / bound)``: log-odds kept inside ``(-bound, bound)``, the
+    identity near 0. Bounded boundary log-odds keep every boundary probability above
+    ``sigmoid(-bound)``, so the sampler keeps exploring and the straight-through
+    gradient never vanishes the way it does once a sigmoid saturates."""
+    return logits if bound is None else bound * torch.tanh(logits / bound)
 
 
 class BoundaryDetector(nn.Module):
@@ -126,12 +137,16 @@ class HierarchicalRSSM(nn.Module):
 
     def sample_boundaries(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
                           beta: float, noise: Tensor | None = None, frozen: bool = False) -> BoundarySample:
-        """Posterior boundaries of the window ``[init_size, init_size + seq_size)``;
-        ``frozen``: no gradient reaches the detector (boundary warm-up)."""
-        logits = self.post_boundary(torch.cat([embed, action], dim=-1))
+        """Posterior boundaries of the window ``[init_size, init_size + seq_size)``:
+        Gumbel-sigmoid draws in training, the most likely boundaries (``q(m_t) > 1/2``,
+        within the segment limits) in eval mode unless ``noise`` is given; ``frozen``:
+        no gradient reaches the detector (boundary warm-up)."""
+        logits = soft_bound(self.post_boundary(torch.cat([embed, action], dim=-1)), self.config.logit_bound)
         if frozen:
             logits = logits.detach()
         window = logits[:, init_size : init_size + seq_size]
+        if noise is None and not self.training:
+            noise = window.new_full(window.shape, 0.5)  # no logistic noise: m_t = [q(m_t) > 1/2]
         return sampling_ops.boundary_sample(window, beta, self.config.seg_len, self.config.seg_num, noise=noise)
 
     def segment_summaries(self, embed: Tensor, mask: Tensor) -> Tensor:
@@ -228,7 +243,7 @@ class HierarchicalRSSM(nn.Module):
         length = self._current_segment_length(mask)
         count = mask.sum(1)
         for t in range(context, steps):
-            p_boundary = torch.sigmoid(self.prior_boundary(feats[-1]).squeeze(-1))
+            p_boundary = torch.sigmoid(self.prior_boundary_logits(feats[-1]))
             draw = torch.rand(p_boundary.shape, generator=generator).to(p_boundary.device) < p_boundary
             read = (length >= self.config.seg_len) | (draw & (count < self.config.seg_num))
             state, feat = self._prior_step(state, read.float().unsqueeze(-1), prev_action[:, t])
@@ -279,10 +294,14 @@ class HierarchicalRSSM(nn.Module):
         last_start = torch.where(mask > 0.5, steps, torch.zeros_like(steps)).amax(dim=1)
         return (mask.shape[1] - last_start).float()
 
+    def prior_boundary_logits(self, feat: Tensor) -> Tensor:
+        """Log-odds of ``p(m_{t+1} = 1 | o_t)`` from observation features ``[..., F]``."""
+        return soft_bound(self.prior_boundary(feat).squeeze(-1), self.config.logit_bound)
+
     def prior_boundary_log_probs(self, feat: Tensor, mask: Tensor) -> Tensor:
         """``log p(m_t | o_{t-1})`` ``[B, S, 2]`` with the segment limits applied where
         they decide (the same steps the posterior's limits decided)."""
-        logits = F.pad(self.prior_boundary(feat[:, :-1]).squeeze(-1), (1, 0))
+        logits = F.pad(self.prior_boundary_logits(feat[:, :-1]), (1, 0))
         forced, forbidden = boundary_constraints(mask.detach() > 0.5, self.config.seg_len, self.config.seg_num)
         fixed = torch.where(forced, CONSTRAINED_LOGIT, -CONSTRAINED_LOGIT).to(logits.dtype)
         logits = torch.where(forced | forbidden, fixed, logits)

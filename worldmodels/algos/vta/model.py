@@ -39,6 +39,7 @@ class VTAConfig:
     seg_len: int = 8
     seg_num: int = 5
     min_std: float = 0.1
+    logit_bound: float | None = None  # boundary log-odds kept in (-bound, bound); None: unbounded
     init_size: int = 3           # context frames before the modelled window
     seq_size: int = 20           # modelled window
     obs_bit: int | None = None   # quantise inputs to this many bits (5 for the maze); None: raw
@@ -66,7 +67,8 @@ class VTAConfig:
 
     def hrssm(self) -> HRSSMConfig:
         return HRSSMConfig(self.feat_size, self.belief_size, self.state_size, self.action_size,
-                           self.boundary_layers, self.seg_len, self.seg_num, self.min_std)
+                           self.boundary_layers, self.seg_len, self.seg_num, self.min_std,
+                           self.logit_bound)
 
 
 @dataclass
