@@ -1,9 +1,12 @@
-"""Record episodes of a policy (by default uniformly random) for offline training.
+"""Record episodes of a policy (uniformly random, or a trained DreamerV3 agent) for
+offline training.
 
 Command line::
 
     python -m worldmodels.record --suite classic --task cartpole --episodes 20 \\
         --out data/cartpole_random [--num-envs 4] [--seed 0] [--max-steps N] [--render-image]
+    python -m worldmodels.record --suite classic --task cartpole --episodes 20 \\
+        --out data/cartpole_agent --checkpoint runs/<date>/<time>_dreamer_cartpole/checkpoints/best.pt [--explore]
 
 Each finished episode is written with :func:`worldmodels.data.episodes.save_episode`
 as ``{index:06d}-{length}.npz`` in the output folder (numbering continues after the
@@ -40,6 +43,7 @@ from worldmodels.envs.factory import (
     prepare_actions,
     random_actions,
 )
+from worldmodels.training.checkpoint import CheckpointError
 
 STEP_KEYS = ("reward", "is_first", "is_last", "is_terminal")
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -113,12 +117,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="env seed (env i gets seed + i) and policy seed")
     parser.add_argument("--max-steps", type=int, default=None, help="episode time limit in agent steps")
     parser.add_argument("--render-image", action="store_true", help="also store rendered frames (classic/gym)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="act with the DreamerV3 agent of this checkpoint instead of at random")
+    parser.add_argument("--explore", action="store_true",
+                        help="with --checkpoint: sample the agent's actions instead of taking their mode")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
+def agent_policy(checkpoint: Path, env: VectorEnv, explore: bool, seed: int = 0) -> Policy:
+    """A :data:`Policy` that acts in ``env`` with the DreamerV3 agent saved in
+    ``checkpoint``, carrying its recurrent state between calls; the agent's observation
+    keys and shapes must be ``env``'s."""
+    import torch
+
+    from worldmodels.algos.dreamerv3.bc import load_agent
+
+    agent, obs_space = load_agent(checkpoint)
+    for key in agent.world_model.obs_keys:
+        want = tuple(obs_space[key][0])
+        got = env.obs_space.get(key)
+        if got is None or tuple(got[0]) != want:
+            raise ValueError(f"{checkpoint}: the agent reads {key!r} of shape {want}, the env gives "
+                             f"{None if got is None else tuple(got[0])}; record with the env it was trained on.")
+    torch.manual_seed(seed)
+    state = agent.init_policy_state(env.num_envs)
+
+    def act(obs: dict[str, np.ndarray]) -> np.ndarray:
+        nonlocal state
+        with torch.no_grad():
+            actions, state = agent.policy(obs, state, explore=explore)
+        return actions
+
+    return act
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    """Record random-policy episodes as the command line asks; prints a summary line."""
+    """Record episodes as the command line asks; prints a summary line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -128,10 +163,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                        max_episode_steps=args.max_steps, render_image=args.render_image)
     except ValueError as error:
         parser.error(str(error))
+    if args.explore and args.checkpoint is None:
+        parser.error("--explore needs --checkpoint")
     rng = np.random.default_rng(args.seed)
     with make_env(spec) as env:
-        paths = record_episodes(env, lambda obs: random_actions(env.act_space, env.num_envs, rng),
-                                args.episodes, args.out, progress=not args.no_progress)
+        if args.checkpoint is None:
+            def policy(obs): return random_actions(env.act_space, env.num_envs, rng)
+        else:
+            try:
+                policy = agent_policy(args.checkpoint, env, args.explore, args.seed)
+            except (ValueError, CheckpointError) as error:
+                parser.error(str(error))
+        paths = record_episodes(env, policy, args.episodes, args.out, progress=not args.no_progress)
     print(f"recorded {summarize(paths)} to {args.out}")
     return paths
 

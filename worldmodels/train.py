@@ -1,8 +1,8 @@
 """``python -m worldmodels.train``: the Hydra entry point of every experiment.
 
-    python -m worldmodels.train                       # default: beta-VAE on bouncing balls
-    python -m worldmodels.train +exp=vae_balls_64 train.max_steps=5000
-    python -m worldmodels.train +resume=runs/2026-11-22/10-00-00_vae_balls
+    python -m worldmodels.train                       # default: a small VTA on bouncing balls
+    python -m worldmodels.train +exp=dreamer_cartpole train.max_steps=3000
+    python -m worldmodels.train +resume=runs/2026-11-22/10-00-00_vta_balls
 
 Each run writes ``runs/<date>/<time>_<name>/`` with ``resolved_config.yaml``,
 ``metrics.csv``, TensorBoard events, ``checkpoints/{last,best}.pt`` and ``media/``.
@@ -18,19 +18,25 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .data.episodes import EpisodeError
 from .data.maze import MazeDataError
+from .envs.factory import MissingEnvPackageError
 from .training.checkpoint import CheckpointError
 from .training.loop import Factories, NonFiniteLossError, fit
 from .training.overrides import config_for_resume, explain_bad_override
 
 # Failures caused by what the user gave (data, checkpoints, diverging settings): a
 # one-paragraph message instead of a traceback.
-USER_ERRORS = (FileNotFoundError, CheckpointError, MazeDataError, NonFiniteLossError)
+USER_ERRORS = (FileNotFoundError, CheckpointError, MazeDataError, EpisodeError, MissingEnvPackageError,
+               NonFiniteLossError)
 
 # algo.name -> "module:attribute" of its Factories; imported only when chosen.
 ALGORITHMS = {
     "vae": "worldmodels.algos.vae:FACTORIES",
     "vta": "worldmodels.algos.vta.experiment:FACTORIES",
+    "dreamerv3": "worldmodels.algos.dreamerv3.experiment:FACTORIES",
+    "dreamer_offline": "worldmodels.algos.dreamerv3.offline:FACTORIES",
+    "dreamer_bc": "worldmodels.algos.dreamerv3.bc:FACTORIES",
 }
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from worldmodels.envs import factory as fc
-from worldmodels.envs.factory import EnvSpec, make_env, random_actions, resolve_task
+from worldmodels.envs.factory import EnvSpec, MissingEnvPackageError, make_env, random_actions, resolve_task
 
 PIXEL_ID = "WMFactoryPixel-v0"
 
@@ -282,14 +282,14 @@ def test_resize_image_nearest_without_pil(monkeypatch):
 
 def test_missing_crafter(monkeypatch):
     monkeypatch.setitem(sys.modules, "crafter", None)
-    with pytest.raises(ImportError, match="suite 'crafter' needs the crafter package: pip install crafter"):
+    with pytest.raises(MissingEnvPackageError, match="suite 'crafter' needs the crafter package: pip install crafter"):
         make_env(EnvSpec("crafter", "reward"))
 
 
 def test_missing_ale_py(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "envpool", None)
     monkeypatch.setitem(sys.modules, "ale_py", None)
-    with pytest.raises(ImportError, match="needs ale-py and OpenCV: pip install ale-py opencv-python"):
+    with pytest.raises(MissingEnvPackageError, match="needs ale-py and OpenCV: pip install ale-py opencv-python"):
         make_env(EnvSpec("atari", "pong"))
     notice = "worldmodels: envpool not installed, running Pong-v5 on gymnasium + ale-py (slower; pip install "
     assert capsys.readouterr().out.splitlines() == [notice + "worldmodels[envs])"]
@@ -297,9 +297,9 @@ def test_missing_ale_py(monkeypatch, capsys):
 
 def test_missing_envpool(monkeypatch):
     monkeypatch.setitem(sys.modules, "envpool", None)
-    with pytest.raises(ImportError, match=r"dmc task 'walker_walk' needs envpool here: pip install worldmodels\[envs\]"):
+    with pytest.raises(MissingEnvPackageError, match=r"dmc task 'walker_walk' needs envpool here: pip install worldmodels\[envs\]"):
         make_env(EnvSpec("dmc", "walker_walk"))
-    with pytest.raises(ImportError, match=r"classic task 'cartpole' needs envpool here: pip install worldmodels\[envs\]"):
+    with pytest.raises(MissingEnvPackageError, match=r"classic task 'cartpole' needs envpool here: pip install worldmodels\[envs\]"):
         make_env(EnvSpec("classic", "cartpole", backend="envpool"))
     with pytest.raises(ValueError, match="backend 'envpool' does not support suite 'gym'"):
         make_env(EnvSpec("gym", "CartPole-v1", backend="envpool"))

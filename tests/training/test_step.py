@@ -55,6 +55,21 @@ def test_clipping_bounds_the_update_and_reports_the_unclipped_norm():
     assert step.norm().item() == pytest.approx(0.1 * 1.0, rel=1e-4)  # lr * clipped norm
 
 
+def test_param_groups_with_max_grad_norm_are_clipped_separately():
+    model, _ = fresh()
+    weight, bias = model.linear.weight, model.linear.bias
+    opt = torch.optim.SGD([{"params": [weight], "max_grad_norm": 0.5}, {"params": [bias]}], lr=0.1)
+    big = {"x": torch.full((4, 3), 100.0), "y": torch.zeros(4, 1)}
+    model.zero_grad()
+    model.compute_loss(big)[0].backward()
+    raw_bias_grad = bias.grad.detach().clone()
+    before = [weight.detach().clone(), bias.detach().clone()]
+    result = train_step(model, opt, [big], precision=FP32, scaler=FP32.grad_scaler())
+    assert (weight.detach() - before[0]).norm().item() == pytest.approx(0.1 * 0.5, rel=1e-4)
+    torch.testing.assert_close(bias.detach() - before[1], -0.1 * raw_bias_grad)  # no max_grad_norm: untouched
+    assert result.grad_norm == pytest.approx(math.hypot(0.5, raw_bias_grad.norm().item()), rel=1e-4)
+
+
 def test_non_finite_loss_skips_the_update():
     model, opt = fresh()
     before = [p.detach().clone() for p in model.parameters()]

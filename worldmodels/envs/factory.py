@@ -412,6 +412,10 @@ class _Crafter:
         getattr(self._env, "close", lambda: None)()
 
 
+class MissingEnvPackageError(ImportError):
+    """An optional package an env needs is not installed; the message says what to install."""
+
+
 def _import(name: str) -> Any:
     """The module, or None when it is not installed (a missing dependency of it still raises)."""
     import importlib
@@ -436,7 +440,7 @@ def _choose_backend(spec: EnvSpec, envpool_id: str | None) -> tuple[str, Any]:
     envpool = _import("envpool")
     if envpool is None:
         if spec.backend == "envpool" or spec.suite == "dmc":
-            raise ImportError(f"{spec.suite} task {spec.task!r} needs envpool here: {ENVS_HINT}")
+            raise MissingEnvPackageError(f"{spec.suite} task {spec.task!r} needs envpool here: {ENVS_HINT}")
         if spec.suite == "atari":
             print(f"worldmodels: envpool not installed, running {envpool_id} on gymnasium + ale-py "
                   f"(slower; {ENVS_HINT})")
@@ -457,7 +461,7 @@ def _gymnasium_envs(spec: EnvSpec, gym_id: str) -> list:
     if spec.suite == "atari":
         ale_py = _import("ale_py")
         if ale_py is None or _import("cv2") is None:
-            raise ImportError("atari without envpool needs ale-py and OpenCV: pip install ale-py opencv-python "
+            raise MissingEnvPackageError("atari without envpool needs ale-py and OpenCV: pip install ale-py opencv-python "
                               f"(or envpool: {ENVS_HINT})")
         gymnasium.register_envs(ale_py)
     if gym_id not in gymnasium.registry:
@@ -480,7 +484,7 @@ def _gymnasium_envs(spec: EnvSpec, gym_id: str) -> list:
 def _crafter_envs(spec: EnvSpec) -> list:
     crafter = _import("crafter")
     if crafter is None:
-        raise ImportError("suite 'crafter' needs the crafter package: pip install crafter")
+        raise MissingEnvPackageError("suite 'crafter' needs the crafter package: pip install crafter")
     length = 10000 if spec.max_episode_steps is None else spec.max_episode_steps * spec.action_repeat
     return [_Crafter(crafter.Env(size=spec.size, length=length, reward=spec.task == "reward", seed=spec.seed + i))
             for i in range(spec.num_envs)]
@@ -491,7 +495,7 @@ def make_env(spec: EnvSpec) -> VectorEnv:
 
     Raises:
         ValueError: a task the backend does not have, or an unsupported combination.
-        ImportError: a missing optional package, with the ``pip install`` command.
+        MissingEnvPackageError: a missing optional package, with the ``pip install`` command.
     """
     gym_id, envpool_id = resolve_task(spec.suite, spec.task)
     backend, envpool = _choose_backend(spec, envpool_id)

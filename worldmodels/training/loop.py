@@ -30,7 +30,14 @@ from .step import StepResult, train_step
 
 
 class TrainData(Protocol):
-    """A resumable source of training batches."""
+    """A resumable source of training batches.
+
+    Two optional methods, called by :func:`fit` when the data object has them:
+    ``bind_model(model, run_dir)`` once the model exists (after the factories, before a
+    resumed run's ``load_state_dict``), for data collected by the model itself (online
+    RL) and kept under ``run_dir``; ``log_metrics() -> dict[str, float]`` at each log
+    step, whose metrics since the last call are logged with the training metrics.
+    """
 
     def next_batch(self) -> Any: ...
     def state_dict(self) -> dict: ...
@@ -124,6 +131,8 @@ def fit(cfg: DictConfig, factories: Factories, run_dir: Path, *, resume: bool = 
     ckpt_dir, media_dir = run_dir / "checkpoints", run_dir / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
     run = build_run(cfg, factories)
+    if hasattr(run.data, "bind_model"):
+        run.data.bind_model(run.model, run_dir)
     if resume:
         run.load_state_dict(load_checkpoint(ckpt_dir / "last.pt", map_location=run.precision.device_type))
     logger = MetricsLogger(
@@ -159,7 +168,10 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
             bar.update(1)
             if run.step % int(train_cfg.log_every) == 0 or run.step == max_steps:
                 elapsed = time.perf_counter() - window_start
-                logger.log(run.step, _train_metrics(result, window_steps / max(elapsed, 1e-9)))
+                metrics = _train_metrics(result, window_steps / max(elapsed, 1e-9))
+                if hasattr(run.data, "log_metrics"):
+                    metrics.update(run.data.log_metrics())
+                logger.log(run.step, metrics)
                 bar.set_postfix(loss=f"{result.loss:.4g}")
                 window_start, window_steps = time.perf_counter(), 0
             if run.step % int(train_cfg.eval_every) == 0 or run.step == max_steps:

@@ -49,7 +49,9 @@ def train_step(
     """One optimiser update over ``micro_batches`` (gradient accumulation).
 
     The loss of each micro-batch is divided by their number, so the update equals
-    that of one batch made of all of them (for mean-reduced losses).
+    that of one batch made of all of them (for mean-reduced losses). Parameter groups
+    with a ``max_grad_norm`` entry are clipped to it separately first; the returned
+    ``grad_norm`` is the global norm after that.
     """
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch.")
@@ -74,9 +76,20 @@ def train_step(
         return StepResult(loss_value, float("nan"), False, metric_values)
     with nvtx_range("optimizer"):
         scaler.unscale_(optimizer)
+        clip_groups_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         max_norm = grad_clip if grad_clip and grad_clip > 0 else math.inf
         grad_norm = float(nn.utils.clip_grad_norm_(params, max_norm))
         scaler.step(optimizer)
         scaler.update()
     return StepResult(loss_value, grad_norm, True, metric_values)
+
+
+def clip_groups_(optimizer: torch.optim.Optimizer) -> None:
+    """Clip each parameter group that sets ``max_grad_norm`` to that norm on its own
+    (DreamerV3 clips its world model, actor and critic separately), before the global
+    ``grad_clip`` of :func:`train_step` applies to all parameters together."""
+    for group in optimizer.param_groups:
+        max_norm = group.get("max_grad_norm")
+        if max_norm:
+            nn.utils.clip_grad_norm_(group["params"], float(max_norm))

@@ -98,12 +98,17 @@ class DreamerAgent(nn.Module):
     def param_groups(self) -> list[dict]:
         """Three groups for one ``torch.optim.Adam``: world model (``model_lr``, eps
         ``model_eps`` = 1e-8), actor (``actor_lr``) and critic (``critic_lr``), both with
-        eps ``ac_eps`` = 1e-5 as in the paper's table. The slow critic is in no group."""
+        eps ``ac_eps`` = 1e-5 as in the paper's table. Each group's gradient norm is
+        clipped on its own (``max_grad_norm``: ``model_grad_clip``, ``ac_grad_clip``, see
+        :func:`worldmodels.training.step.train_step`). The slow critic is in no group."""
         c, ac = self.config, self.actor_critic
         return [
-            {"params": list(self.world_model.parameters()), "lr": c.model_lr, "eps": c.model_eps, "name": "model"},
-            {"params": list(ac.actor.parameters()), "lr": c.actor_lr, "eps": c.ac_eps, "name": "actor"},
-            {"params": list(ac.critic.parameters()), "lr": c.critic_lr, "eps": c.ac_eps, "name": "critic"},
+            {"params": list(self.world_model.parameters()), "lr": c.model_lr, "eps": c.model_eps,
+             "max_grad_norm": c.model_grad_clip, "name": "model"},
+            {"params": list(ac.actor.parameters()), "lr": c.actor_lr, "eps": c.ac_eps,
+             "max_grad_norm": c.ac_grad_clip, "name": "actor"},
+            {"params": list(ac.critic.parameters()), "lr": c.critic_lr, "eps": c.ac_eps,
+             "max_grad_norm": c.ac_grad_clip, "name": "critic"},
         ]
 
     def make_optimizer(self) -> torch.optim.Adam:

@@ -76,6 +76,8 @@ class DreamerConfig:
     critic_lr: float = 3e-5
     model_eps: float = 1e-8
     ac_eps: float = 1e-5
+    model_grad_clip: float = 1000.0  # each part's gradient norm is clipped on its own
+    ac_grad_clip: float = 100.0
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
