@@ -26,6 +26,17 @@ _EXPORTS = {
     "RSSMParams": "rssm",
     "RSSMObservation": "rssm",
     "RSSMImaginer": "rssm",
+    # attention (IRIS / Delta-IRIS transformers)
+    "attention": "attention",
+    "attention_ref": "attention",
+    "attention_decode": "attention",
+    "block_causal_mask": "attention",
+    # vector quantisation (IRIS / Delta-IRIS tokenizers)
+    "vq": "vq",
+    "vq_ref": "vq",
+    "VQOutput": "vq",
+    "vq_ema_update_": "vq",
+    "restart_dead_codes_": "vq",
     # sampling
     "st_categorical": "sampling",
     "st_categorical_ref": "sampling",

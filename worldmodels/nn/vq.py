@@ -1,0 +1,116 @@
+"""IRIS's vector quantiser as a module: a codebook, :func:`worldmodels.ops.vq.vq` in the
+forward pass and, optionally, EMA codebook updates and dead-code restarts.
+
+Layouts: ``z [B, D, *spatial]`` channels first (IRIS's tokenizer, ``[B, D, H, W]``)
+or ``z [..., D]`` channels last (``channels_last=True``). Tokens are ``[B, *spatial]``
+(resp. ``[...]``) int64 and :meth:`VectorQuantizer.embed` maps them back to vectors.
+
+Losses (means over all elements, as in IRIS): ``codebook = mean((z_q - sg(z))^2)``,
+``commitment = beta * mean((sg(z_q) - z)^2)``, ``loss = codebook + commitment``. With
+``ema=True`` the codebook is not a trained parameter: it follows the EMA of the
+vectors assigned to each code (:func:`worldmodels.ops.vq.vq_ema_update_`, in training
+mode), and ``loss = commitment`` (``codebook`` is reported, detached).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..ops._dispatch import IMPLS
+from ..ops.vq import restart_dead_codes_, vq, vq_ema_update_
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class VQConfig:
+    num_codes: int = 512         # K
+    dim: int = 256               # D
+    beta: float = 0.25           # commitment weight
+    ema: bool = False            # EMA codebook updates instead of the codebook loss
+    decay: float = 0.99          # of the EMA statistics (and of the usage counts for restarts)
+    dead_threshold: float = 0.0  # restart codes whose EMA count falls below it (0: never)
+    impl: str = "auto"           # of worldmodels.ops.vq.vq
+
+    def __post_init__(self) -> None:
+        if self.num_codes < 1 or self.dim < 1:
+            raise ValueError(f"num_codes={self.num_codes} and dim={self.dim} must be >= 1.")
+        if not math.isfinite(self.beta) or self.beta < 0:
+            raise ValueError(f"beta={self.beta} must be a finite commitment weight >= 0.")
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"decay={self.decay} must lie in [0, 1).")
+        if not math.isfinite(self.dead_threshold) or self.dead_threshold < 0:
+            raise ValueError(f"dead_threshold={self.dead_threshold} must be finite and >= 0.")
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl={self.impl!r} is not one of {IMPLS}.")
+
+
+class VQModuleOutput(NamedTuple):
+    z_q: Tensor                 # like z (same layout): straight-through quantised vectors
+    tokens: Tensor              # z's shape without the channel dim, int64
+    losses: dict[str, Tensor]   # "codebook", "commitment", "loss" (scalars)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantiser with a ``[num_codes, dim]`` codebook initialised
+    ``uniform(-1/K, 1/K)`` like IRIS. Buffers: ``ema_count [K]`` (ones) when ``ema``
+    or ``dead_threshold > 0``, ``ema_sum [K, D]`` (the initial codebook) when ``ema``.
+    Without ``ema``, ``ema_count`` tracks code usage only (for restarts)."""
+
+    def __init__(self, config: VQConfig):
+        super().__init__()
+        self.config = config
+        codes, dim = config.num_codes, config.dim
+        weight = torch.empty(codes, dim).uniform_(-1.0 / codes, 1.0 / codes)
+        self.codebook = nn.Parameter(weight, requires_grad=not config.ema)
+        if config.ema or config.dead_threshold > 0:
+            self.register_buffer("ema_count", torch.ones(codes))
+        if config.ema:
+            self.register_buffer("ema_sum", weight.clone())
+
+    def forward(self, z: Tensor, channels_last: bool = False) -> VQModuleOutput:
+        """Quantise ``z [B, D, *spatial]`` (or ``[..., D]`` with ``channels_last``);
+        in training mode, then update the EMA statistics and restart dead codes."""
+        flat = z if channels_last else self._to_channels_last(z)
+        out = vq(flat, self.codebook, self.config.beta, impl=self.config.impl)
+        if self.training:
+            self._update_codebook(flat, out.indices)
+        z_q = out.z_q if channels_last else out.z_q.movedim(-1, 1)
+        return VQModuleOutput(z_q, out.indices, self._losses(out.codebook_loss, out.commitment_loss))
+
+    def embed(self, tokens: Tensor, channels_last: bool = False) -> Tensor:
+        """Code vectors of ``tokens [B, *spatial]``: ``[B, D, *spatial]`` (channels
+        first, like :meth:`forward`'s ``z_q``) or ``[..., D]`` with ``channels_last``."""
+        if tokens.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"tokens must be int32/int64 codes, got dtype {tokens.dtype}.")
+        vectors = nn.functional.embedding(tokens, self.codebook)
+        return vectors if channels_last else vectors.movedim(-1, 1)
+
+    def _to_channels_last(self, z: Tensor) -> Tensor:
+        if z.dim() < 2 or z.shape[1] != self.config.dim:
+            raise ValueError(f"channels-first z must be [B, D={self.config.dim}, ...], got shape "
+                             f"{list(z.shape)}; pass channels_last=True for [..., D].")
+        return z.movedim(1, -1)
+
+    def _losses(self, codebook_loss: Tensor, commitment_loss: Tensor) -> dict[str, Tensor]:
+        if self.config.ema:
+            codebook_loss = codebook_loss.detach()
+            return {"codebook": codebook_loss, "commitment": commitment_loss, "loss": commitment_loss}
+        return {"codebook": codebook_loss, "commitment": commitment_loss, "loss": codebook_loss + commitment_loss}
+
+    @torch.no_grad()
+    def _update_codebook(self, z: Tensor, tokens: Tensor) -> None:
+        c = self.config
+        if c.ema:
+            vq_ema_update_(self.codebook, self.ema_count, self.ema_sum, z, tokens, c.decay)
+        elif c.dead_threshold > 0:
+            counts = torch.bincount(tokens.reshape(-1), minlength=c.num_codes).to(self.ema_count.dtype)
+            self.ema_count.mul_(c.decay).add_(counts, alpha=1.0 - c.decay)
+        if c.dead_threshold > 0:
+            restart_dead_codes_(self.codebook, self.ema_count, z, c.dead_threshold,
+                                ema_sum=self.ema_sum if c.ema else None)
