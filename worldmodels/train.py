@@ -37,6 +37,7 @@ ALGORITHMS = {
     "dreamerv3": "worldmodels.algos.dreamerv3.experiment:FACTORIES",
     "dreamer_offline": "worldmodels.algos.dreamerv3.offline:FACTORIES",
     "dreamer_bc": "worldmodels.algos.dreamerv3.bc:FACTORIES",
+    "iris": "worldmodels.algos.iris.experiment:FACTORIES",
 }
 
 

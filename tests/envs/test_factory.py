@@ -286,6 +286,12 @@ def test_missing_crafter(monkeypatch):
         make_env(EnvSpec("crafter", "reward"))
 
 
+def test_missing_pygame_for_rendered_classic_tasks(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pygame", None)
+    with pytest.raises(MissingEnvPackageError, match="render_image on classic task 'cartpole' needs pygame: pip install pygame"):
+        make_env(EnvSpec("classic", "cartpole", backend="gymnasium", render_image=True))
+
+
 def test_missing_ale_py(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "envpool", None)
     monkeypatch.setitem(sys.modules, "ale_py", None)

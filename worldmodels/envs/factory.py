@@ -466,6 +466,9 @@ def _gymnasium_envs(spec: EnvSpec, gym_id: str) -> list:
         gymnasium.register_envs(ale_py)
     if gym_id not in gymnasium.registry:
         raise ValueError(f"unknown gymnasium task {gym_id!r} (suite {spec.suite!r}, task {spec.task!r})")
+    if spec.render_image and spec.suite == "classic" and _import("pygame") is None:
+        raise MissingEnvPackageError(f"render_image on classic task {spec.task!r} needs pygame: pip install pygame "
+                                     f"(or {ENVS_HINT})")
     repeat = spec.action_repeat
     kwargs: dict[str, Any] = {"render_mode": "rgb_array"} if spec.render_image else {}
     if spec.max_episode_steps is not None:  # raw steps: every agent step but the last is `repeat` of them

@@ -1,0 +1,262 @@
+"""IRIS end to end: the actor-critic, the agent's losses and gradients, online data, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+from worldmodels.algos.iris.actor_critic import IrisActorCritic, IrisActorCriticConfig
+from worldmodels.algos.iris.agent import COMPONENTS, IrisAgent
+from worldmodels.algos.iris.data import EpisodeStore, IrisOnlineData, iris_layout
+from worldmodels.algos.iris.world_model import IrisWorldModelConfig
+from worldmodels.envs.factory import EnvSpec, make_env
+from worldmodels.nn.tokenizer import TokenizerConfig
+
+TOY_ID = "WMIrisToy-v0"
+
+
+class ToyEnv(gymnasium.Env):
+    """16x16 RGB frames brightening with time; 3 actions; reward 1 for action 1; ends after 6 steps."""
+
+    metadata: ClassVar[dict] = {"render_modes": []}
+
+    def __init__(self, render_mode=None):
+        self.observation_space = gymnasium.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+        self.action_space = gymnasium.spaces.Discrete(3)
+        self.t = 0
+
+    def _frame(self):
+        return np.full((16, 16, 3), 30 * self.t, np.uint8)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._frame(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._frame(), float(action == 1), self.t >= 6, False, {}
+
+
+if TOY_ID not in gymnasium.registry:
+    gymnasium.register(TOY_ID, entry_point=ToyEnv)
+
+TINY = ["env.suite=gym", f"env.task={TOY_ID}", "env.size=[16,16]", "env.render_image=false", "device=cpu",
+        "model.tokenizer.ch=4", "model.tokenizer.z_channels=8", "model.tokenizer.vocab_size=16",
+        "model.tokenizer.ch_mult=[1,1,1,1]", "model.tokenizer.num_res_blocks=1",
+        "model.world_model.max_blocks=5", "model.world_model.num_layers=1", "model.world_model.num_heads=1",
+        "model.world_model.embed_dim=16", "model.actor_critic.conv_channels=[4,4]", "model.actor_critic.lstm_dim=16",
+        "model.actor_critic.imagine_horizon=4", "model.actor_critic.burn_in=2",
+        "algo.batch_sizes={tokenizer:4,world_model:2,actor_critic:2}", "algo.sequence_length=4",
+        "algo.collect_every=2", "algo.collect_steps=12", "algo.eval_episodes=2", "algo.media_length=4"]
+
+
+def tiny_agent() -> IrisAgent:
+    tok = TokenizerConfig(resolution=16, z_channels=8, ch=4, ch_mult=(1, 1, 1, 1), num_res_blocks=1,
+                          attn_resolutions=(), vocab_size=16)
+    wm = IrisWorldModelConfig(num_actions=3, vocab_size=16, tokens_per_obs=tok.tokens_per_frame, max_blocks=5,
+                              num_layers=1, num_heads=1, embed_dim=16)
+    ac = IrisActorCriticConfig(num_actions=3, resolution=16, conv_channels=(4, 4), lstm_dim=16,
+                               imagine_horizon=4, burn_in=2)
+    return IrisAgent(tok, wm, ac)
+
+
+def toy_data(starts=None, directory=None, seed=0) -> IrisOnlineData:
+    env = make_env(EnvSpec("gym", TOY_ID, num_envs=2, seed=seed, size=(16, 16)))
+    return IrisOnlineData(env, batch_sizes={"tokenizer": 4, "world_model": 2, "actor_critic": 3}, sequence_length=4,
+                          burn_in=2, starts=starts or dict.fromkeys(COMPONENTS, 0), collect_every=2,
+                          collect_steps=10, max_env_steps=10_000, epsilon=0.0, temperature=1.0, capacity=10_000,
+                          seed=seed)
+
+
+def grads_by_component(agent: IrisAgent) -> dict[str, bool]:
+    return {name: any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(agent, name).parameters())
+            for name in COMPONENTS}
+
+
+def test_actor_critic_carries_and_masks_its_lstm_state():
+    ac = IrisActorCritic(IrisActorCriticConfig(num_actions=3, resolution=16, conv_channels=(4, 4), lstm_dim=8))
+    frames = torch.rand(2, 3, 16, 16)
+    logits, value = ac.act(frames)
+    assert logits.shape == (2, 3) and value.shape == (2,) and ac.hx.shape == (2, 8)
+    before = ac.hx.clone()
+    ac.act(frames, mask=torch.tensor([True, False]))
+    assert not torch.equal(ac.hx[0], before[0]) and torch.equal(ac.hx[1], before[1])
+    with pytest.raises(ValueError, match="frames must be"):
+        ac.act(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="imagine_horizon"):
+        IrisActorCriticConfig(num_actions=2, imagine_horizon=1)
+
+
+def test_each_component_loss_is_finite_with_gradients_only_in_that_component():
+    torch.manual_seed(0)
+    agent, data = tiny_agent(), toy_data()
+    data.bind_model(agent)
+    batch = data.next_batch()
+    assert batch["tokenizer"]["observations"].shape == (4, 1, 3, 16, 16)
+    assert batch["world_model"]["actions"].shape == (2, 4) and batch["actor_critic"]["mask_padding"][:, -1].all()
+    for name in COMPONENTS:
+        agent.zero_grad(set_to_none=True)
+        loss, metrics = agent.compute_loss({name: batch[name]})
+        assert torch.isfinite(loss) and all(torch.isfinite(torch.as_tensor(v)) for v in metrics.values())
+        loss.backward()
+        assert grads_by_component(agent) == {n: n == name for n in COMPONENTS}, name
+    agent.zero_grad(set_to_none=True)
+    loss, metrics = agent.compute_loss(batch)
+    loss.backward()
+    assert all(grads_by_component(agent).values())
+    assert {"tokenizer/psnr", "world_model/loss_obs", "actor_critic/imagined_return", "actor_critic/entropy",
+            "actor_critic/loss_values"} <= set(metrics)
+    assert agent.world_model.training and agent.tokenizer.training  # restored after imagination
+
+
+def test_imagination_shapes_and_frozen_world_model():
+    torch.manual_seed(0)
+    agent, data = tiny_agent(), toy_data()
+    traj = agent.actor_critic.imagine(data.next_batch()["actor_critic"], agent.tokenizer, agent.world_model)
+    assert traj.logits.shape == (3, 4, 3) and traj.values.shape == (3, 4) and traj.actions.shape == (3, 4)
+    assert traj.rewards.shape == (3, 3) and traj.ends.dtype == torch.bool and traj.frames.shape == (3, 4, 3, 16, 16)
+    assert traj.logits.requires_grad and not traj.frames.requires_grad
+    with pytest.raises(ValueError, match="max_blocks"):
+        IrisAgent(agent.tokenizer.config, agent.world_model.config,
+                  IrisActorCriticConfig(num_actions=3, resolution=16, conv_channels=(4, 4), imagine_horizon=6))
+
+
+def test_start_schedule_trains_only_started_components_and_collects_randomly_first():
+    torch.manual_seed(0)
+    agent = tiny_agent()
+    data = toy_data(starts={"tokenizer": 1, "world_model": 2, "actor_critic": 3})
+    data.bind_model(agent)
+    calls = []
+    policy = agent.policy
+    agent.policy = lambda *a, **k: calls.append(1) or policy(*a, **k)
+    expected = [set(), {"tokenizer"}, {"tokenizer", "world_model"}, set(COMPONENTS)]
+    for update, started in enumerate(expected):
+        if update == 3:
+            assert not calls  # random actions until the actor-critic starts
+        batch = data.next_batch()
+        assert {k for k, v in batch.items() if v is not None} == started
+        agent.zero_grad(set_to_none=True)
+        loss, metrics = agent.compute_loss(batch)
+        loss.backward()
+        assert {k for k, v in grads_by_component(agent).items() if v} == started
+        assert metrics["active/tokenizer"] == float("tokenizer" in started)
+    data.next_batch()  # update 4 collects with the agent
+    assert calls
+
+
+def test_policy_shapes_state_reset_and_uniform_epsilon():
+    torch.manual_seed(0)
+    agent = tiny_agent().eval()
+    with torch.no_grad():
+        agent.actor_critic.actor.bias.copy_(torch.tensor([50.0, 0.0, 0.0]))
+    n = 3000
+    obs = {"image": np.zeros((n, 16, 16, 3), np.uint8), "is_first": np.ones(n, bool)}
+    greedy, state = agent.policy(obs, None, epsilon=0.0)
+    assert greedy.shape == (n,) and greedy.dtype == np.int64 and (greedy == 0).all()
+    assert state[0].shape == (n, 16)
+    random, _ = agent.policy(obs, state, epsilon=1.0)
+    counts = np.bincount(random, minlength=3) / n
+    assert np.abs(counts - 1 / 3).max() < 0.04
+    obs2 = {"image": np.zeros((2, 16, 16, 3), np.uint8), "is_first": np.array([True, False])}
+    _, s1 = agent.policy(obs2, (torch.ones(2, 16), torch.ones(2, 16)))
+    _, s0 = agent.policy(obs2, (torch.zeros(2, 16), torch.zeros(2, 16)))
+    assert torch.allclose(s1[0][0], s0[0][0]) and not torch.allclose(s1[0][1], s0[0][1])
+
+
+def test_layout_and_balanced_sampling():
+    def episode(length):
+        t = np.arange(length)
+        return {"image": np.repeat(t[:, None, None, None], 4, 1).repeat(4, 2).repeat(3, 3).astype(np.uint8),
+                "action": np.eye(2, dtype=np.float32)[t % 2], "reward": (t > 0).astype(np.float32),
+                "is_first": t == 0, "is_terminal": t == length - 1, "is_last": t == length - 1}
+
+    layout = iris_layout(episode(4))
+    assert layout["observations"].shape == (3, 3, 4, 4) and list(layout["actions"]) == [0, 1, 0]
+    assert list(layout["ends"]) == [False, False, True] and list(layout["rewards"]) == [1, 1, 1]
+    store = EpisodeStore(10_000, seed=0)
+    store.add(episode(201))
+    store.add(episode(3))
+    batch = store.sample(400, 5, from_start=False)
+    assert batch["mask_padding"][:, -1].all()
+    short = batch["mask_padding"].sum(1) <= 2  # the 2-frame episode (windows end at frame 0 or 1)
+    assert 0.4 < short.mean() < 0.6
+    ahead = store.sample(50, 5, from_start=True)
+    assert ahead["mask_padding"][:, 0].all()
+
+
+def test_data_state_dict_round_trip(tmp_path):
+    agent = tiny_agent()
+    data = toy_data()
+    data.bind_model(agent, tmp_path)
+    for _ in range(3):
+        data.next_batch()
+    state = data.state_dict()
+    resumed = toy_data()
+    resumed.bind_model(agent, tmp_path)
+    resumed.load_state_dict(state)
+    assert (resumed.env_steps, resumed.episodes, resumed.updates) == (data.env_steps, data.episodes, data.updates)
+    assert resumed.store.num_frames == data.store.num_frames > 0
+    expected, got = data.store.sample(3, 4, True), resumed.store.sample(3, 4, True)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    metrics = data.log_metrics()
+    assert metrics["collect/return_min"] <= metrics["collect/return_mean"] <= metrics["collect/return_max"] <= 6
+
+
+def test_iris_experiments_compose_into_agent_configs(config_from):
+    from worldmodels.algos.iris.experiment import agent_configs
+
+    cfg = config_from(["+exp=iris_atari"])
+    assert cfg.algo.name == "iris" and cfg.env.action_repeat == 4 and tuple(cfg.env.size) == (64, 64)
+    tok, wm, ac = agent_configs(cfg, (64, 64, 3), 6)
+    assert (tok.tokens_per_frame, tok.vocab_size, tok.z_channels) == (16, 512, 512)
+    assert (wm.max_blocks, wm.num_layers, wm.embed_dim, wm.num_actions) == (20, 10, 256, 6)
+    assert (ac.imagine_horizon, ac.burn_in, ac.lstm_dim, ac.features) == (20, 20, 512, 1024)
+    assert cfg.algo.max_env_steps == 100_000 and cfg.train.max_steps == 120_000
+    assert dict(cfg.algo.starts) == {"tokenizer": 1000, "world_model": 5000, "actor_critic": 10000}
+    tiny = config_from(["+exp=iris_tiny"])
+    assert agent_configs(tiny, (32, 32, 3), 2)[0].tokens_per_frame == 16
+
+
+SCRIPT = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_iris_agent  # registers {TOY_ID}
+from worldmodels.train import cli
+cli()
+"""
+
+
+def test_cli_trains_stops_and_resumes(tmp_path):
+    script = tmp_path / "train_toy.py"
+    script.write_text(SCRIPT)
+    overrides = ["+exp=iris_tiny", *TINY, "train.max_steps=6", "train.stop_at=3", "train.log_every=3",
+                 "train.eval_every=3", "train.checkpoint_every=3", "train.progress=false",
+                 "algo.starts={tokenizer:0,world_model:1,actor_critic:2}", f"run.root={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    first = subprocess.run([sys.executable, str(script), *overrides], check=False, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = [p for day in tmp_path.iterdir() if day.is_dir() for p in day.iterdir()]
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and list((run_dir / "replay").glob("*.npz"))
+    second = subprocess.run([sys.executable, str(script), f"+resume={run_dir}"], check=False, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert second.returncode == 0, second.stderr
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    train = [r for r in rows if r.get("train/loss")]
+    assert [r["step"] for r in train] == ["3", "6"]
+    assert all(float(r["train/active/actor_critic"]) == 1.0 for r in train)
+    assert [r["step"] for r in rows if r.get("eval/return_mean")] == ["3", "6"]
+    media = {p.name for p in (run_dir / "media").iterdir()}
+    assert {"reconstruction_step000006.png", "imagination_step000006.gif"} <= media

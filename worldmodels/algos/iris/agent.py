@@ -1,0 +1,178 @@
+"""The IRIS agent: tokenizer, world model and actor-critic trained by one loss.
+
+:meth:`IrisAgent.compute_loss` takes a dict of per-component sub-batches (any may be
+absent or None while that component has not started) and returns the sum of the
+active components' losses. Their gradients are disjoint: the world model's tokens come
+from the tokenizer under ``torch.no_grad()``, and the actor-critic imagines with the
+tokenizer and the world model frozen (no gradient, world model in eval mode), so one
+backward of the sum equals one backward per component. :meth:`IrisAgent.param_groups`
+gives each component its own AdamW learning rate, weight decay and ``max_grad_norm``
+(clipped separately by the training step, as IRIS clips each component).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...nn.tokenizer import Tokenizer, TokenizerConfig
+from .actor_critic import IrisActorCritic, IrisActorCriticConfig
+from .world_model import IrisWorldModel, IrisWorldModelConfig
+
+Tensor = torch.Tensor
+COMPONENTS = ("tokenizer", "world_model", "actor_critic")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW settings of one component (IRIS: lr 1e-4, clip 10; weight decay 0.01 for
+    the world model, 0 otherwise)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 10.0
+
+
+def frames_first(images: Tensor) -> Tensor:
+    """uint8 ``[..., H, W, C]`` env images -> ``[..., C, H, W]`` (still uint8)."""
+    return images.movedim(-1, -3)
+
+
+class IrisAgent(nn.Module):
+    """IRIS's three components; see the module docstring.
+
+    Args:
+        tokenizer, world_model, actor_critic: the components' configs; the world model's
+            ``vocab_size`` and ``tokens_per_obs`` and the actor-critic's frame shape must
+            match the tokenizer, and ``imagine_horizon - 1 <= max_blocks - 1``.
+        optim: :class:`OptimConfig` per component name (defaults: IRIS's).
+    """
+
+    def __init__(self, tokenizer: TokenizerConfig, world_model: IrisWorldModelConfig,
+                 actor_critic: IrisActorCriticConfig, optim: dict[str, OptimConfig] | None = None):
+        super().__init__()
+        _check_compatible(tokenizer, world_model, actor_critic)
+        self.tokenizer = Tokenizer(tokenizer)
+        self.world_model = IrisWorldModel(world_model)
+        self.actor_critic = IrisActorCritic(actor_critic)
+        defaults = {"tokenizer": OptimConfig(), "world_model": OptimConfig(weight_decay=0.01),
+                    "actor_critic": OptimConfig()}
+        self.optim = {**defaults, **(optim or {})}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One AdamW group per component: ``params``, ``lr``, ``weight_decay``,
+        ``max_grad_norm`` and ``name``."""
+        groups = []
+        for name in COMPONENTS:
+            opt = self.optim[name]
+            groups.append({"params": list(getattr(self, name).parameters()), "lr": float(opt.lr),
+                           "weight_decay": float(opt.weight_decay), "max_grad_norm": float(opt.max_grad_norm),
+                           "name": name})
+        return groups
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sum of the active components' losses; metrics prefixed ``tokenizer/``,
+        ``world_model/`` and ``actor_critic/`` (see :meth:`tokenizer_loss`,
+        :meth:`world_model_loss`, :meth:`actor_critic_loss`) plus ``active/<name>``
+        (1 when that component was trained)."""
+        losses, metrics = [], {}
+        steps = {"tokenizer": self.tokenizer_loss, "world_model": self.world_model_loss,
+                 "actor_critic": self.actor_critic_loss}
+        for name in COMPONENTS:
+            sub = batch.get(name)
+            metrics[f"active/{name}"] = torch.tensor(float(sub is not None))
+            if sub is None:
+                continue
+            loss, parts = steps[name](sub)
+            losses.append(loss)
+            metrics.update({f"{name}/{key}": value for key, value in parts.items()})
+            metrics[f"{name}/loss"] = loss.detach()
+        if not losses:
+            device = self.actor_critic.actor.weight.device
+            return torch.zeros((), device=device, requires_grad=True), metrics
+        return torch.stack([loss.float() for loss in losses]).sum(), metrics
+
+    def tokenizer_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """``batch["observations"] [B, T, C, R, R]`` uint8 -> :meth:`Tokenizer.compute_loss`."""
+        return self.tokenizer.compute_loss({"observations": batch["observations"]})
+
+    def world_model_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """``observations [B, T, C, R, R]`` uint8, ``actions [B, T]`` int64, ``rewards [B, T]``,
+        ``ends [B, T]``, ``mask_padding [B, T]``: tokens from the frozen tokenizer, then
+        :meth:`IrisWorldModel.compute_loss`."""
+        with torch.no_grad():
+            tokens = self.tokenizer.encode(batch["observations"]).tokens
+        wm_batch = {key: batch[key] for key in ("actions", "rewards", "ends", "mask_padding")}
+        return self.world_model.compute_loss({"obs_tokens": tokens, **wm_batch})
+
+    def actor_critic_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """``observations [B, burn_in + 1, C, R, R]``, ``mask_padding [B, burn_in + 1]``:
+        imagination with the tokenizer and world model in eval mode (restored after)."""
+        modes = self.tokenizer.training, self.world_model.training
+        self.tokenizer.eval()
+        self.world_model.eval()
+        try:
+            return self.actor_critic.compute_loss(batch, self.tokenizer, self.world_model)
+        finally:
+            self.tokenizer.train(modes[0])
+            self.world_model.train(modes[1])
+
+    # ---------------------------------------------------------------- acting
+
+    def init_policy_state(self, num_envs: int) -> tuple[Tensor, Tensor]:
+        """Zero LSTM state ``(hx, cx)``, each ``[N, lstm_dim]``."""
+        zeros = torch.zeros(num_envs, self.actor_critic.config.lstm_dim, device=self.actor_critic.actor.weight.device)
+        return zeros, zeros.clone()
+
+    @torch.no_grad()
+    def policy(self, obs: dict[str, np.ndarray], state: tuple[Tensor, Tensor] | None = None, *,
+               epsilon: float = 0.0, temperature: float = 1.0,
+               greedy: bool = False) -> tuple[np.ndarray, tuple[Tensor, Tensor]]:
+        """Actions for a batch of env observations.
+
+        ``obs["image"]`` uint8 ``[N, H, W, C]``, ``obs["is_first"]`` bool ``[N]`` (state reset
+        there). The actor reads the tokenizer's reconstruction of the frame (as in IRIS),
+        then samples ``softmax(logits / temperature)`` (``greedy``: argmax); with
+        probability ``epsilon`` per env the action is uniform instead. Returns
+        ``(actions int64 [N], new state)``.
+        """
+        device = self.actor_critic.actor.weight.device
+        image = torch.as_tensor(np.asarray(obs["image"]), device=device)
+        n = image.shape[0]
+        hx, cx = state if state is not None else self.init_policy_state(n)
+        first = torch.as_tensor(np.asarray(obs["is_first"]), device=device).bool().unsqueeze(-1)
+        ac = self.actor_critic
+        ac.hx, ac.cx = hx.masked_fill(first, 0.0), cx.masked_fill(first, 0.0)
+        frames = self.tokenizer.encode_decode(frames_first(image))
+        logits, _ = ac.act(frames)
+        if greedy:
+            action = logits.argmax(-1)
+        else:
+            action = torch.distributions.Categorical(logits=logits.float() / temperature).sample()
+        if epsilon > 0:
+            explore = torch.rand(n, device=device) < epsilon
+            action = torch.where(explore, torch.randint_like(action, ac.config.num_actions), action)
+        new_state = (ac.hx, ac.cx)
+        ac.hx = ac.cx = None
+        return action.cpu().numpy().astype(np.int64), new_state
+
+
+def _check_compatible(tok: TokenizerConfig, wm: IrisWorldModelConfig, ac: IrisActorCriticConfig) -> None:
+    if wm.vocab_size != tok.vocab_size or wm.tokens_per_obs != tok.tokens_per_frame:
+        raise ValueError(f"world model vocab_size={wm.vocab_size}, tokens_per_obs={wm.tokens_per_obs} must match the "
+                         f"tokenizer's vocab_size={tok.vocab_size}, tokens_per_frame={tok.tokens_per_frame}.")
+    if (ac.in_channels, ac.resolution) != (tok.in_channels, tok.resolution):
+        raise ValueError(f"actor-critic frames {ac.in_channels}x{ac.resolution}x{ac.resolution} differ from the "
+                         f"tokenizer's {tok.in_channels}x{tok.resolution}x{tok.resolution}.")
+    if ac.num_actions != wm.num_actions:
+        raise ValueError(f"actor-critic num_actions={ac.num_actions} != world model num_actions={wm.num_actions}.")
+    if ac.imagine_horizon > wm.max_blocks:
+        raise ValueError(f"imagine_horizon={ac.imagine_horizon} needs {ac.imagine_horizon - 1} world-model steps, "
+                         f"more than max_blocks - 1 = {wm.max_blocks - 1}; lower it or raise max_blocks.")
+
+
+__all__ = ["COMPONENTS", "IrisAgent", "OptimConfig", "frames_first"]
