@@ -260,3 +260,30 @@ def test_cli_trains_stops_and_resumes(tmp_path):
     assert [r["step"] for r in rows if r.get("eval/return_mean")] == ["3", "6"]
     media = {p.name for p in (run_dir / "media").iterdir()}
     assert {"reconstruction_step000006.png", "imagination_step000006.gif"} <= media
+
+
+def test_evaluator_scores_the_models_on_a_held_out_episode(config_from):
+    from worldmodels.algos.iris.experiment import IrisEvaluator
+
+    cfg = config_from(["+exp=iris_tiny", *TINY, "algo.held_out_frames=7", "algo.eval_episodes=1"])
+    torch.manual_seed(0)
+    agent = tiny_agent().eval()
+    evaluator = IrisEvaluator(cfg, "cpu")
+    metrics = evaluator.evaluate(agent)
+    episode = evaluator._episode
+    assert len(episode["image"]) == 6 == metrics["eval/length_mean"]  # the toy episode ends after 6 steps
+    assert episode["end"].tolist() == [False] * 5 + [True]
+    assert episode["reward"].tolist() == [float(a == 1) for a in episode["action"]]
+    with torch.no_grad():
+        tokens = agent.tokenizer.encode(torch.from_numpy(episode["image"]).movedim(-1, 1)).tokens
+        recon = agent.tokenizer.encode_decode(torch.from_numpy(episode["image"]).movedim(-1, 1))
+    truth = torch.from_numpy(episode["image"]).movedim(-1, 1).float() / 255
+    mse = (recon - truth).square().flatten(1).mean(1)
+    assert metrics["eval/tokenizer_psnr"] == pytest.approx(float((-10 * torch.log10(mse)).mean()), rel=1e-5)
+    # windows of max_blocks = 5 frames: frames 0-4 and 5 (+ 4 padding); the copy baseline
+    # compares each frame's tokens with the previous frame's inside a window
+    same = tokens[1:5] == tokens[0:4]
+    assert metrics["eval/wm_copy_token_accuracy"] == pytest.approx(float(same.float().mean()), rel=1e-6)
+    for name in ("next_frame_token_accuracy", "reward_accuracy", "end_accuracy"):
+        assert 0.0 <= metrics[f"eval/wm_{name}"] <= 1.0
+    evaluator.close()

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ...envs.factory import VectorEnv, make_env
-from ...nn.tokenizer import TokenizerConfig
+from ...nn.tokenizer import TokenizerConfig, as_unit_frames, psnr
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from ...utils.images import image_grid, save_png
@@ -94,37 +94,93 @@ class IrisEvaluator:
         algo = cfg.algo
         self.episodes, self.temperature = int(algo.eval_episodes), float(algo.eval_temperature)
         self.length, self.device = int(algo.media_length), torch.device(device)
+        self.held_out_frames = max(int(algo.held_out_frames), self.length)
         if self.episodes < 1 or self.length < 2:
             raise ValueError(f"algo.eval_episodes={self.episodes} must be >= 1 and media_length={self.length} >= 2.")
         self.env = env or make_env(env_spec(cfg, seed=int(cfg.seed) + EVAL_SEED_OFFSET, num_envs=self.episodes))
         self._media: dict[str, np.ndarray] | None = None
+        self._episode: dict[str, np.ndarray] = {}
 
     def evaluate(self, model: IrisAgent) -> dict[str, float]:
-        """``eval/return_{mean,std,min,max}``, ``eval/length_mean``, ``eval/neg_return``."""
+        """``eval/return_{mean,std,min,max}``, ``eval/length_mean``, ``eval/neg_return`` and
+        the held-out model scores of :meth:`held_out_metrics`."""
         returns, lengths = self._rollout(model)
         mean = float(returns.mean())
-        return {"eval/return_mean": mean, "eval/return_std": float(returns.std()),
-                "eval/return_min": float(returns.min()), "eval/return_max": float(returns.max()),
-                "eval/length_mean": float(lengths.mean()), "eval/neg_return": -mean}
+        metrics = {"eval/return_mean": mean, "eval/return_std": float(returns.std()),
+                   "eval/return_min": float(returns.min()), "eval/return_max": float(returns.max()),
+                   "eval/length_mean": float(lengths.mean()), "eval/neg_return": -mean}
+        return {**metrics, **self.held_out_metrics(model)}
 
     def _rollout(self, model: IrisAgent) -> tuple[np.ndarray, np.ndarray]:
+        """One episode per env; keeps up to ``algo.held_out_frames`` frames of the first
+        (frames, actions, rewards and terminations in IRIS's layout)."""
         env, n = self.env, self.env.num_envs
         obs, state = env.reset(), None
         done = np.zeros(n, bool)
         returns, lengths = np.zeros(n), np.zeros(n, np.int64)
-        images, actions = [], []
+        kept: dict[str, list] = {"image": [], "action": [], "reward": [], "end": []}
         while not done.all():
             action, state = model.policy(obs, state, temperature=max(self.temperature, 1e-6),
                                          greedy=self.temperature <= 0)
-            if not done[0] and len(images) < self.length:
-                images.append(np.array(obs["image"][0]))
-                actions.append(int(action[0]))
+            keep = not done[0] and len(kept["image"]) < self.held_out_frames
+            if keep:
+                kept["image"].append(np.array(obs["image"][0]))
+                kept["action"].append(int(action[0]))
             obs = env.step(action)
+            if keep:
+                kept["reward"].append(float(obs["reward"][0]))
+                kept["end"].append(bool(obs["is_terminal"][0]))
             returns[~done] += obs["reward"][~done]
             lengths[~done] += 1
             done |= obs["is_last"]
-        self._media = {"image": np.stack(images), "action": np.asarray(actions, np.int64)}
+        self._episode = {key: np.asarray(values) for key, values in kept.items()}
+        self._media = {"image": self._episode["image"][: self.length],
+                       "action": self._episode["action"][: self.length].astype(np.int64)}
         return returns, lengths
+
+    @torch.no_grad()
+    def held_out_metrics(self, model: IrisAgent) -> dict[str, float]:
+        """Scores of the tokenizer and the world model on the kept frames of the first
+        evaluation episode (an env and seed training never saw):
+
+        * ``eval/tokenizer_psnr``: PSNR (dB) of the reconstructions, mean over frames;
+        * ``eval/wm_next_frame_token_accuracy`` beside ``eval/wm_copy_token_accuracy``
+          (the baseline "the next frame's tokens are this frame's"), and
+          ``eval/wm_reward_accuracy``, ``eval/wm_end_accuracy``: the world model teacher
+          forced over windows of ``max_blocks`` frames.
+        """
+        device = next(model.parameters()).device
+        frames = frames_first(torch.from_numpy(self._episode["image"]).to(device))
+        tokens, scores = [], []
+        for chunk in frames.split(64):
+            encoding = model.tokenizer.encode(chunk)
+            scores.append(psnr(model.tokenizer.decode(encoding.z_q).clamp(0, 1), as_unit_frames(chunk)) * len(chunk))
+            tokens.append(encoding.tokens)
+        metrics = {"eval/tokenizer_psnr": float(torch.stack(scores).sum() / len(frames))}
+        if len(frames) >= 2:
+            metrics.update(self._world_model_scores(model, torch.cat(tokens), device))
+        return metrics
+
+    def _world_model_scores(self, model: IrisAgent, tokens: torch.Tensor, device: torch.device) -> dict[str, float]:
+        window = model.world_model.config.max_blocks
+        steps = len(tokens)
+        padded = -(-steps // window) * window
+        mask = torch.arange(padded, device=device) < steps
+
+        def windows(values: torch.Tensor) -> torch.Tensor:
+            pad = values.new_zeros((padded - steps, *values.shape[1:]))
+            return torch.cat([values, pad]).unflatten(0, (-1, window))
+
+        batch = {"obs_tokens": windows(tokens), "mask_padding": mask.view(-1, window),
+                 "actions": windows(torch.as_tensor(self._episode["action"], device=device)),
+                 "rewards": windows(torch.as_tensor(self._episode["reward"], dtype=torch.float32, device=device)),
+                 "ends": windows(torch.as_tensor(self._episode["end"], device=device))}
+        training = model.world_model.training
+        model.world_model.eval()
+        _, parts = model.world_model.compute_loss(batch)
+        model.world_model.train(training)
+        names = ("next_frame_token_accuracy", "copy_token_accuracy", "reward_accuracy", "end_accuracy")
+        return {f"eval/wm_{name}": float(parts[name]) for name in names}
 
     def write_media(self, model: IrisAgent, directory: Path, step: int) -> list[Path]:
         """``reconstruction_step{step:06d}.png`` (rows: frames | tokenizer reconstructions)
