@@ -287,3 +287,22 @@ def test_evaluator_scores_the_models_on_a_held_out_episode(config_from):
     for name in ("next_frame_token_accuracy", "reward_accuracy", "end_accuracy"):
         assert 0.0 <= metrics[f"eval/wm_{name}"] <= 1.0
     evaluator.close()
+
+
+def test_param_groups_decay_only_layer_weights_and_clip_per_component():
+    agent = tiny_agent()
+    groups = agent.param_groups()
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"tokenizer", "world_model", "world_model/no_decay", "actor_critic"}
+    assert by_name["world_model"]["weight_decay"] == 0.01 and by_name["world_model/no_decay"]["weight_decay"] == 0.0
+    decayed = {id(p) for p in by_name["world_model"]["params"]}
+    wm = agent.world_model
+    embeddings = [m.weight for m in wm.modules() if isinstance(m, torch.nn.Embedding)]
+    norms = [p for m in wm.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()]
+    linears = [m.weight for m in wm.modules() if isinstance(m, torch.nn.Linear)]
+    assert embeddings and norms and linears
+    assert not decayed & {id(p) for p in embeddings + norms}
+    assert {id(p) for p in linears} <= decayed
+    every = [p for g in groups for p in g["params"]]
+    assert len(every) == len({id(p) for p in every}) == len(list(agent.parameters()))
+    assert {g["clip_group"] for g in groups if g["name"].startswith("world_model")} == {"world_model"}

@@ -70,6 +70,18 @@ def test_param_groups_with_max_grad_norm_are_clipped_separately():
     assert result.grad_norm == pytest.approx(math.hypot(0.5, raw_bias_grad.norm().item()), rel=1e-4)
 
 
+def test_groups_sharing_a_clip_group_are_clipped_together():
+    model, _ = fresh()
+    weight, bias = model.linear.weight, model.linear.bias
+    opt = torch.optim.SGD([{"params": [weight], "max_grad_norm": 0.5, "clip_group": "linear"},
+                           {"params": [bias], "max_grad_norm": 0.5, "clip_group": "linear"}], lr=0.1)
+    big = {"x": torch.full((4, 3), 100.0), "y": torch.zeros(4, 1)}
+    before = torch.cat([weight.detach().flatten(), bias.detach().flatten()])
+    train_step(model, opt, [big], precision=FP32, scaler=FP32.grad_scaler())
+    after = torch.cat([weight.detach().flatten(), bias.detach().flatten()])
+    assert (after - before).norm().item() == pytest.approx(0.1 * 0.5, rel=1e-4)  # one joint norm, not two
+
+
 def test_non_finite_loss_skips_the_update():
     model, opt = fresh()
     before = [p.detach().clone() for p in model.parameters()]

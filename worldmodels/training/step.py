@@ -88,8 +88,14 @@ def train_step(
 def clip_groups_(optimizer: torch.optim.Optimizer) -> None:
     """Clip each parameter group that sets ``max_grad_norm`` to that norm on its own
     (DreamerV3 clips its world model, actor and critic separately), before the global
-    ``grad_clip`` of :func:`train_step` applies to all parameters together."""
-    for group in optimizer.param_groups:
+    ``grad_clip`` of :func:`train_step` applies to all parameters together. Groups that
+    share a ``clip_group`` name are clipped as one (a component split into groups with
+    and without weight decay)."""
+    clipped: dict[Any, tuple[list, float]] = {}
+    for index, group in enumerate(optimizer.param_groups):
         max_norm = group.get("max_grad_norm")
         if max_norm:
-            nn.utils.clip_grad_norm_(group["params"], float(max_norm))
+            params, _ = clipped.setdefault(group.get("clip_group", index), ([], float(max_norm)))
+            params.extend(group["params"])
+    for params, max_norm in clipped.values():
+        nn.utils.clip_grad_norm_(params, max_norm)

@@ -37,6 +37,21 @@ class OptimConfig:
     max_grad_norm: float = 10.0
 
 
+DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.LSTMCell, nn.LSTM)
+
+
+def split_weight_decay(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(decayed, not decayed)`` parameters of ``module``: the weights of linear,
+    convolution and LSTM layers, and everything else (biases, norms, embeddings,
+    positional tables)."""
+    decayed: set[int] = set()
+    for sub in module.modules():
+        if isinstance(sub, DECAYED_MODULES):
+            decayed.update(id(p) for n, p in sub.named_parameters(recurse=False) if n.startswith("weight"))
+    params = list(module.parameters())
+    return [p for p in params if id(p) in decayed], [p for p in params if id(p) not in decayed]
+
+
 def frames_first(images: Tensor) -> Tensor:
     """uint8 ``[..., H, W, C]`` env images -> ``[..., C, H, W]`` (still uint8)."""
     return images.movedim(-1, -3)
@@ -64,14 +79,21 @@ class IrisAgent(nn.Module):
         self.optim = {**defaults, **(optim or {})}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """One AdamW group per component: ``params``, ``lr``, ``weight_decay``,
-        ``max_grad_norm`` and ``name``."""
+        """AdamW groups per component: ``params``, ``lr``, ``weight_decay``,
+        ``max_grad_norm``, ``clip_group`` (the component: its groups are clipped as one)
+        and ``name``. As in IRIS, a component with weight decay gets it on the weights of
+        its linear and convolution layers only; biases, norms and embeddings get none
+        (they form the ``<name>/no_decay`` group)."""
         groups = []
         for name in COMPONENTS:
             opt = self.optim[name]
-            groups.append({"params": list(getattr(self, name).parameters()), "lr": float(opt.lr),
-                           "weight_decay": float(opt.weight_decay), "max_grad_norm": float(opt.max_grad_norm),
-                           "name": name})
+            common = {"lr": float(opt.lr), "max_grad_norm": float(opt.max_grad_norm), "clip_group": name}
+            decay, no_decay = split_weight_decay(getattr(self, name))
+            if opt.weight_decay == 0:
+                decay, no_decay = decay + no_decay, []
+            groups.append({"params": decay, "weight_decay": float(opt.weight_decay), "name": name, **common})
+            if no_decay:
+                groups.append({"params": no_decay, "weight_decay": 0.0, "name": f"{name}/no_decay", **common})
         return groups
 
     def compute_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
