@@ -20,8 +20,6 @@ measured in this process on the same inputs, and ``speedup_vs_<anchor>``.
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 
 import pytest
 import torch
@@ -29,41 +27,14 @@ import torch.nn.functional as F
 
 from worldmodels.ops.attention import attention, attention_decode, block_causal_mask
 
+from conftest import finish_row, median_seconds, sync
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 BATCH, HEADS, HEAD_DIM, FRAME = 64, 4, 64, 17
 TRAIN_STEPS = [340, 1360]
 DECODE_CACHE_LENS = [17, 340, 1360]
 CPU_SHAPE = (2, 2, 68, 32)  # B, H, T, Dh
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: str, repeats: int = 30, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` (synchronised on CUDA): the anchors' timer."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _finish_row(benchmark, anchor_name: str, anchor_seconds: float) -> float | None:
-    """Store the anchor's time and the speed-up; returns the row's median seconds."""
-    stats = getattr(benchmark.stats, "stats", None)  # None under --benchmark-disable
-    if stats is None:
-        return None
-    benchmark.extra_info[f"{anchor_name}_s"] = anchor_seconds
-    benchmark.extra_info[f"speedup_vs_{anchor_name}"] = anchor_seconds / stats.median
-    return stats.median
 
 
 # ------------------------------------------------------------------------ training
@@ -117,10 +88,10 @@ def _training_row(benchmark, shape, dtype, block: int, impl: str, anchor: str, d
 
     def run():
         training_step(qkv, grad, mask, block, impl)
-        _sync(device)
+        sync(device)
 
     benchmark(run)
-    _finish_row(benchmark, anchor, anchor_s)
+    finish_row(benchmark, anchor, anchor_s)
     if device == "cuda":
         benchmark.extra_info["peak_mib"] = _peak_memory_mib(run)
 
@@ -193,4 +164,4 @@ def test_decode_cuda(record_env, cache_len, impl):
         torch.cuda.synchronize()
 
     record_env(run)
-    _finish_row(record_env, "sdpa_mask", anchor)
+    finish_row(record_env, "sdpa_mask", anchor)

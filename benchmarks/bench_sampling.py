@@ -15,8 +15,6 @@ measured in this process on the same inputs, and ``speedup_vs_<anchor>``.
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 
 import pytest
 import torch
@@ -25,41 +23,14 @@ import torch.nn.functional as F
 from worldmodels import _ext
 from worldmodels.ops.sampling import boundary_sample, st_categorical
 
+from conftest import finish_row, median_seconds, sync
+
 needs_cpp = pytest.mark.skipif(not _ext.has_extension(), reason="worldmodels._C not built")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 BOUNDARY_CPU_SHAPES = [(32, 20), (32, 50), (64, 50)]  # (B, T)
 CATEGORICAL_CUDA_ROWS = [1024, 4096]                   # B of B x 32 x 64
 CATEGORICAL_CUDA_DTYPES = [torch.float32, torch.bfloat16]
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: str, repeats: int = 30, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` (synchronised on CUDA): the anchors' timer."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _finish_row(benchmark, anchor_name: str, anchor_seconds: float) -> float | None:
-    """Store the anchor's time and the speed-up; returns the row's median seconds."""
-    stats = getattr(benchmark.stats, "stats", None)  # None under --benchmark-disable
-    if stats is None:
-        return None
-    benchmark.extra_info[f"{anchor_name}_s"] = anchor_seconds
-    benchmark.extra_info[f"speedup_vs_{anchor_name}"] = anchor_seconds / stats.median
-    return stats.median
 
 
 # ---------------------------------------------------------------- boundary sampler
@@ -98,10 +69,10 @@ def _boundary_row(benchmark, batch: int, steps: int, impl: str, device: str) -> 
 
     def run():
         boundary_step(logits, grads, impl, seg_len, seg_num)
-        _sync(device)
+        sync(device)
 
     benchmark(run)
-    _finish_row(benchmark, "reference", anchor)
+    finish_row(benchmark, "reference", anchor)
 
 
 @pytest.mark.parametrize("impl", ["ref", pytest.param("cpp", marks=needs_cpp)])
@@ -171,7 +142,7 @@ def test_st_categorical_cuda(record_env, batch, dtype, impl):
         torch.cuda.synchronize()
 
     record_env(run)
-    median = _finish_row(record_env, "gumbel_softmax", anchor)
+    median = finish_row(record_env, "gumbel_softmax", anchor)
     if median is not None:
         # The fused path's minimum traffic: forward reads logits and writes sample and
         # probs; backward reads logits and both gradients and writes grad_logits.

@@ -19,13 +19,13 @@ the ``N x K`` distances, the Triton path does not.
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 
 import pytest
 import torch
 
 from worldmodels.ops.vq import vq, vq_ref
+
+from conftest import median_seconds, sync
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -35,25 +35,6 @@ CUDA_DIMS = [64, 256, 512]
 CUDA_DTYPES = [torch.float32, torch.bfloat16]
 CPU_SHAPE = (2048, 512, 64)  # (N, K, D)
 IMPLS = ["triton", "ref", "compiled_ref"]
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: str, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` (synchronised on CUDA): the anchors' timer."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @functools.cache
@@ -90,10 +71,10 @@ def _inputs(rows: int, codes: int, dim: int, dtype: torch.dtype, device: str):
 def anchor_seconds(impl: str, shape: tuple[int, int, int], dtype: torch.dtype, device: str) -> float:
     inputs = _inputs(*shape, dtype, device)
     quantize = _quantizer(impl)
-    return median_seconds(lambda: vq_step(quantize, *inputs), device)
+    return median_seconds(lambda: vq_step(quantize, *inputs), device, repeats=20)
 
 
-def _finish_row(benchmark, anchors: dict[str, float]) -> None:
+def finish_row(benchmark, anchors: dict[str, float]) -> None:
     """Store each anchor's time and the speed-up against it."""
     stats = getattr(benchmark.stats, "stats", None)  # None under --benchmark-disable
     if stats is None:
@@ -132,10 +113,10 @@ def _vq_row(benchmark, shape: tuple[int, int, int], dtype: torch.dtype, impl: st
 
     def run():
         vq_step(quantize, *inputs)
-        _sync(device)
+        sync(device)
 
     benchmark(run)
-    _finish_row(benchmark, anchors)
+    finish_row(benchmark, anchors)
 
 
 @pytest.mark.parametrize("impl", ["ref", "compiled_ref"])

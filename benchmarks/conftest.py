@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import statistics
+import time
 
 import numpy as np
 import pytest
@@ -53,3 +55,34 @@ def record_env(benchmark):
     """Fill the row's extra_info with :func:`environment_info`; returns the benchmark."""
     benchmark.extra_info.update(environment_info())
     return benchmark
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, device: str, repeats: int = 30, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` (synchronised on CUDA): the anchors' timer."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def finish_row(benchmark, anchor_name: str, anchor_seconds: float) -> float | None:
+    """Store the anchor's time and the speed-up of a row; returns its median seconds
+    (None under ``--benchmark-disable``)."""
+    stats = getattr(benchmark.stats, "stats", None)
+    if stats is None:
+        return None
+    benchmark.extra_info[f"{anchor_name}_s"] = anchor_seconds
+    benchmark.extra_info[f"speedup_vs_{anchor_name}"] = anchor_seconds / stats.median
+    return stats.median
