@@ -1,4 +1,4 @@
-"""``python -m worldmodels.play``: the four modes on a tiny IRIS run, recordings, errors."""
+"""``python -m worldmodels.play``: the four modes on tiny IRIS and Δ-IRIS runs, recordings, errors."""
 
 from __future__ import annotations
 
@@ -77,17 +77,41 @@ cli()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def iris_run(tmp_path_factory) -> Path:
-    """A tiny IRIS run directory trained for 2 updates on the toy env."""
-    root = tmp_path_factory.mktemp("iris_run")
+DELTA_TRAIN = ["+exp=delta_iris_tiny", "env.suite=gym", f"env.task={TOY_ID}", f"env.size=[{SIZE},{SIZE}]",
+               "env.render_image=false", "device=cpu", "model.tokenizer.channels=4",
+               "model.tokenizer.frame_channels=4", "model.tokenizer.latent_dim=4", "model.tokenizer.code_dim=8",
+               "model.tokenizer.vocab_size=16", "model.world_model.frame_channels=4",
+               "model.world_model.max_blocks=4", "model.world_model.num_layers=1", "model.world_model.embed_dim=16",
+               "model.actor_critic.conv_channels=[4,4]", "model.actor_critic.lstm_dim=8",
+               "model.actor_critic.imagine_horizon=2", "model.actor_critic.burn_in=1",
+               "algo.batch_sizes={tokenizer:2,world_model:2,actor_critic:2}", "algo.sequence_length=4",
+               "algo.tokenizer_sequence_length=3", "algo.collect_every=2", "algo.collect_steps=12",
+               "algo.initial_collect_steps=12", "algo.eval_episodes=1", "algo.media_length=4",
+               "algo.starts={tokenizer:0,world_model:1,actor_critic:2}", "train.max_steps=2", "train.log_every=2",
+               "train.eval_every=2", "train.checkpoint_every=2", "train.progress=false"]
+
+
+def train_run(root: Path, overrides: list[str]) -> Path:
+    """The run directory of ``overrides`` trained on the toy env under ``root``."""
     script = root / "train_toy.py"
     script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, str(script), *TRAIN, f"run.root={root}"], check=False, cwd=root,
+    done = subprocess.run([sys.executable, str(script), *overrides, f"run.root={root}"], check=False, cwd=root,
                           capture_output=True, text=True, timeout=120, env=ENV)
     assert done.returncode == 0, done.stderr
     (run_dir,) = [p for day in root.iterdir() if day.is_dir() for p in day.iterdir()]
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def iris_run(tmp_path_factory) -> Path:
+    """A tiny IRIS run directory trained for 2 updates on the toy env."""
+    return train_run(tmp_path_factory.mktemp("iris_run"), TRAIN)
+
+
+@pytest.fixture(scope="module")
+def delta_run(tmp_path_factory) -> Path:
+    """A tiny Δ-IRIS run directory (a 4-frame world-model context) trained for 2 updates."""
+    return train_run(tmp_path_factory.mktemp("delta_run"), DELTA_TRAIN)
 
 
 @pytest.fixture(autouse=True)
@@ -128,6 +152,27 @@ def test_agent_wm_shows_env_beside_world_model_past_its_context(iris_run, tmp_pa
     steps = int(re.search(r"imagined return [-\d.e+]+ in (\d+) steps", printed).group(1))
     assert 1 <= steps <= 6 and printed.count("predicted reward") == steps
     assert gif_frames(out).shape == (steps + 1, *frame_shape(2))
+
+
+def test_delta_iris_agent_plays_env_and_world_model_past_its_context(delta_run, tmp_path, capsys):
+    out = tmp_path / "delta_wm.gif"
+    code = play.main([str(delta_run), "--mode", "agent-wm", "--max-steps", "6", "--headless", "--record", str(out),
+                      "--scale", str(SCALE), "--temperature", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    steps = int(re.search(r"imagined return [-\d.e+]+ in (\d+) steps", printed).group(1))
+    assert 1 <= steps <= 6 and printed.count("predicted reward") == steps
+    assert gif_frames(out).shape == (steps + 1, *frame_shape(2))
+    assert play.main([str(delta_run), "--mode", "agent-env", "--headless"]) == 0
+    assert re.search(r"episode 1: return [-\d.e+]+ in 6 steps \(ended\)", capsys.readouterr().out)
+
+
+def test_delta_iris_human_wm_restarts_its_context_when_full(delta_run, capsys):
+    keys = iter(["2"] * 7 + ["q"])  # 7 steps: the 4-frame context is full after 3 and restarts
+    code = play.main([str(delta_run), "--mode", "human-wm", "--headless"], input_fn=lambda prompt: next(keys))
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "step 7 action 2 (RIGHT)" in printed and "played 7 world-model steps" in printed
 
 
 def test_human_wm_scripted_keys_in_the_terminal_never_open_a_window(iris_run, tmp_path, capsys, monkeypatch):
@@ -187,9 +232,10 @@ def error_cases(iris_run: Path, tmp_path: Path) -> list[tuple[list[str], str]]:
              (["--mode", "episode", "--episode", str(tmp_path / "nope.npz")], "nope.npz does not exist"),
              (["--episode", str(bad)], "bad.npz"),
              ([str(iris_run), "--mode", "agent-env", "--record", str(tmp_path / "x.avi")], ".gif or .mp4"),
-             (["--mode", "agent-wm"], "needs an IRIS run"),
+             (["--mode", "agent-wm"], "needs an IRIS or Δ-IRIS run"),
              ([str(iris_run), "--mode", "human-wm", "--episode", str(bad)], "--episode is for --mode episode")]
-    if play_view.importlib.util.find_spec("imageio_ffmpeg") is None and play_view.importlib.util.find_spec("av") is None:
+    find_spec = play_view.importlib.util.find_spec
+    if find_spec("imageio_ffmpeg") is None and find_spec("av") is None:
         cases.append(([str(iris_run), "--mode", "agent-env", "--record", str(tmp_path / "x.mp4")], ".gif instead"))
     return cases
 

@@ -1,4 +1,4 @@
-"""Watch or play a trained IRIS agent and its world model, or replay recorded episodes.
+"""Watch or play a trained IRIS or Δ-IRIS agent and its world model, or replay recorded episodes.
 
 Command line::
 
@@ -24,7 +24,7 @@ Modes:
 
 A run is a run directory (``checkpoints/best.pt``, else ``last.pt``) or a checkpoint
 file; its ``resolved_config.yaml`` (or the config stored in the checkpoint) gives the
-model and env, and only IRIS runs (``algo.name: iris``) are accepted. Checkpoints are
+model and env, and IRIS and Δ-IRIS runs (``algo.name: iris`` or ``delta_iris``) are accepted. Checkpoints are
 read with ``torch.load(weights_only=True)``. ``--record`` writes what is shown to a GIF
 or MP4 (``--scale`` times larger, nearest neighbour). Bad input ends with exit code 2
 and a one-line message.
@@ -33,6 +33,7 @@ and a one-line message.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,13 +62,16 @@ from .training.checkpoint import CheckpointError, load_checkpoint
 PROG = "python -m worldmodels.play"
 MODES = ("agent-env", "agent-wm", "human-wm", "episode")
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
+# algo.name -> (its package, its agent class): the runs play can load
+PLAYABLE = {"iris": ("worldmodels.algos.iris", "IrisAgent"),
+            "delta_iris": ("worldmodels.algos.delta_iris", "DeltaIrisAgent")}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m worldmodels.play`` argument parser."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", nargs="?", type=Path, help="IRIS run directory or checkpoint .pt")
+    parser.add_argument("run", nargs="?", type=Path, help="IRIS or Δ-IRIS run directory or checkpoint .pt")
     parser.add_argument("--mode", choices=MODES, default=None,
                         help="default: episode with --episode and no run, else agent-env")
     parser.add_argument("--episode", type=Path, default=None, help="episode file or folder (--mode episode)")
@@ -99,7 +103,7 @@ def check_args(args: argparse.Namespace) -> str:
             raise PlayError("--mode episode needs --episode <file or folder> (or a run, to replay its replay/).")
         return mode
     if args.run is None:
-        raise PlayError(f"--mode {mode} needs an IRIS run directory or checkpoint .pt as first argument.")
+        raise PlayError(f"--mode {mode} needs an IRIS or Δ-IRIS run directory or checkpoint .pt as first argument.")
     if args.episode is not None:
         raise PlayError(f"--episode is for --mode episode, not --mode {mode}.")
     if mode == "human-wm" and args.episodes is not None:
@@ -115,7 +119,7 @@ def resolve_checkpoint(target: Path) -> Path:
                 return target / "checkpoints" / name
         raise PlayError(f"run {target} has no checkpoints/best.pt or checkpoints/last.pt; is it a training run?")
     if not target.is_file():
-        raise PlayError(f"{target} does not exist; pass an IRIS run directory or a checkpoint .pt.")
+        raise PlayError(f"{target} does not exist; pass an IRIS or Δ-IRIS run directory or a checkpoint .pt.")
     return target
 
 
@@ -124,26 +128,26 @@ def run_dir_of(target: Path) -> Path:
     return target if target.is_dir() else target.resolve().parent.parent
 
 
-def check_iris(cfg: DictConfig, source: Path) -> DictConfig:
-    """``cfg`` when it is an IRIS run's config; otherwise :class:`PlayError`."""
+def check_playable(cfg: DictConfig, source: Path) -> DictConfig:
+    """``cfg`` when it is the config of a run :data:`PLAYABLE` knows; otherwise :class:`PlayError`."""
     name = OmegaConf.select(cfg, "algo.name")
-    if name != "iris":
-        raise PlayError(f"{source} is from a run with algo.name={name!r}; play works with IRIS runs "
-                        "(algo.name: iris) only.")
+    if name not in PLAYABLE:
+        raise PlayError(f"{source} is from a run with algo.name={name!r}; play works with IRIS and Δ-IRIS runs "
+                        f"(algo.name: {' or '.join(PLAYABLE)}) only.")
     return cfg
 
 
 def run_config(checkpoint: Path, state: dict[str, Any] | None = None) -> DictConfig | None:
     """The run's ``resolved_config.yaml`` beside ``checkpoints/`` (else the config stored in
-    ``state``; None when neither is there yet), checked to be IRIS's."""
+    ``state``; None when neither is there yet), checked to be one :data:`PLAYABLE` knows."""
     saved = run_dir_of(checkpoint) / "resolved_config.yaml"
     if saved.is_file():
-        return check_iris(OmegaConf.load(saved), saved)
+        return check_playable(OmegaConf.load(saved), saved)
     if state is None:
         return None
     if not state.get("config"):
         raise PlayError(f"{checkpoint} has no resolved_config.yaml beside checkpoints/ and stores no config.")
-    return check_iris(OmegaConf.create(state["config"]), checkpoint)
+    return check_playable(OmegaConf.create(state["config"]), checkpoint)
 
 
 def open_env(cfg: DictConfig, seed: int) -> VectorEnv:
@@ -161,13 +165,13 @@ def open_env(cfg: DictConfig, seed: int) -> VectorEnv:
 
 
 def build_agent(cfg: DictConfig, state: dict[str, Any], env: VectorEnv, device: torch.device, source: Path):
-    """The :class:`IrisAgent` of ``cfg`` for ``env``'s frames and actions, with the
+    """The agent of ``cfg`` (:data:`PLAYABLE`) for ``env``'s frames and actions, with the
     checkpoint's weights, on ``device`` in eval mode."""
-    from .algos.iris.agent import IrisAgent
-    from .algos.iris.experiment import agent_configs
-
+    package, agent_class = PLAYABLE[cfg.algo.name]
+    make_agent = getattr(importlib.import_module(f"{package}.agent"), agent_class)
+    agent_configs = importlib.import_module(f"{package}.experiment").agent_configs
     try:
-        agent = IrisAgent(*agent_configs(cfg, tuple(env.obs_space["image"][0]), env.act_space.size))
+        agent = make_agent(*agent_configs(cfg, tuple(env.obs_space["image"][0]), env.act_space.size))
         agent.load_state_dict(state["model"])
     except (ValueError, RuntimeError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

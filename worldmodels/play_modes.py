@@ -1,9 +1,9 @@
 """The four modes of ``python -m worldmodels.play`` (see :mod:`worldmodels.play`).
 
 Each mode takes a :class:`~worldmodels.play_view.Screen` for its frames and a ``log``
-function for its text (``print`` on the command line). :class:`Dream` runs the IRIS
-world model as an environment: it starts from a real frame (tokenized), steps with
-actions (the next frame's tokens sampled, reward and end from the heads' argmax) and,
+function for its text (``print`` on the command line). :class:`Dream` runs an IRIS or
+Δ-IRIS world model as an environment: it starts from a real frame, steps with actions
+(the next frame's tokens sampled at temperature 1, reward and end from the heads) and,
 like IRIS, restarts its context from the current frame when the KV cache is full.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .algos.iris.agent import IrisAgent, frames_first
+from .algos.iris.agent import ImaginationAgent, frames_first
 from .data.episodes import EpisodeError, is_image_key, list_episodes, load_episode
 from .envs.factory import VectorEnv
 from .play_view import PlayError, Screen, side_by_side
@@ -31,7 +31,7 @@ class Session:
     names, the agent's sampling ``temperature`` (<= 0: greedy), ``episodes`` and
     ``max_steps`` (None: no limit)."""
 
-    agent: IrisAgent
+    agent: ImaginationAgent
     env: VectorEnv
     meanings: list[str]
     temperature: float = 1.0
@@ -55,7 +55,7 @@ class Actor:
     """The agent's actor on frames in [0, 1] (the world model's decoded frames), with its
     own LSTM state; ``temperature <= 0`` takes the argmax."""
 
-    def __init__(self, agent: IrisAgent, temperature: float):
+    def __init__(self, agent: ImaginationAgent, temperature: float):
         self.ac, self.temperature = agent.actor_critic, float(temperature)
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -75,41 +75,39 @@ class Actor:
 
 
 class Dream:
-    """The world model as a one-env environment (see the module docstring)."""
+    """The agent's imagined environment (:meth:`ImaginationAgent.dream`) as a one-env
+    environment that restarts from its current frame when the KV cache is full (see the
+    module docstring)."""
 
-    def __init__(self, agent: IrisAgent):
-        self.agent = agent
+    def __init__(self, agent: ImaginationAgent):
+        self.dream = agent.dream()
         self.capacity = agent.world_model.config.max_blocks - 1
-        self.tokens: torch.Tensor | None = None
+        self.device = agent.actor_critic.actor.weight.device
+        self.frame: torch.Tensor | None = None
         self.left = 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.agent.actor_critic.actor.weight.device
 
     @torch.no_grad()
     def reset(self, image: np.ndarray) -> torch.Tensor:
-        """Start from a real uint8 ``[H, W, C]`` frame; returns its reconstruction ``[1, C, H, W]``."""
-        frames = frames_first(torch.as_tensor(np.asarray(image), device=self.device)).unsqueeze(0)
-        self.tokens = self.agent.tokenizer.encode(frames).tokens
-        return self._restart()
+        """Start from a real uint8 ``[H, W, C]`` frame; returns the frame the world model
+        starts from ``[1, C, H, W]`` in [0, 1] (IRIS: the reconstruction; Δ-IRIS: the frame)."""
+        return self._restart(frames_first(torch.as_tensor(np.asarray(image), device=self.device)).unsqueeze(0))
 
-    def _restart(self) -> torch.Tensor:
-        self.agent.world_model.reset_imagination(self.tokens)
+    def _restart(self, frame: torch.Tensor) -> torch.Tensor:
+        no_action = torch.zeros(1, 1, dtype=torch.int64, device=self.device)
+        _, self.frame = self.dream.start({"observations": frame[:, None], "actions": no_action})
         self.left = self.capacity
-        return self.agent.tokenizer.decode_tokens(self.tokens)
+        return self.frame
 
     @torch.no_grad()
     def step(self, action: int) -> tuple[torch.Tensor, float, bool]:
-        """``(next frame [1, C, H, W], predicted reward in {-1, 0, 1}, predicted end)``."""
-        if self.tokens is None:
+        """``(next frame [1, C, H, W], predicted reward, predicted end)``."""
+        if self.frame is None:
             raise RuntimeError("Dream.step before Dream.reset")
         if self.left == 0:
-            self._restart()
-        action_tensor = torch.tensor([action], dtype=torch.int64, device=self.device)
-        self.tokens, reward, done = self.agent.world_model.step(action_tensor)
-        self.left -= 1
-        return self.agent.tokenizer.decode_tokens(self.tokens), float(reward[0]), bool(done[0])
+            self._restart(self.frame)
+        frame, reward, done = self.dream.step(torch.tensor([action], dtype=torch.int64, device=self.device))
+        self.frame, self.left = frame, self.left - 1
+        return frame, float(reward[0]), bool(done[0])
 
 
 def _limit_reached(session: Session, steps: int) -> bool:

@@ -38,6 +38,7 @@ ALGORITHMS = {
     "dreamer_offline": "worldmodels.algos.dreamerv3.offline:FACTORIES",
     "dreamer_bc": "worldmodels.algos.dreamerv3.bc:FACTORIES",
     "iris": "worldmodels.algos.iris.experiment:FACTORIES",
+    "delta_iris": "worldmodels.algos.delta_iris.experiment:FACTORIES",
 }
 
 

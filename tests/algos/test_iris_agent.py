@@ -122,7 +122,7 @@ def test_each_component_loss_is_finite_with_gradients_only_in_that_component():
 def test_imagination_shapes_and_frozen_world_model():
     torch.manual_seed(0)
     agent, data = tiny_agent(), toy_data()
-    traj = agent.actor_critic.imagine(data.next_batch()["actor_critic"], agent.tokenizer, agent.world_model)
+    traj = agent.actor_critic.imagine(data.next_batch()["actor_critic"], agent.dream())
     assert traj.logits.shape == (3, 4, 3) and traj.values.shape == (3, 4) and traj.actions.shape == (3, 4)
     assert traj.rewards.shape == (3, 3) and traj.ends.dtype == torch.bool and traj.frames.shape == (3, 4, 3, 16, 16)
     assert traj.logits.requires_grad and not traj.frames.requires_grad
@@ -237,10 +237,12 @@ cli()
 """
 
 
-def test_cli_trains_stops_and_resumes(tmp_path):
+def train_stop_resume(tmp_path, exp: str, tiny: list[str]) -> tuple[Path, list[dict[str, str]]]:
+    """Train ``exp`` with the ``tiny`` overrides on the toy env to step 3 of 6 in one process,
+    resume to step 6 in another; the run dir and its CSV rows."""
     script = tmp_path / "train_toy.py"
     script.write_text(SCRIPT)
-    overrides = ["+exp=iris_tiny", *TINY, "train.max_steps=6", "train.stop_at=3", "train.log_every=3",
+    overrides = [f"+exp={exp}", *tiny, "train.max_steps=6", "train.stop_at=3", "train.log_every=3",
                  "train.eval_every=3", "train.checkpoint_every=3", "train.progress=false",
                  "algo.starts={tokenizer:0,world_model:1,actor_critic:2}", f"run.root={tmp_path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -257,9 +259,14 @@ def test_cli_trains_stops_and_resumes(tmp_path):
     train = [r for r in rows if r.get("train/loss")]
     assert [r["step"] for r in train] == ["3", "6"]
     assert all(float(r["train/active/actor_critic"]) == 1.0 for r in train)
-    assert [r["step"] for r in rows if r.get("eval/return_mean")] == ["3", "6"]
     media = {p.name for p in (run_dir / "media").iterdir()}
     assert {"reconstruction_step000006.png", "imagination_step000006.gif"} <= media
+    return run_dir, rows
+
+
+def test_cli_trains_stops_and_resumes(tmp_path):
+    _, rows = train_stop_resume(tmp_path, "iris_tiny", TINY)
+    assert [r["step"] for r in rows if r.get("eval/return_mean")] == ["3", "6"]
 
 
 def test_evaluator_scores_the_models_on_a_held_out_episode(config_from):

@@ -31,7 +31,7 @@ Training (:meth:`IrisActorCritic.compute_loss`) follows IRIS:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,18 @@ class IrisActorCriticConfig:
         """Width of the flattened CNN output fed to the LSTM (1024 for IRIS's 64x64)."""
         side = self.resolution // 2 ** len(self.conv_channels)
         return self.conv_channels[-1] * side * side
+
+
+class Dream(Protocol):
+    """An environment imagined by a world model, as the actor-critic trains in it."""
+
+    def start(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor]:
+        """From a batch of real sequences (``observations [B, T, C, R, R]``, ``actions
+        [B, T]``, ``mask_padding [B, T]``): ``(context [B, T - 1, C, R, R] or None, the start
+        frame [B, C, R, R])``, both in [0, 1], as the policy should see them."""
+
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``action [B]`` int64 -> ``(next frame [B, C, R, R] in [0, 1], reward [B], done [B] bool)``."""
 
 
 class Imagination(NamedTuple):
@@ -136,22 +148,18 @@ class IrisActorCritic(nn.Module):
             for t in range(frames.shape[1]):
                 self.act(frames[:, t], mask[:, t])
 
-    def imagine(self, batch: dict[str, Tensor], tokenizer: Any, world_model: Any,
-                horizon: int | None = None) -> Imagination:
-        """Burn in on ``batch["observations"] [B, T, C, R, R]`` (uint8 or [0, 1]) frames
-        ``0 .. T - 2`` (``batch["mask_padding"] [B, T]``), then imagine ``horizon`` steps from
-        frame ``T - 1``. The tokenizer and world model get no gradient."""
+    def imagine(self, batch: dict[str, Tensor], dream: Dream, horizon: int | None = None) -> Imagination:
+        """Burn in on the context ``dream.start(batch)`` returns (``batch["mask_padding"]
+        [B, T]`` marks its padding), then imagine ``horizon`` steps from its last frame
+        through ``dream.step``. The dream's models get no gradient."""
         horizon = int(horizon or self.config.imagine_horizon)
-        obs, mask = batch["observations"], batch["mask_padding"].bool()
+        mask = batch["mask_padding"].bool()
         with torch.no_grad():
-            burn = tokenizer.encode_decode(obs[:, :-1]) if obs.shape[1] > 1 else None
-            tokens = tokenizer.encode(obs[:, -1]).tokens
-            frame = tokenizer.decode_tokens(tokens)
-        if burn is not None:
-            self.burn_in(burn, mask[:, :-1])
+            context, frame = dream.start(batch)
+        if context is not None:
+            self.burn_in(context, mask[:, :-1])
         else:
-            self.reset(obs.shape[0], obs.device)
-        world_model.reset_imagination(tokens)
+            self.reset(frame.shape[0], frame.device)
         steps: dict[str, list[Tensor]] = {k: [] for k in ("logits", "values", "actions", "rewards", "ends", "frames")}
         for t in range(horizon):
             logits, value = self.act(frame)
@@ -160,19 +168,18 @@ class IrisActorCritic(nn.Module):
                 steps[key].append(item)
             if t < horizon - 1:
                 with torch.no_grad():
-                    tokens, reward, done = world_model.step(action)
-                    frame = tokenizer.decode_tokens(tokens)
-                steps["rewards"].append(reward)
+                    frame, reward, done = dream.step(action)
+                steps["rewards"].append(reward.float())
                 steps["ends"].append(done)
         return Imagination(**{k: torch.stack(v, 1) for k, v in steps.items()})
 
-    def compute_loss(self, batch: dict[str, Tensor], tokenizer: Any, world_model: Any) -> tuple[Tensor, dict]:
-        """IRIS's actor-critic loss on imagined rollouts from ``batch`` (see :meth:`imagine`).
+    def compute_loss(self, batch: dict[str, Tensor], dream: Dream) -> tuple[Tensor, dict]:
+        """IRIS's actor-critic loss on rollouts imagined in ``dream`` from ``batch`` (see :meth:`imagine`).
         Metrics: ``loss_policy``, ``loss_values``, ``loss_entropy``, ``entropy``,
         ``imagined_return`` (mean lambda-return), ``imagined_reward`` (mean per step),
         ``imagined_ends`` (fraction), ``value_mean``."""
         c = self.config
-        traj = self.imagine(batch, tokenizer, world_model)
+        traj = self.imagine(batch, dream)
         values = traj.values.float()
         cont = 1.0 - traj.ends.float()
         returns = lambda_returns(traj.rewards.float(), cont, values.detach(), c.gamma, c.lambda_)
@@ -191,4 +198,4 @@ class IrisActorCritic(nn.Module):
         return loss, metrics
 
 
-__all__ = ["Imagination", "IrisActorCritic", "IrisActorCriticConfig"]
+__all__ = ["Dream", "Imagination", "IrisActorCritic", "IrisActorCriticConfig"]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...nn.tokenizer import Tokenizer, TokenizerConfig
-from .actor_critic import IrisActorCritic, IrisActorCriticConfig
+from .actor_critic import Dream, IrisActorCritic, IrisActorCriticConfig
 from .world_model import IrisWorldModel, IrisWorldModelConfig
 
 Tensor = torch.Tensor
@@ -57,26 +57,16 @@ def frames_first(images: Tensor) -> Tensor:
     return images.movedim(-1, -3)
 
 
-class IrisAgent(nn.Module):
-    """IRIS's three components; see the module docstring.
+class ImaginationAgent(nn.Module):
+    """Three components (``tokenizer``, ``world_model``, ``actor_critic``) trained by one
+    loss, the actor-critic in a :class:`~worldmodels.algos.iris.actor_critic.Dream` of the
+    other two. Subclasses set the components and ``optim`` and implement
+    :meth:`tokenizer_loss`, :meth:`world_model_loss`, :meth:`dream` and :meth:`policy_frames`."""
 
-    Args:
-        tokenizer, world_model, actor_critic: the components' configs; the world model's
-            ``vocab_size`` and ``tokens_per_obs`` and the actor-critic's frame shape must
-            match the tokenizer, and ``imagine_horizon - 1 <= max_blocks - 1``.
-        optim: :class:`OptimConfig` per component name (defaults: IRIS's).
-    """
-
-    def __init__(self, tokenizer: TokenizerConfig, world_model: IrisWorldModelConfig,
-                 actor_critic: IrisActorCriticConfig, optim: dict[str, OptimConfig] | None = None):
-        super().__init__()
-        _check_compatible(tokenizer, world_model, actor_critic)
-        self.tokenizer = Tokenizer(tokenizer)
-        self.world_model = IrisWorldModel(world_model)
-        self.actor_critic = IrisActorCritic(actor_critic)
-        defaults = {"tokenizer": OptimConfig(), "world_model": OptimConfig(weight_decay=0.01),
-                    "actor_critic": OptimConfig()}
-        self.optim = {**defaults, **(optim or {})}
+    tokenizer: nn.Module
+    world_model: nn.Module
+    actor_critic: IrisActorCritic
+    optim: dict[str, OptimConfig]
 
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups per component: ``params``, ``lr``, ``weight_decay``,
@@ -119,26 +109,28 @@ class IrisAgent(nn.Module):
         return torch.stack([loss.float() for loss in losses]).sum(), metrics
 
     def tokenizer_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        """``batch["observations"] [B, T, C, R, R]`` uint8 -> :meth:`Tokenizer.compute_loss`."""
-        return self.tokenizer.compute_loss({"observations": batch["observations"]})
+        raise NotImplementedError
 
     def world_model_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        """``observations [B, T, C, R, R]`` uint8, ``actions [B, T]`` int64, ``rewards [B, T]``,
-        ``ends [B, T]``, ``mask_padding [B, T]``: tokens from the frozen tokenizer, then
-        :meth:`IrisWorldModel.compute_loss`."""
-        with torch.no_grad():
-            tokens = self.tokenizer.encode(batch["observations"]).tokens
-        wm_batch = {key: batch[key] for key in ("actions", "rewards", "ends", "mask_padding")}
-        return self.world_model.compute_loss({"obs_tokens": tokens, **wm_batch})
+        raise NotImplementedError
+
+    def dream(self) -> Dream:
+        """The imagined environment the actor-critic trains in (no gradient)."""
+        raise NotImplementedError
+
+    def policy_frames(self, frames: Tensor) -> Tensor:
+        """What the policy sees of env frames ``[N, C, R, R]`` uint8: ``[N, C, R, R]`` in [0, 1]."""
+        raise NotImplementedError
 
     def actor_critic_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        """``observations [B, burn_in + 1, C, R, R]``, ``mask_padding [B, burn_in + 1]``:
-        imagination with the tokenizer and world model in eval mode (restored after)."""
+        """``observations [B, burn_in + 1, C, R, R]``, ``mask_padding [B, burn_in + 1]``
+        (and ``actions`` where the dream needs them): imagination with the tokenizer and
+        world model in eval mode (restored after)."""
         modes = self.tokenizer.training, self.world_model.training
         self.tokenizer.eval()
         self.world_model.eval()
         try:
-            return self.actor_critic.compute_loss(batch, self.tokenizer, self.world_model)
+            return self.actor_critic.compute_loss(batch, self.dream())
         finally:
             self.tokenizer.train(modes[0])
             self.world_model.train(modes[1])
@@ -157,10 +149,10 @@ class IrisAgent(nn.Module):
         """Actions for a batch of env observations.
 
         ``obs["image"]`` uint8 ``[N, H, W, C]``, ``obs["is_first"]`` bool ``[N]`` (state reset
-        there). The actor reads the tokenizer's reconstruction of the frame (as in IRIS),
-        then samples ``softmax(logits / temperature)`` (``greedy``: argmax); with
-        probability ``epsilon`` per env the action is uniform instead. Returns
-        ``(actions int64 [N], new state)``.
+        there). The actor reads :meth:`policy_frames` of the frame, then samples
+        ``softmax(logits / temperature)`` (``greedy``: argmax); with probability
+        ``epsilon`` per env the action is uniform instead. Returns ``(actions int64 [N],
+        new state)``.
         """
         device = self.actor_critic.actor.weight.device
         image = torch.as_tensor(np.asarray(obs["image"]), device=device)
@@ -169,8 +161,7 @@ class IrisAgent(nn.Module):
         first = torch.as_tensor(np.asarray(obs["is_first"]), device=device).bool().unsqueeze(-1)
         ac = self.actor_critic
         ac.hx, ac.cx = hx.masked_fill(first, 0.0), cx.masked_fill(first, 0.0)
-        frames = self.tokenizer.encode_decode(frames_first(image))
-        logits, _ = ac.act(frames)
+        logits, _ = ac.act(self.policy_frames(frames_first(image)))
         if greedy:
             action = logits.argmax(-1)
         else:
@@ -181,6 +172,72 @@ class IrisAgent(nn.Module):
         new_state = (ac.hx, ac.cx)
         ac.hx = ac.cx = None
         return action.cpu().numpy().astype(np.int64), new_state
+
+
+class IrisDream:
+    """IRIS's imagined environment: the policy sees tokenizer reconstructions; the world
+    model predicts the next frame's tokens, decoded by the tokenizer. Sampling of the
+    tokens at ``temperature`` (or ``greedy``)."""
+
+    def __init__(self, tokenizer: Tokenizer, world_model: IrisWorldModel, temperature: float = 1.0,
+                 greedy: bool = False):
+        self.tokenizer, self.world_model = tokenizer, world_model
+        self.temperature, self.greedy = temperature, greedy
+
+    @torch.no_grad()
+    def start(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor]:
+        obs = batch["observations"]
+        context = self.tokenizer.encode_decode(obs[:, :-1]) if obs.shape[1] > 1 else None
+        tokens = self.tokenizer.encode(obs[:, -1]).tokens
+        self.world_model.reset_imagination(tokens)
+        return context, self.tokenizer.decode_tokens(tokens)
+
+    @torch.no_grad()
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        tokens, reward, done = self.world_model.step(action, temperature=self.temperature, greedy=self.greedy)
+        return self.tokenizer.decode_tokens(tokens), reward, done
+
+
+class IrisAgent(ImaginationAgent):
+    """IRIS's three components; see the module docstring.
+
+    Args:
+        tokenizer, world_model, actor_critic: the components' configs; the world model's
+            ``vocab_size`` and ``tokens_per_obs`` and the actor-critic's frame shape must
+            match the tokenizer, and ``imagine_horizon - 1 <= max_blocks - 1``.
+        optim: :class:`OptimConfig` per component name (defaults: IRIS's).
+    """
+
+    def __init__(self, tokenizer: TokenizerConfig, world_model: IrisWorldModelConfig,
+                 actor_critic: IrisActorCriticConfig, optim: dict[str, OptimConfig] | None = None):
+        super().__init__()
+        _check_compatible(tokenizer, world_model, actor_critic)
+        self.tokenizer = Tokenizer(tokenizer)
+        self.world_model = IrisWorldModel(world_model)
+        self.actor_critic = IrisActorCritic(actor_critic)
+        defaults = {"tokenizer": OptimConfig(), "world_model": OptimConfig(weight_decay=0.01),
+                    "actor_critic": OptimConfig()}
+        self.optim = {**defaults, **(optim or {})}
+
+    def tokenizer_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """``batch["observations"] [B, T, C, R, R]`` uint8 -> :meth:`Tokenizer.compute_loss`."""
+        return self.tokenizer.compute_loss({"observations": batch["observations"]})
+
+    def world_model_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """``observations [B, T, C, R, R]`` uint8, ``actions [B, T]`` int64, ``rewards [B, T]``,
+        ``ends [B, T]``, ``mask_padding [B, T]``: tokens from the frozen tokenizer, then
+        :meth:`IrisWorldModel.compute_loss`."""
+        with torch.no_grad():
+            tokens = self.tokenizer.encode(batch["observations"]).tokens
+        wm_batch = {key: batch[key] for key in ("actions", "rewards", "ends", "mask_padding")}
+        return self.world_model.compute_loss({"obs_tokens": tokens, **wm_batch})
+
+    def dream(self) -> IrisDream:
+        return IrisDream(self.tokenizer, self.world_model)
+
+    def policy_frames(self, frames: Tensor) -> Tensor:
+        """The tokenizer's reconstruction of the frames (IRIS's ``use_original_obs=False``)."""
+        return self.tokenizer.encode_decode(frames)
 
 
 def _check_compatible(tok: TokenizerConfig, wm: IrisWorldModelConfig, ac: IrisActorCriticConfig) -> None:
@@ -197,4 +254,12 @@ def _check_compatible(tok: TokenizerConfig, wm: IrisWorldModelConfig, ac: IrisAc
                          f"more than max_blocks - 1 = {wm.max_blocks - 1}; lower it or raise max_blocks.")
 
 
-__all__ = ["COMPONENTS", "IrisAgent", "OptimConfig", "frames_first"]
+__all__ = [
+    "COMPONENTS",
+    "ImaginationAgent",
+    "IrisAgent",
+    "IrisDream",
+    "OptimConfig",
+    "frames_first",
+    "split_weight_decay",
+]

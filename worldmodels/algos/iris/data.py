@@ -128,7 +128,8 @@ class IrisOnlineData:
         batch_sizes: per component, sequences per batch. sequence_length: world-model
             frames per sequence. burn_in: actor-critic frames before the start frame.
         starts: per component, the update at which it starts training.
-        collect_every, collect_steps, max_env_steps: the collection schedule.
+        collect_every, collect_steps, max_env_steps: the collection schedule;
+            initial_steps: env steps of the first collection (default ``collect_steps``).
         epsilon, temperature: exploration once the actor-critic acts.
         capacity, seed, device, recent_weights: the store's settings and where batches go.
     """
@@ -136,7 +137,8 @@ class IrisOnlineData:
     def __init__(self, env: VectorEnv, *, batch_sizes: dict[str, int], sequence_length: int, burn_in: int,
                  starts: dict[str, int], collect_every: int, collect_steps: int, max_env_steps: int,
                  epsilon: float, temperature: float, capacity: int, seed: int,
-                 device: torch.device | str = "cpu", recent_weights: list[float] | None = None):
+                 device: torch.device | str = "cpu", recent_weights: list[float] | None = None,
+                 initial_steps: int | None = None):
         if not env.act_space.discrete or "image" not in env.obs_space:
             raise ValueError("IRIS needs discrete actions and `image` observations "
                              f"(got {env.act_space}, observations {sorted(env.obs_space)}).")
@@ -145,6 +147,7 @@ class IrisOnlineData:
         self.starts = {k: int(starts[k]) for k in COMPONENTS}
         self.sequence_length, self.burn_in = int(sequence_length), int(burn_in)
         self.collect_every, self.collect_steps = max(1, int(collect_every)), int(collect_steps)
+        self.initial_steps = self.collect_steps if initial_steps is None else int(initial_steps)
         self.max_env_steps, self.epsilon, self.temperature = int(max_env_steps), float(epsilon), float(temperature)
         self.capacity, self.seed, self.device = int(capacity), int(seed), torch.device(device)
         self.store = EpisodeStore(self.capacity, self.seed, None, recent_weights)
@@ -168,28 +171,29 @@ class IrisOnlineData:
 
     def next_batch(self) -> dict[str, dict[str, torch.Tensor] | None]:
         """Collect when the schedule says so, then one sub-batch per started component
-        (None for the others): ``tokenizer`` single frames ``[B, 1, C, H, W]``,
-        ``world_model`` windows of ``sequence_length`` frames from a uniform start,
-        ``actor_critic`` ``burn_in + 1`` frames ending at a uniform frame."""
+        (None for the others), shaped by :meth:`windows`."""
         if self.updates % self.collect_every == 0 and self.env_steps < self.max_env_steps:
-            self.collect(min(self.collect_steps, self.max_env_steps - self.env_steps))
+            steps = self.initial_steps if self.updates == 0 else self.collect_steps
+            self.collect(min(steps, self.max_env_steps - self.env_steps))
         while not self.store.episodes:
             self.collect(self.num_envs)
         active = self.active()
         self.updates += 1
-        shapes = {"tokenizer": (1, True), "world_model": (self.sequence_length, True),
-                  "actor_critic": (self.burn_in + 1, False)}
         batch: dict[str, dict[str, torch.Tensor] | None] = {}
-        for name in COMPONENTS:
+        for name, (length, from_start, keys) in self.windows().items():
             if not active[name]:
                 batch[name] = None
                 continue
-            length, from_start = shapes[name]
             sample = self.store.sample(self.batch_sizes[name], length, from_start)
-            if name != "world_model":
-                sample = {"observations": sample["observations"], "mask_padding": sample["mask_padding"]}
-            batch[name] = {k: torch.from_numpy(v).to(self.device) for k, v in sample.items()}
+            batch[name] = {k: torch.from_numpy(sample[k]).to(self.device) for k in keys}
         return batch
+
+    def windows(self) -> dict[str, tuple[int, bool, tuple[str, ...]]]:
+        """Per component ``(frames per window, from_start, keys kept)``: IRIS's tokenizer
+        reads single frames, its actor-critic ``burn_in + 1`` frames ending at a real one."""
+        return {"tokenizer": (1, True, ("observations", "mask_padding")),
+                "world_model": (self.sequence_length, True, (*IRIS_KEYS, "mask_padding")),
+                "actor_critic": (self.burn_in + 1, False, ("observations", "mask_padding"))}
 
     def collect(self, steps: int) -> None:
         """``ceil(steps / num_envs)`` vectorised env steps."""

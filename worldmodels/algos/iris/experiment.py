@@ -190,27 +190,36 @@ class IrisEvaluator:
             self._rollout(model)
         device = next(model.parameters()).device
         frames = frames_first(torch.from_numpy(self._media["image"]).to(device))
+        actions = torch.from_numpy(self._media["action"]).to(device)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
-            recon = model.tokenizer.encode_decode(frames[:8])
-        grid = image_grid([frames[:8].float().div(255.0).cpu(), recon.float().cpu()], scale=2)
+            truth, recon = self.reconstructions(model, frames[:9], actions[:9])
+        grid = image_grid([truth.float().div(255.0).cpu(), recon.float().cpu()], scale=2)
         paths = [save_png(directory / f"reconstruction_step{step:06d}.png", grid)]
-        gif = self._imagination_gif(model, frames, directory / f"imagination_step{step:06d}.gif")
+        gif = self._imagination_gif(model, frames, actions, directory / f"imagination_step{step:06d}.gif")
         return paths + ([gif] if gif is not None else [])
 
-    def _imagination_gif(self, model: IrisAgent, frames: torch.Tensor, path: Path) -> Path | None:
+    def reconstructions(self, model: IrisAgent, frames: torch.Tensor,
+                        actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(frames uint8 [N, C, R, R], their reconstructions in [0, 1])`` for the media;
+        IRIS reconstructs up to 8 frames on their own."""
+        return frames[:8], model.tokenizer.encode_decode(frames[:8])
+
+    def _imagination_gif(self, model: IrisAgent, frames: torch.Tensor, actions: torch.Tensor,
+                         path: Path) -> Path | None:
         steps = min(len(frames), model.world_model.config.max_blocks)
         if steps < 2:
             return None
-        actions = torch.from_numpy(self._media["action"][:steps]).to(frames.device)
+        dream = model.dream()
+        start = {"observations": frames[None, :1], "actions": actions[None, :1],
+                 "mask_padding": torch.ones(1, 1, dtype=torch.bool, device=frames.device)}
         with torch.no_grad():
-            tokens = model.tokenizer.encode(frames[:1]).tokens
-            imagined = [model.tokenizer.decode_tokens(tokens)]
-            model.world_model.reset_imagination(tokens)
+            _, frame = dream.start(start)
+            imagined = [frame]
             for t in range(steps - 1):
-                tokens, _, _ = model.world_model.step(actions[t:t + 1])
-                imagined.append(model.tokenizer.decode_tokens(tokens))
+                frame, _, _ = dream.step(actions[t:t + 1])
+                imagined.append(frame)
         truth = frames[:steps].movedim(1, -1).unsqueeze(0)
         prediction = (torch.cat(imagined).clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).unsqueeze(0)
         video = openloop_frames(truth, prediction, None, context=1)

@@ -36,6 +36,16 @@ REWARD_CLASSES = 3
 END_CLASSES = 2
 
 
+def causal_transformer_config(cfg) -> TransformerConfig:
+    """The causal :class:`TransformerConfig` a world-model config describes: ``cfg`` has
+    ``tokens_per_block``, ``max_blocks``, ``num_layers``, ``num_heads``, ``embed_dim``, the
+    three dropout rates and ``impl``."""
+    return TransformerConfig(
+        tokens_per_block=cfg.tokens_per_block, max_blocks=cfg.max_blocks, num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads, embed_dim=cfg.embed_dim, embed_pdrop=cfg.embed_pdrop,
+        resid_pdrop=cfg.resid_pdrop, attn_pdrop=cfg.attn_pdrop, attention="causal", impl=cfg.impl)
+
+
 @dataclass
 class IrisWorldModelConfig:
     num_actions: int                  # A, the action vocabulary
@@ -63,10 +73,7 @@ class IrisWorldModelConfig:
 
     def transformer(self) -> TransformerConfig:
         """The causal :class:`TransformerConfig` over frames of ``K + 1`` tokens."""
-        return TransformerConfig(
-            tokens_per_block=self.tokens_per_block, max_blocks=self.max_blocks, num_layers=self.num_layers,
-            num_heads=self.num_heads, embed_dim=self.embed_dim, embed_pdrop=self.embed_pdrop,
-            resid_pdrop=self.resid_pdrop, attn_pdrop=self.attn_pdrop, attention="causal", impl=self.impl)
+        return causal_transformer_config(self)
 
 
 class WorldModelOutput(NamedTuple):
