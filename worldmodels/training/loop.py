@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..utils.profiling import nvtx_range
 from ..utils.seeding import capture_rng_state, restore_rng_state, seed_everything
 from .checkpoint import load_checkpoint, save_checkpoint
+from .components import load_initial_weights, save_components
 from .metrics_log import MetricsLogger
 from .precision import Precision, resolve_device, resolve_precision
 from .step import StepResult, train_step
@@ -135,6 +136,8 @@ def fit(cfg: DictConfig, factories: Factories, run_dir: Path, *, resume: bool = 
         run.data.bind_model(run.model, run_dir)
     if resume:
         run.load_state_dict(load_checkpoint(ckpt_dir / "last.pt", map_location=run.precision.device_type))
+    else:
+        _initial_weights(cfg, run.model)
     logger = MetricsLogger(
         run_dir, cfg.logger, OmegaConf.to_container(cfg, resolve=True), resume_step=run.step if resume else None
     )
@@ -177,17 +180,37 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
             if run.step % int(train_cfg.eval_every) == 0 or run.step == max_steps:
                 _evaluate(cfg, run, logger, ckpt_dir, media_dir)
             if run.step % int(train_cfg.checkpoint_every) == 0 or run.step == max_steps:
-                save_checkpoint(ckpt_dir / "last.pt", run.state_dict(cfg))
+                _checkpoint(cfg, run, ckpt_dir)
             if stop_at is not None and run.step == int(stop_at):
-                save_checkpoint(ckpt_dir / "last.pt", run.state_dict(cfg))
+                _checkpoint(cfg, run, ckpt_dir)
                 bar.write(f"stopped at step {run.step} (train.stop_at); resume with +resume={ckpt_dir.parent}")
                 break
     except KeyboardInterrupt:
-        save_checkpoint(ckpt_dir / "last.pt", run.state_dict(cfg))
+        _checkpoint(cfg, run, ckpt_dir)
         bar.write(f"interrupted at step {run.step}; saved {ckpt_dir / 'last.pt'}; resume with +resume={ckpt_dir.parent}")
         raise
     finally:
         bar.close()
+
+
+def _checkpoint(cfg: DictConfig, run: Run, ckpt_dir: Path) -> None:
+    """``last.pt``, then each component's weights (and a kept snapshot every
+    ``train.snapshot_every`` steps) for models made of components."""
+    state = run.state_dict(cfg)
+    save_checkpoint(ckpt_dir / "last.pt", state)
+    every = cfg.train.get("snapshot_every")
+    snapshot = bool(every) and run.step % int(every) == 0
+    save_components(ckpt_dir, run.model, run.step, state["config"], snapshot=snapshot)
+
+
+def _initial_weights(cfg: DictConfig, model: nn.Module) -> None:
+    """Warm start of a new run from ``init.path`` (the parts in ``init.components``)."""
+    init = cfg.get("init")
+    if not init or not init.get("path"):
+        return
+    names = init.get("components")
+    loaded = load_initial_weights(model, str(init.path), None if names is None else [str(n) for n in names])
+    print(f"initial weights: {', '.join(loaded)} from {init.path}", flush=True)
 
 
 def _one_step(run: Run, accum_steps: int, grad_clip: float | None) -> StepResult:
