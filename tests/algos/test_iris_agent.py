@@ -60,9 +60,9 @@ TINY = ["env.suite=gym", f"env.task={TOY_ID}", "env.size=[16,16]", "env.render_i
         "algo.collect_every=2", "algo.collect_steps=12", "algo.eval_episodes=2", "algo.media_length=4"]
 
 
-def tiny_agent() -> IrisAgent:
+def tiny_agent(dead_threshold: float = 0.0) -> IrisAgent:
     tok = TokenizerConfig(resolution=16, z_channels=8, ch=4, ch_mult=(1, 1, 1, 1), num_res_blocks=1,
-                          attn_resolutions=(), vocab_size=16)
+                          attn_resolutions=(), vocab_size=16, dead_threshold=dead_threshold)
     wm = IrisWorldModelConfig(num_actions=3, vocab_size=16, tokens_per_obs=tok.tokens_per_frame, max_blocks=5,
                               num_layers=1, num_heads=1, embed_dim=16)
     ac = IrisActorCriticConfig(num_actions=3, resolution=16, conv_channels=(4, 4), lstm_dim=16,
@@ -313,3 +313,49 @@ def test_param_groups_decay_only_layer_weights_and_clip_per_component():
     every = [p for g in groups for p in g["params"]]
     assert len(every) == len({id(p) for p in every}) == len(list(agent.parameters()))
     assert {g["clip_group"] for g in groups if g["name"].startswith("world_model")} == {"world_model"}
+
+
+def test_component_checkpoints_and_a_warm_start_from_the_tokenizer_only(config_from, tmp_path):
+    from worldmodels.algos.iris.experiment import FACTORIES, build_model
+    from worldmodels.training.checkpoint import load_checkpoint
+    from worldmodels.training.loop import fit
+
+    base = ["+exp=iris_tiny", *TINY, "train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=2",
+            "train.log_every=2", "train.progress=false", "algo.starts={tokenizer:0,world_model:1,actor_critic:2}"]
+    fit(config_from([*base, "train.snapshot_every=4"]), FACTORIES, tmp_path / "first")
+    ckpt = tmp_path / "first" / "checkpoints"
+    for name in COMPONENTS:
+        assert (ckpt / name / "last.pt").is_file() and (ckpt / name / "step_0000004.pt").is_file()
+        assert not (ckpt / name / "step_0000002.pt").exists()
+    saved = load_checkpoint(ckpt / "tokenizer" / "last.pt")
+    assert saved["component"] == "tokenizer" and saved["step"] == 4
+
+    # a new run takes the tokenizer and nothing else, and (not started) keeps it as loaded
+    second = config_from([*base, "train.max_steps=2", f"init.path={tmp_path / 'first'}",
+                          "init.components=[tokenizer]", "algo.starts={tokenizer:100,world_model:0,actor_critic:100}"])
+    fit(second, FACTORIES, tmp_path / "second")
+    from worldmodels.utils.seeding import seed_everything
+
+    seed_everything(int(second.seed))
+    fresh = build_model(second)           # the second run's initial weights
+    first_model, second_model = build_model(second), build_model(second)
+    first_model.load_state_dict(load_checkpoint(ckpt / "last.pt")["model"])
+    second_model.load_state_dict(load_checkpoint(tmp_path / "second" / "checkpoints" / "last.pt")["model"])
+    for key, value in first_model.tokenizer.state_dict().items():
+        assert torch.equal(second_model.tokenizer.state_dict()[key], value), key
+    untouched = fresh.actor_critic.state_dict()
+    assert all(torch.equal(second_model.actor_critic.state_dict()[k], v) for k, v in untouched.items())
+    assert not all(torch.equal(second_model.actor_critic.state_dict()[k], v)
+                   for k, v in first_model.actor_critic.state_dict().items())
+
+
+def test_world_model_batches_leave_the_tokenizer_statistics_alone():
+    agent = tiny_agent(dead_threshold=0.5)  # code usage counted in training mode
+    agent.train()
+    before = agent.tokenizer.quantizer.ema_count.clone()
+    batch = {"world_model": {"observations": torch.randint(0, 256, (2, 4, 3, 16, 16), dtype=torch.uint8),
+                             "actions": torch.zeros(2, 4, dtype=torch.long), "rewards": torch.zeros(2, 4),
+                             "ends": torch.zeros(2, 4, dtype=torch.bool),
+                             "mask_padding": torch.ones(2, 4, dtype=torch.bool)}}
+    agent.compute_loss(batch)
+    assert torch.equal(agent.tokenizer.quantizer.ema_count, before) and agent.tokenizer.training

@@ -68,6 +68,11 @@ class ImaginationAgent(nn.Module):
     actor_critic: IrisActorCritic
     optim: dict[str, OptimConfig]
 
+    def components(self) -> dict[str, nn.Module]:
+        """The three parts by name; the loop checkpoints each on its own and
+        ``init.components`` loads any subset (:mod:`worldmodels.training.components`)."""
+        return {name: getattr(self, name) for name in COMPONENTS}
+
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups per component: ``params``, ``lr``, ``weight_decay``,
         ``max_grad_norm``, ``clip_group`` (the component: its groups are clipped as one)
@@ -225,10 +230,16 @@ class IrisAgent(ImaginationAgent):
 
     def world_model_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         """``observations [B, T, C, R, R]`` uint8, ``actions [B, T]`` int64, ``rewards [B, T]``,
-        ``ends [B, T]``, ``mask_padding [B, T]``: tokens from the frozen tokenizer, then
+        ``ends [B, T]``, ``mask_padding [B, T]``: tokens from the frozen tokenizer (in eval
+        mode, so its codebook statistics follow the tokenizer's own batches only), then
         :meth:`IrisWorldModel.compute_loss`."""
-        with torch.no_grad():
-            tokens = self.tokenizer.encode(batch["observations"]).tokens
+        training = self.tokenizer.training
+        self.tokenizer.eval()
+        try:
+            with torch.no_grad():
+                tokens = self.tokenizer.encode(batch["observations"]).tokens
+        finally:
+            self.tokenizer.train(training)
         wm_batch = {key: batch[key] for key in ("actions", "rewards", "ends", "mask_padding")}
         return self.world_model.compute_loss({"obs_tokens": tokens, **wm_batch})
 
