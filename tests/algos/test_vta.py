@@ -168,3 +168,61 @@ def test_boundary_warmup_keeps_the_detector_out_of_the_gradient():
     loss, _ = model.compute_loss(batch)   # step 1: warm-up over
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector)
+
+
+def test_given_boundaries_follow_the_events_under_the_segment_limits():
+    model = make(boundary_source="events", seg_len=3, seg_num=4)
+    events = torch.zeros(3, 12, dtype=torch.bool)
+    events[:, 2 + 2] = True                    # window step 2
+    events[1, 2 + 1] = True                    # sequence 1 also at window step 1
+    out = model(frames(), torch.zeros(3, 12, 0), 8, 2, events=events)
+    mask = out.mask > 0.5
+    # step 0 starts a segment; the event at 2 starts one; seg_len=3 forces one at 5
+    assert mask[0].nonzero().flatten().tolist() == [0, 2, 5]
+    assert mask[1].nonzero().flatten().tolist() == [0, 1, 2, 5]
+    # the posterior is the point mass on the mask: KL_mask = -log p(m_t | o_{t-1})
+    assert torch.isfinite(out.train_loss) and (out.kl_mask >= 0).all()
+    torch.testing.assert_close(out.boundary.probs, out.mask)
+    out.train_loss.backward()
+    detector = list(model.hrssm.post_boundary.parameters())
+    assert all(p.grad is None for p in detector)              # the detector is not used
+    assert model.hrssm.prior_boundary.weight.grad.abs().sum() > 0  # the prior learns the events
+
+
+def test_random_boundaries_match_the_event_rate():
+    model = make(boundary_source="random", seg_len=8, seg_num=8)
+    events = torch.rand(64, 12, generator=torch.Generator().manual_seed(2)) < 0.25
+    torch.manual_seed(0)
+    out = model(frames(batch=64), torch.zeros(64, 12, 0), 8, 2, events=events)
+    mask = out.mask > 0.5
+    rate = events[:, 3:10].float().mean()
+    assert abs(mask[:, 1:].float().mean() - rate) < 0.06
+    assert not torch.equal(mask, events[:, 2:10] | mask[:, :1])  # placed at random, not at the events
+
+
+def test_control_runs_need_the_events():
+    with pytest.raises(ValueError, match="boundary_source='oracle'"):
+        VTAConfig(boundary_source="oracle")
+    model = make(boundary_source="events")
+    with pytest.raises(ValueError, match=r"needs the ground-truth events .*batch\['events'\]"):
+        model.compute_loss({"frames": frames()})
+    with pytest.raises(ValueError, match="needs the ground-truth events"):
+        model(frames(), torch.zeros(3, 12, 0), 8, 2, events=torch.zeros(3, 5, dtype=torch.bool))
+
+
+def test_cost_split_averages_each_kind_of_step():
+    from types import SimpleNamespace
+
+    from worldmodels.algos.vta.evaluate import cost_split
+
+    kl_abs = torch.tensor([[9.0, 4.0, 0.0, 0.0]])
+    kl_obs = torch.tensor([[9.0, 1.0, 2.0, 6.0]])
+    obs_cost = torch.tensor([[9.0, 10.0, 20.0, 30.0]])
+    out = SimpleNamespace(kl_abs=kl_abs, kl_obs=kl_obs, obs_cost=obs_cost)
+    boundaries = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
+    events = torch.tensor([[0, 0, 0, 1]], dtype=torch.bool)
+    split = cost_split(out, boundaries, events)
+    assert split == {"eval/kl_at_boundaries": 5.0, "eval/kl_between_boundaries": 4.0,
+                     "eval/kl_obs_at_events": 6.0, "eval/kl_obs_elsewhere": 1.5,
+                     "eval/obs_cost_at_events": 30.0, "eval/obs_cost_elsewhere": 15.0}
+    assert "eval/kl_obs_at_events" not in cost_split(out, boundaries, torch.zeros_like(events))

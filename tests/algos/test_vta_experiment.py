@@ -4,6 +4,8 @@ import csv
 import subprocess
 import sys
 
+import torch
+
 from worldmodels.algos.vta.experiment import FACTORIES
 from worldmodels.training.loop import fit
 
@@ -69,3 +71,20 @@ def test_vta_trains_on_generated_maze_episodes(config_from, tmp_path):
     with (tmp_path / "run" / "metrics.csv").open(newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("eval/boundary_f1")]
     assert rows and float(rows[-1]["eval/event_rate"]) > 0
+
+
+def test_control_run_trains_on_the_true_events(config_from, smoke_overrides, tmp_path):
+    from worldmodels.algos.vta.experiment import build_data, build_model, sequence_length
+
+    cfg = config_from([*smoke_overrides, *VTA_TINY, "model.boundary_source=events"])
+    data = build_data(cfg, "cpu")
+    batch = data.next_batch()
+    assert batch["events"].shape == (2, sequence_length(cfg)) and batch["events"].dtype == torch.bool
+    torch.testing.assert_close(batch["events"], batch["wall_collisions"])
+    assert data.state_dict() == {"step": 1}
+    loss, metrics = build_model(cfg).compute_loss(batch)
+    assert torch.isfinite(loss)
+    fit(cfg, FACTORIES, tmp_path)
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        evals = [r for r in csv.DictReader(handle) if r.get("eval/boundary_f1")]
+    assert len(evals) == 2 and all(float(r["eval/loss"]) > 0 for r in evals)

@@ -163,8 +163,19 @@ class HierarchicalRSSM(nn.Module):
             out.append(summary)
         return torch.stack(out[::-1], dim=1)
 
+    def given_boundaries(self, proposal: Tensor) -> BoundarySample:
+        """Boundaries fixed from outside (ground-truth events, a baseline): bool
+        ``[B, S]`` proposals under the ``seg_len``/``seg_num`` limits, as a sample
+        whose posterior is the point mass on the mask (``KL_mask = -log p(m)``)."""
+        proposal = proposal.bool()
+        forced, forbidden = boundary_constraints(proposal, self.config.seg_len, self.config.seg_num)
+        mask = ((proposal | forced) & ~forbidden).float()
+        log_probs = torch.stack([torch.log1p(-mask), torch.log(mask)], dim=-1)
+        return BoundarySample(mask, mask, log_probs)
+
     def forward(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
-                beta: float, noise: Tensor | None = None, freeze_boundaries: bool = False) -> HRSSMOutput:
+                beta: float, noise: Tensor | None = None, freeze_boundaries: bool = False,
+                boundaries: Tensor | None = None) -> HRSSMOutput:
         """Infer both levels over the window ``[init_size, init_size + seq_size)``.
 
         Args:
@@ -174,9 +185,17 @@ class HierarchicalRSSM(nn.Module):
             beta: Gumbel-sigmoid temperature of the boundary sampler.
             noise: optional uniform noise ``[B, seq_size]`` for the boundary draws.
             freeze_boundaries: keep the boundary detector out of the gradient.
+            boundaries: optional bool ``[B, seq_size]``: use these boundaries (under
+                the segment limits, see :meth:`given_boundaries`) instead of the detector's.
         """
         self._check(embed, action, init_size, seq_size)
-        boundary = self.sample_boundaries(embed, action, init_size, seq_size, beta, noise, freeze_boundaries)
+        if boundaries is not None:
+            if boundaries.shape != (embed.shape[0], seq_size):
+                raise ValueError(f"boundaries must be [B, seq_size] = {[embed.shape[0], seq_size]}, "
+                                 f"got {list(boundaries.shape)}.")
+            boundary = self.given_boundaries(boundaries)
+        else:
+            boundary = self.sample_boundaries(embed, action, init_size, seq_size, beta, noise, freeze_boundaries)
         x, mask = embed[:, init_size : init_size + seq_size], boundary.mask
         prev_action = F.pad(action, (0, 0, 1, 0))[:, init_size : init_size + seq_size]
         summaries = self.segment_summaries(x, mask)
@@ -324,5 +343,7 @@ class HierarchicalRSSM(nn.Module):
 
 
 def bernoulli_kl(q_log_probs: Tensor, p_log_probs: Tensor) -> Tensor:
-    """``KL(q || p)`` of two-class distributions given as log-probabilities ``[..., 2]``."""
+    """``KL(q || p)`` of two-class distributions given as log-probabilities ``[..., 2]``
+    (a class with ``q = 0`` contributes nothing, so point masses are allowed)."""
+    q_log_probs = q_log_probs.clamp_min(-1e4)  # log 0 -> a finite stand-in: 0 * finite = 0
     return (q_log_probs.exp() * (q_log_probs - p_log_probs)).sum(-1)

@@ -14,6 +14,22 @@ from .visualize import save_visualization
 EVAL_SEED = 1234
 
 
+def cost_split(out, boundaries: torch.Tensor, events: torch.Tensor) -> dict[str, float]:
+    """Where the ELBO pays, per step (step 0 left out): the latent KL (abstract +
+    observation level) at boundaries and between them, and the observation-level KL and
+    reconstruction cost at true events and elsewhere. A boundary is worth placing at an
+    event only when ``kl_at_boundaries - kl_between_boundaries`` (what restarting the
+    observation level costs) is below what the event costs without one
+    (``kl_obs_at_events - kl_obs_elsewhere`` plus the reconstruction difference).
+    Keys whose steps are absent from the held-out set are left out."""
+    kl = (out.kl_abs + out.kl_obs)[:, 1:]
+    boundaries, events = boundaries[:, 1:].bool(), events[:, 1:].bool()
+    parts = {"kl_at_boundaries": (kl, boundaries), "kl_between_boundaries": (kl, ~boundaries),
+             "kl_obs_at_events": (out.kl_obs[:, 1:], events), "kl_obs_elsewhere": (out.kl_obs[:, 1:], ~events),
+             "obs_cost_at_events": (out.obs_cost[:, 1:], events), "obs_cost_elsewhere": (out.obs_cost[:, 1:], ~events)}
+    return {f"eval/{name}": values[where].mean().item() for name, (values, where) in parts.items() if where.any()}
+
+
 class VTAEvaluator:
     """Scores a VTA on a fixed held-out batch ``{"frames", "actions"?, "events"}``.
 
@@ -32,7 +48,8 @@ class VTAEvaluator:
         frames, actions = self.held_out["frames"], self._actions(model)
         with torch.random.fork_rng(devices=[frames.device] if frames.is_cuda else []):
             torch.manual_seed(EVAL_SEED)
-            out = model(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type)
+            out = model(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type,
+                        events=self.held_out["events"])
         predicted = out.mask.detach() > 0.5
         truth = self.held_out["events"][:, c.init_size : c.init_size + c.seq_size].to(predicted.device)
         model_scores = boundary_scores(predicted.cpu(), truth.cpu(), self.tolerance)
@@ -49,6 +66,7 @@ class VTAEvaluator:
         }
         metrics.update({f"eval/boundary_{k}": v for k, v in model_scores.items()})
         metrics.update({f"eval/random_{k}": v for k, v in random_scores.items() if k != "rate"})
+        metrics.update(cost_split(out, predicted, truth.to(predicted.device)))
         return metrics
 
     def write_media(self, model: VTA, directory: Path, step: int) -> list[Path]:

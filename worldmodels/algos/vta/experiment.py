@@ -3,12 +3,13 @@ balls (generated on the fly) or on 3D-maze episodes (from npz files)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
 
 from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set
+from ...data.stream import StepStream
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from ..vae.experiment import renderer_kwargs
@@ -50,19 +51,34 @@ def maze_events(batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
     return batch["turn"] | batch["junction"]
 
 
+class WithEvents(StepStream):
+    """A step-indexed stream whose batches also carry ``events`` (bool ``[B, T]``),
+    the ground-truth boundaries that the control runs (``model.boundary_source``
+    ``events`` or ``random``) train on."""
+
+    def __init__(self, stream: StepStream, events: Callable[[dict], torch.Tensor]):
+        self.stream, self.events, self.step = stream, events, 0
+
+    def batch(self, step: int) -> dict:
+        batch = self.stream.batch(step)
+        return {**batch, "events": self.events(batch)}
+
+
 def build_data(cfg: DictConfig, device: torch.device) -> Any:
     env = cfg.env
     if env.name == "bouncing_balls":
-        return BouncingBallsProvider(
+        stream = BouncingBallsProvider(
             int(cfg.train.batch_size), sequence_length(cfg),
             chunk_sequences=int(env.chunk_sequences), refresh_steps=int(env.refresh_steps),
             seed=int(cfg.seed), device=device, **renderer_kwargs(env),
         )
+        return WithEvents(stream, lambda batch: ball_events(batch, str(env.events)))
     if env.name == "maze":
         from ...data.maze import MazeProvider
 
-        return MazeProvider(str(env.root), int(cfg.train.batch_size), sequence_length(cfg),
-                            seed=int(cfg.seed), size=int(env.size), device=device)
+        stream = MazeProvider(str(env.root), int(cfg.train.batch_size), sequence_length(cfg),
+                              seed=int(cfg.seed), size=int(env.size), device=device)
+        return WithEvents(stream, lambda batch: maze_events(batch, str(env.events)))
     raise ValueError(f"env.name={env.name!r}: VTA trains on 'bouncing_balls' or 'maze'.")
 
 

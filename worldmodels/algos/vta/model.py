@@ -24,6 +24,7 @@ from ...ops.sampling import BoundarySample
 
 Tensor = torch.Tensor
 LOSS_TYPES = ("bce", "gaussian")
+BOUNDARY_SOURCES = ("learned", "events", "random")
 
 
 @dataclass
@@ -52,10 +53,13 @@ class VTAConfig:
     abs_free_nats: float = 0.0   # training only: KL_abs below this many nats per boundary is free
     mask_kl_balance: float | None = None  # training only: weight of KL(sg(q) || p) in KL_mask (rest on q)
     boundary_warmup: int = 0     # training steps during which the boundary detector gets no gradient
+    boundary_source: str = "learned"  # learned | events (ground truth) | random (at the events' rate)
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} is not one of {LOSS_TYPES}.")
+        if self.boundary_source not in BOUNDARY_SOURCES:
+            raise ValueError(f"boundary_source={self.boundary_source!r} is not one of {BOUNDARY_SOURCES}.")
         if self.obs_bit is not None and not 1 <= self.obs_bit <= 8:
             raise ValueError(f"obs_bit={self.obs_bit} must be None or in 1..8.")
         if min(self.mask_beta, self.min_beta, self.max_beta, self.obs_std) <= 0 or self.beta_anneal < 0:
@@ -135,7 +139,8 @@ class VTA(nn.Module):
         return (decoded + offset).clamp(0, 1)
 
     def forward(self, obs: Tensor, act: Tensor, seq_size: int, init_size: int,
-                obs_std: float = 1.0, loss_type: str = "bce", noise: Tensor | None = None) -> VTAOutput:
+                obs_std: float = 1.0, loss_type: str = "bce", noise: Tensor | None = None,
+                events: Tensor | None = None) -> VTAOutput:
         """Negative ELBO of the window ``[init_size, init_size + seq_size)``.
 
         Args:
@@ -143,6 +148,8 @@ class VTA(nn.Module):
             act: actions ``[B, T, A]`` (A may be 0).
             loss_type: ``bce`` or ``gaussian`` (with ``obs_std``).
             noise: optional uniform noise ``[B, seq_size]`` for the boundary draws.
+            events: ground-truth events bool ``[B, T]``; needed when
+                ``boundary_source`` is ``events`` or ``random`` (the control experiments).
         """
         if obs.dim() != 5:
             raise ValueError(f"obs must be [B, T, C, H, W], got {list(obs.shape)}.")
@@ -150,11 +157,30 @@ class VTA(nn.Module):
             raise ValueError(f"loss_type={loss_type!r} is not one of {LOSS_TYPES}.")
         inputs = quantize(obs, self.config.obs_bit, dequantize=self.training)
         frozen = self.training and int(self.step) < self.config.boundary_warmup
-        out = self.hrssm(self.embed(inputs), act, init_size, seq_size, self.mask_beta(), noise, frozen)
+        given = self.given_boundaries(events, init_size, seq_size, obs.shape[:2])
+        out = self.hrssm(self.embed(inputs), act, init_size, seq_size, self.mask_beta(), noise, frozen, given)
         decoded = self.decode(out.feat)
         target = inputs[:, init_size : init_size + seq_size]
         obs_cost = reconstruction_nll(decoded, target, loss_type, obs_std)
         return self._output(out, decoded, obs_cost)
+
+    def given_boundaries(self, events: Tensor | None, init_size: int, seq_size: int,
+                         batch_steps: torch.Size) -> Tensor | None:
+        """The window's boundaries when they do not come from the detector: the
+        events themselves, or as many boundaries at random places (Bernoulli at the
+        window's event rate, from the global RNG). ``None`` for ``learned``."""
+        source = self.config.boundary_source
+        if source == "learned":
+            return None
+        if events is None or events.shape != batch_steps:
+            got = None if events is None else list(events.shape)
+            raise ValueError(f"boundary_source={source!r} needs the ground-truth events as a bool "
+                             f"[B, T] = {list(batch_steps)} tensor (batch['events']), got {got}.")
+        window = events[:, init_size : init_size + seq_size].bool()
+        if source == "events":
+            return window
+        rate = window[:, 1:].float().mean()
+        return torch.rand(window.shape, device=window.device) < rate
 
     def _output(self, out: HRSSMOutput, decoded: Tensor, obs_cost: Tensor) -> VTAOutput:
         q = out.boundary.log_probs
@@ -182,7 +208,7 @@ class VTA(nn.Module):
         if actions is None:
             actions = frames.new_zeros(*frames.shape[:2], 0)
         beta = self.mask_beta()
-        out = self(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type)
+        out = self(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type, events=batch.get("events"))
         if self.training:
             self.step += 1
         return out.train_loss, summarize(out, beta)

@@ -48,7 +48,8 @@ def vta_rows(model, held_out: dict[str, Tensor], index: int, num_samples: int) -
     actions = frames.new_zeros(1, frames.shape[1], c.action_size) if actions is None else actions[index : index + 1]
     window = slice(c.init_size, c.init_size + c.seq_size)
     truth = held_out["events"][index : index + 1, window]
-    out = model(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type)
+    out = model(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type,
+                events=held_out["events"][index : index + 1])
     vis = [with_bars(frames[0, window], truth=truth[0]),
            with_bars(out.reconstruction[0], out.mask[0] > 0.5, truth[0])]
     context = max(1, c.seq_size // 4)
