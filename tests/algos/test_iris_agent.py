@@ -319,6 +319,7 @@ def test_component_checkpoints_and_a_warm_start_from_the_tokenizer_only(config_f
     from worldmodels.algos.iris.experiment import FACTORIES, build_model
     from worldmodels.training.checkpoint import load_checkpoint
     from worldmodels.training.loop import fit
+    from worldmodels.utils.seeding import seed_everything
 
     base = ["+exp=iris_tiny", *TINY, "train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=2",
             "train.log_every=2", "train.progress=false", "algo.starts={tokenizer:0,world_model:1,actor_critic:2}"]
@@ -334,8 +335,6 @@ def test_component_checkpoints_and_a_warm_start_from_the_tokenizer_only(config_f
     second = config_from([*base, "train.max_steps=2", f"init.path={tmp_path / 'first'}",
                           "init.components=[tokenizer]", "algo.starts={tokenizer:100,world_model:0,actor_critic:100}"])
     fit(second, FACTORIES, tmp_path / "second")
-    from worldmodels.utils.seeding import seed_everything
-
     seed_everything(int(second.seed))
     fresh = build_model(second)           # the second run's initial weights
     first_model, second_model = build_model(second), build_model(second)

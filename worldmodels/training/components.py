@@ -100,7 +100,8 @@ def load_initial_weights(model: nn.Module, path: str | Path, names: Sequence[str
             raise CheckpointError(f"init.components={list(names)}: this model has no components; "
                                   "leave init.components null to load the whole model.")
         weights = read_weights(file)
-        _load(model, weights.get(WHOLE_MODEL) or _only(weights, file), file, "the model")
+        state = weights[WHOLE_MODEL] if WHOLE_MODEL in weights else _only(weights, file)
+        _load(model, state, file, "the model")
         return [WHOLE_MODEL]
     unknown = sorted(set(names or ()) - set(components))
     if unknown:
