@@ -129,15 +129,24 @@ def test_pictures(tmp_path):
     path = save_visualization(model, held_out, tmp_path, index=1, num_samples=2)
     assert path.name == "vis_seq_1.png" and (tmp_path / "jumpy_1.png").is_file()
     assert model.training  # restored
+    import imageio.v3 as iio
+
+    from worldmodels.utils.images import image_grid
+    picture = iio.imread(path)
+    frames_only = image_grid([torch.zeros(8, 3, 18, 16)] * 4)
+    assert picture.shape[0] > frames_only.shape[0] and picture.shape[1] > frames_only.shape[1]
+    label_column = picture[:, :20]
+    assert (label_column < 128).any() and (label_column == 255).mean() > 0.5  # dark text on white
 
 
 def test_training_only_options_keep_the_reported_elbo():
     from worldmodels.algos.vta.model import balanced_bernoulli_kl
-    from worldmodels.nn.hrssm import bernoulli_kl
+    from worldmodels.nn.hrssm import mask_kl
 
     q = torch.log_softmax(torch.randn(4, 6, 2), -1).requires_grad_()
     p = torch.log_softmax(torch.randn(4, 6, 2), -1).requires_grad_()
-    torch.testing.assert_close(balanced_bernoulli_kl(q, p, 0.8), bernoulli_kl(q, p))
+    torch.testing.assert_close(balanced_bernoulli_kl(q, p, 0.8), mask_kl(q, p))
+    assert (mask_kl(q, p)[:, 0] == 0).all() and (mask_kl(q, p)[:, 1:] > 0).all()
     balanced_bernoulli_kl(q, p, 1.0).sum().backward()
     assert q.grad.abs().sum() == 0 and p.grad.abs().sum() > 0   # all of it trains the prior
     plain, relaxed = make(), make(abs_free_nats=5.0, mask_kl_balance=0.8)
@@ -226,3 +235,75 @@ def test_cost_split_averages_each_kind_of_step():
                      "eval/kl_obs_at_events": 6.0, "eval/kl_obs_elsewhere": 1.5,
                      "eval/obs_cost_at_events": 30.0, "eval/obs_cost_elsewhere": 15.0}
     assert "eval/kl_obs_at_events" not in cost_split(out, boundaries, torch.zeros_like(events))
+
+
+def test_a_detector_that_never_fires_pays_at_the_limits():
+    """``limits_in_kl="prior"`` (the original code's): where seg_len forces a boundary
+    the detector's own q(m_t) is charged, so never firing costs log(1000) there."""
+    costs = {}
+    for limits in ("prior", "both"):
+        model = make(seg_len=3, seg_num=4, limits_in_kl=limits)
+        out_layer = model.hrssm.post_boundary.out
+        torch.nn.init.zeros_(out_layer.weight)
+        torch.nn.init.constant_(out_layer.bias, -30.0)  # q(m_t) = sigmoid(-30) at every frame
+        model.eval()
+        out = model(frames(), torch.zeros(3, 12, 0), 8, 2)
+        mask = out.mask > 0.5
+        assert mask.nonzero()[:, 1].unique().tolist() == [0, 3, 6]  # only the forced boundaries
+        forced = torch.zeros_like(mask)
+        forced[:, [3, 6]] = True
+        costs[limits] = out.kl_mask[forced]
+        assert not out.free[forced].any() and out.free[:, [1, 2, 4, 5, 7]].all()
+    torch.testing.assert_close(costs["prior"], torch.full_like(costs["prior"], math.log(1000)), atol=1e-3, rtol=0)
+    assert costs["both"].abs().max() < 1e-2
+    with pytest.raises(ValueError, match="limits_in_kl='posterior'"):
+        VTAConfig(limits_in_kl="posterior").hrssm()
+
+
+def test_the_normalised_detector_sees_its_inputs_from_the_start():
+    """At initialisation the GroupNorm detector's log-odds differ between frames by
+    about as much as they differ from 0, so the shared rate cannot race alone."""
+    model = make(detector_norm="group")
+    logits = model.hrssm.boundary_logits(torch.randn(8, 12, 16), torch.zeros(8, 12, 0))
+    assert logits.shape == (8, 12)
+    spread, level = logits.std(dim=1).mean(), logits.mean().abs()
+    assert spread > 0.1 and spread > level / 4
+    with pytest.raises(ValueError, match="detector_norm='batch'"):
+        VTAConfig(detector_norm="batch").hrssm()
+
+
+def test_training_metrics_report_the_detector_health():
+    model = make(seg_len=8, seg_num=4)
+    _, metrics = model.compute_loss({"frames": frames()})
+    for key in ("boundary_entropy", "boundary_logit_mean", "boundary_logit_std"):
+        assert torch.isfinite(torch.as_tensor(metrics[key])), key
+    assert 0 < metrics["boundary_entropy"] <= math.log(2) + 1e-6
+    given = make(boundary_source="events")
+    _, metrics = given.compute_loss({"frames": frames(), "events": torch.zeros(3, 12, dtype=torch.bool)})
+    assert "boundary_logit_mean" not in metrics  # no detector in the control runs
+
+
+def test_periodic_baseline_keeps_time_at_the_rate():
+    from worldmodels.algos.vta.metrics import periodic_boundaries
+
+    marks = periodic_boundaries(torch.Size([500, 40]), 0.2, torch.Generator().manual_seed(0))
+    assert marks[:, 0].all()
+    assert abs(marks[:, 1:].float().mean().item() - 0.2) < 0.01
+    starts = marks[:, 1:].nonzero()
+    gaps = torch.diff(starts[:, 1])[torch.diff(starts[:, 0]) == 0]
+    assert (gaps == 5).all()                                     # every 5th frame
+    phases = marks[:, 1:6].float().argmax(1)
+    assert len(phases.unique()) == 5                             # at every phase across sequences
+    assert not periodic_boundaries(torch.Size([3, 9]), 0.0, torch.Generator())[:, 1:].any()
+
+
+def test_foreground_error_tells_colour_from_gray():
+    from worldmodels.algos.vta.evaluate import foreground_error
+
+    truth = torch.zeros(1, 1, 3, 8, 8)
+    truth[..., 0, 2:5, 2:5] = 1.0                  # a red ball
+    assert foreground_error(truth, truth) == 0.0
+    gray = truth.clone()
+    gray[..., :, 2:5, 2:5] = 0.5                   # in the right place, in the average colour
+    assert foreground_error(gray, truth) == pytest.approx(0.5)
+    assert foreground_error(torch.zeros_like(truth), torch.zeros_like(truth)) == 0.0

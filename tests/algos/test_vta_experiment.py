@@ -88,3 +88,31 @@ def test_control_run_trains_on_the_true_events(config_from, smoke_overrides, tmp
     with (tmp_path / "metrics.csv").open(newline="") as handle:
         evals = [r for r in csv.DictReader(handle) if r.get("eval/boundary_f1")]
     assert len(evals) == 2 and all(float(r["eval/loss"]) > 0 for r in evals)
+
+
+def test_the_boundary_detector_stays_alive_in_the_default_experiment(config_from):
+    """Regression test of the detector's health: an un-normalised detector, whose
+    boundaries cost nothing at the segment limits, saturates within ~20 updates here
+    (log-odds below -40, gradient below 1e-15, measured); the default must keep
+    choosing and keep learning."""
+    from worldmodels.algos.vta.evaluate import VTAEvaluator
+    from worldmodels.algos.vta.experiment import build_data, build_model, held_out_set
+
+    cfg = config_from(["device=cpu", "train.batch_size=8", "env.eval_sequences=16"])
+    torch.manual_seed(0)
+    model, data = build_model(cfg), build_data(cfg, torch.device("cpu"))
+    evaluator = VTAEvaluator(held_out_set(cfg, torch.device("cpu")))
+    optimizer = torch.optim.Adam(model.parameters(), float(cfg.train.lr))
+    for step in range(1, 41):
+        model.train()
+        loss, _ = model.compute_loss(data.next_batch())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.train.grad_clip))
+        optimizer.step()
+        if step % 20 == 0:
+            model.eval()
+            health = evaluator.evaluate(model)
+            assert health["eval/boundary_entropy"] > 0.1, (step, health)     # nats, on free steps
+            assert health["eval/boundary_logit_grad"] > 0.1, (step, health)
+            assert health["eval/boundary_logit_std"] > 0.1, (step, health)   # it tells frames apart

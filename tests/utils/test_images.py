@@ -22,3 +22,24 @@ def test_grid_layout_and_values(tmp_path):
 def test_grid_needs_rows():
     with pytest.raises(ValueError, match="at least one row"):
         image_grid([])
+
+
+def test_annotate_grid_labels_rows_draws_the_divider_and_the_legend():
+    from worldmodels.utils.images import annotate_grid
+
+    grid = image_grid([torch.zeros(4, 3, 8, 8), torch.zeros(4, 3, 8, 8)], scale=2, gap=1)
+    out = annotate_grid(grid, ["truth", "sample"], title="t", legend=[("event", (0.0, 1.0, 0.0))],
+                        divider=(2, 4, range(1, 2)))
+    assert out.dtype == np.uint8 and out.shape[0] > grid.shape[0] and out.shape[1] > grid.shape[1]
+    margin = out.shape[1] - 4 - grid.shape[1]
+    body = out[:, margin : margin + grid.shape[1]]
+    row_height = grid.shape[0] // 2
+    top = next(y for y in range(out.shape[0]) if (body[y] != 255).any())
+    x = grid.shape[1] // 2
+    column = body[top : top + grid.shape[0], x - 1 : x + 2]
+    assert (column[row_height + 2 : -2] == 255).all(axis=-1).any(axis=1).all()   # the divider on row 2
+    assert not (column[2 : row_height - 2] == 255).all(axis=-1).any()             # not on row 1
+    assert ((out == (0, 255, 0)).all(axis=-1)).any()                             # the legend's square
+    assert (out[:, :margin] < 128).any()                                         # the labels
+    with pytest.raises(ValueError, match="5 row labels"):
+        annotate_grid(grid, list("abcde"))

@@ -41,13 +41,15 @@ DTYPES = ("uint8", "float32")
 MAX_SUBSTEPS = 10_000
 PALETTE = np.array(
     [
-        [1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.2, 0.4, 1.0], [1.0, 1.0, 0.2],
-        [1.0, 0.2, 1.0], [0.2, 1.0, 1.0], [1.0, 0.6, 0.2], [0.7, 0.7, 0.7],
+        [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0],
+        [1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 0.5, 0.0], [1.0, 1.0, 1.0],
     ],
     dtype=np.float32,
 )
 """Colours of balls 0..7 (ball k uses ``PALETTE[k % 8]``) when ``channels == 3``;
-with ``recolor_on_wall_hit`` every colour is drawn from these rows."""
+with ``recolor_on_wall_hit`` every colour is drawn from these rows. Saturated (every
+channel 0 or 1, orange aside), so a colour change moves whole channels of the ball's
+pixels and is plain under any pixel likelihood."""
 
 
 @dataclass(frozen=True)

@@ -6,21 +6,29 @@ segments (``m_t = 1``: a segment starts at ``t``). The abstract level holds
 ``(h_t, s_t)``, restarts from the abstract state at each boundary and steps every
 frame::
 
-    c_t = m_t GRU_c(z_{t-1}, c_{t-1}) + (1 - m_t) c_{t-1}
-    z_t ~ m_t q(z | c_t, b_t) + (1 - m_t) delta(z_{t-1})        prior p(z | c_t)
+    c_0 = a_{-1};  c_t = m_t GRU_c(z_{t-1}, c_{t-1}) + (1 - m_t) c_{t-1}
+    z_t ~ m_t q(z | a_{t-1}, b_t) + (1 - m_t) delta(z_{t-1})     prior p(z | c_t)
     f_t = F_abs(c_t, z_t)
-    h_t = m_t H_0(f_t) + (1 - m_t) GRU_h([s_{t-1}, f_t, a_{t-1}], h_{t-1})
+    h_t = m_t H_0(f_t) + (1 - m_t) GRU_h([s_{t-1}, f_t, a^act_{t-1}], h_{t-1})
     s_t ~ q(s | h_t, e_t)                                        prior p(s | h_t)
     o_t = F_obs(h_t, s_t)  ->  decoder;   p(m_{t+1} | o_t)       (prior boundary)
 
-``e_t`` is the frame embedding and ``b_t`` a backward summary of the frames of the
-segment that starts at ``t``. The posterior boundaries come from a convolutional
-detector over the embeddings and are drawn with the straight-through Gumbel-sigmoid
-sampler of :func:`worldmodels.ops.boundary_sample` under the ``seg_len``/``seg_num``
-limits; the same limits fix the prior's logits where they decide. The KL terms are
+``e_t`` is the frame embedding, ``a_t`` a forward GRU summary of every frame up to
+``t`` (the context frames before the window included, so ``c_0 = a_{-1}`` starts the
+abstract level from the context, as the original code does) and ``b_t`` a backward
+summary of the frames of the segment that starts at ``t``. The posterior boundaries
+come from a convolutional detector over the embeddings and are drawn with the
+straight-through Gumbel-sigmoid sampler of :func:`worldmodels.ops.boundary_sample`
+under the ``seg_len``/``seg_num`` limits; the same limits fix the prior's log-odds
+(to ``±log 999``) where they decide. The KL terms are
 
     KL_abs = sum_t m_t KL(q(z_t) || p(z_t)),  KL_obs = sum_t KL(q(s_t) || p(s_t)),
     KL_mask = sum_{t>0} KL(Bern(q(m_t)) || Bern(p(m_t | o_{t-1}))).
+
+With ``limits_in_kl="prior"`` (the original code's choice) ``q(m_t)`` in ``KL_mask``
+is the detector's own probability even where the limits decided the sample, so a
+detector that never fires pays about ``log 1000 = 6.9`` nats at every step where a
+segment runs over ``seg_len``; with ``"both"`` those steps cost nothing.
 """
 
 from __future__ import annotations
@@ -34,9 +42,13 @@ from torch.distributions import Normal, kl_divergence
 
 from ..ops import sampling as sampling_ops
 from ..ops.sampling import CONSTRAINED_LOGIT, BoundarySample, boundary_constraints
-from .gru import GRUCell
+from .gru import GRU, GRUCell
+from .hrssm_parts import (DETECTOR_NORMS, BoundaryDetector, GaussianHead, bernoulli_kl,
+                          bernoulli_log_probs, soft_bound)
 
 Tensor = torch.Tensor
+LIMITS_IN_KL = ("prior", "both")
+__all__ = ["HRSSMConfig", "HRSSMOutput", "HierarchicalRSSM", "mask_kl"]
 
 
 @dataclass
@@ -50,6 +62,8 @@ class HRSSMConfig:
     seg_num: int = 5            # the most segments in the modelled window
     min_std: float = 0.1
     logit_bound: float | None = None  # boundary log-odds squashed into (-bound, bound); None: free
+    detector_norm: str = "group"      # group | none (see BoundaryDetector)
+    limits_in_kl: str = "prior"       # prior | both (see the module docstring)
 
     def __post_init__(self) -> None:
         for name in ("feat_size", "belief_size", "state_size", "boundary_layers", "seg_len", "seg_num"):
@@ -59,46 +73,10 @@ class HRSSMConfig:
             raise ValueError(f"logit_bound={self.logit_bound} must be None or > 0.")
         if self.action_size < 0:
             raise ValueError(f"action_size={self.action_size} must be >= 0.")
-
-
-class GaussianHead(nn.Module):
-    """Features -> diagonal Normal over ``size`` units (std >= ``min_std``)."""
-
-    def __init__(self, in_size: int, hidden: int, size: int, min_std: float):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_size, hidden), nn.ELU(), nn.Linear(hidden, 2 * size))
-        self.min_std = min_std
-
-    def forward(self, x: Tensor) -> Normal:
-        mean, raw_std = self.net(x).chunk(2, dim=-1)
-        return Normal(mean, F.softplus(raw_std) + self.min_std)
-
-
-def soft_bound(logits: Tensor, bound: float | None) -> Tensor:
-    """``bound * tanh(logits / bound)``: log-odds kept inside ``(-bound, bound)``, the
-    identity near 0. Bounded boundary log-odds keep every boundary probability above
-    ``sigmoid(-bound)``, so the sampler keeps exploring and the straight-through
-    gradient never vanishes the way it does once a sigmoid saturates."""
-    return logits if bound is None else bound * torch.tanh(logits / bound)
-
-
-class BoundaryDetector(nn.Module):
-    """Posterior boundary log-odds ``[B, L]`` from embeddings ``[B, L, F]``: LayerNorm,
-    then a stack of non-causal Conv1d layers (kernel 3), so ``m_t`` sees the frames
-    around ``t``. The LayerNorm keeps the logits' scale independent of how large the
-    encoder's features grow, so the sampler does not saturate early in training."""
-
-    def __init__(self, in_size: int, hidden: int, layers: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(in_size)
-        convs: list[nn.Module] = []
-        for index in range(layers):
-            convs += [nn.Conv1d(in_size if index == 0 else hidden, hidden, 3, padding=1), nn.ELU()]
-        self.convs = nn.Sequential(*convs)
-        self.out = nn.Conv1d(hidden, 1, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.convs(self.norm(x).transpose(1, 2))).squeeze(1)
+        if self.detector_norm not in DETECTOR_NORMS:
+            raise ValueError(f"detector_norm={self.detector_norm!r} is not one of {DETECTOR_NORMS}.")
+        if self.limits_in_kl not in LIMITS_IN_KL:
+            raise ValueError(f"limits_in_kl={self.limits_in_kl!r} is not one of {LIMITS_IN_KL}.")
 
 
 @dataclass
@@ -107,12 +85,26 @@ class HRSSMOutput:
 
     feat: Tensor                 # [B, S, F] observation-level features to decode
     boundary: BoundarySample     # posterior: mask, probs [B, S], log_probs [B, S, 2]
+    boundary_logits: Tensor | None  # [B, S] the detector's log-odds (None for given boundaries)
+    free: Tensor                 # [B, S] bool: steps where the sample decided (not the limits)
+    posterior_boundary_log_probs: Tensor  # [B, S, 2]: the q(m_t) that KL_mask charges
     prior_boundary_log_probs: Tensor  # [B, S, 2]; step 0 (always a boundary) is fixed
     kl_abs: Tensor               # [B, S]
     kl_obs: Tensor               # [B, S]
     kl_mask: Tensor              # [B, S] (0 at step 0)
     abs_entropy: Tensor          # [B, S] entropy of q(z_t) (counted where m_t = 1)
     obs_entropy: Tensor          # [B, S]
+
+
+@dataclass
+class _Window:
+    """The posterior's inputs at each window step."""
+
+    embed: Tensor     # [B, S, F]
+    mask: Tensor      # [B, S]
+    past: Tensor      # [B, S, belief]: a_{t-1}, the forward summary before each step
+    segment: Tensor   # [B, S, belief]: b_t, the backward summary of t's segment
+    action: Tensor    # [B, S, A]: the action taken before each step
 
 
 class HierarchicalRSSM(nn.Module):
@@ -122,8 +114,9 @@ class HierarchicalRSSM(nn.Module):
         super().__init__()
         self.config = c = config
         feat, belief, state, act = c.feat_size, c.belief_size, c.state_size, c.action_size
-        self.post_boundary = BoundaryDetector(feat + act, feat, c.boundary_layers)
+        self.post_boundary = BoundaryDetector(feat + act, feat, c.boundary_layers, c.detector_norm)
         self.prior_boundary = nn.Linear(feat, 1)
+        self.past_summary = GRU(feat, belief)                 # forward over every frame
         self.segment_summary = GRUCell(feat, belief)          # backward, reset at segment ends
         self.update_abs_belief = GRUCell(state, belief)
         self.prior_abs = GaussianHead(belief, belief, state, c.min_std)
@@ -135,19 +128,103 @@ class HierarchicalRSSM(nn.Module):
         self.post_obs = GaussianHead(belief + feat, belief, state, c.min_std)
         self.obs_feat = nn.Sequential(nn.Linear(belief + state, feat), nn.ELU())
 
-    def sample_boundaries(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
-                          beta: float, noise: Tensor | None = None, frozen: bool = False) -> BoundarySample:
-        """Posterior boundaries of the window ``[init_size, init_size + seq_size)``:
-        Gumbel-sigmoid draws in training, the most likely boundaries (``q(m_t) > 1/2``,
-        within the segment limits) in eval mode unless ``noise`` is given; ``frozen``:
-        no gradient reaches the detector (boundary warm-up)."""
-        logits = soft_bound(self.post_boundary(torch.cat([embed, action], dim=-1)), self.config.logit_bound)
-        if frozen:
-            logits = logits.detach()
-        window = logits[:, init_size : init_size + seq_size]
+    # ------------------------------------------------------------ boundaries
+
+    def boundary_logits(self, embed: Tensor, action: Tensor) -> Tensor:
+        """The detector's log-odds ``[B, L]`` of a boundary at every frame."""
+        return soft_bound(self.post_boundary(torch.cat([embed, action], dim=-1)), self.config.logit_bound)
+
+    def sample_boundaries(self, logits: Tensor, beta: float, noise: Tensor | None = None) -> BoundarySample:
+        """Posterior boundaries from window log-odds ``[B, S]``: Gumbel-sigmoid draws in
+        training, the most likely boundaries (``q(m_t) > 1/2``, within the segment
+        limits) in eval mode unless ``noise`` is given."""
         if noise is None and not self.training:
-            noise = window.new_full(window.shape, 0.5)  # no logistic noise: m_t = [q(m_t) > 1/2]
-        return sampling_ops.boundary_sample(window, beta, self.config.seg_len, self.config.seg_num, noise=noise)
+            noise = logits.new_full(logits.shape, 0.5)  # no logistic noise: m_t = [q(m_t) > 1/2]
+        return sampling_ops.boundary_sample(logits, beta, self.config.seg_len, self.config.seg_num, noise=noise)
+
+    def given_boundaries(self, proposal: Tensor) -> BoundarySample:
+        """Boundaries fixed from outside (ground-truth events, a baseline): bool
+        ``[B, S]`` proposals under the ``seg_len``/``seg_num`` limits, as a sample
+        whose posterior is the point mass on the mask (``KL_mask = -log p(m)``)."""
+        proposal = proposal.bool()
+        forced, forbidden = boundary_constraints(proposal, self.config.seg_len, self.config.seg_num)
+        mask = ((proposal | forced) & ~forbidden).float()
+        log_probs = torch.stack([torch.log1p(-mask), torch.log(mask)], dim=-1)
+        return BoundarySample(mask, mask, log_probs)
+
+    def limits(self, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(forced, forbidden)`` bool ``[B, S]``: where the segment limits decided a mask."""
+        return boundary_constraints(mask.detach() > 0.5, self.config.seg_len, self.config.seg_num)
+
+    # ------------------------------------------------------------ inference
+
+    def forward(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
+                beta: float, noise: Tensor | None = None, freeze_boundaries: bool = False,
+                boundaries: Tensor | None = None, boundary_logits: Tensor | None = None) -> HRSSMOutput:
+        """Infer both levels over the window ``[init_size, init_size + seq_size)``.
+
+        Args:
+            embed: frame embeddings ``[B, L, F]`` with ``L >= init_size + seq_size``
+                (frames before the window start the abstract level; frames after it
+                only inform the boundary detector).
+            action: ``[B, L, A]``; ``action[:, t]`` is the action taken after frame ``t``.
+            beta: Gumbel-sigmoid temperature of the boundary sampler.
+            noise: optional uniform noise ``[B, seq_size]`` for the boundary draws.
+            freeze_boundaries: keep the boundary detector out of the gradient.
+            boundaries: optional bool ``[B, seq_size]``: use these boundaries (under
+                the segment limits, see :meth:`given_boundaries`) instead of the detector's.
+            boundary_logits: with ``boundaries``, the detector's log-odds ``[B, seq_size]``
+                that drew them (a score-function estimator's draws): ``KL_mask`` charges
+                them instead of the point mass on the given boundaries.
+        """
+        self._check(embed, action, init_size, seq_size)
+        window = slice(init_size, init_size + seq_size)
+        logits = boundary_logits
+        if boundaries is not None:
+            if boundaries.shape != (embed.shape[0], seq_size):
+                raise ValueError(f"boundaries must be [B, seq_size] = {[embed.shape[0], seq_size]}, "
+                                 f"got {list(boundaries.shape)}.")
+            boundary = self.given_boundaries(boundaries)
+        else:
+            logits = self.boundary_logits(embed, action)[:, window]
+            if freeze_boundaries:
+                logits = logits.detach()
+            boundary = self.sample_boundaries(logits, beta, noise)
+        inputs = self._window(embed, action, init_size, boundary.mask)
+        _, records = self._filter(inputs)
+        forced, forbidden = self.limits(boundary.mask)
+        prior_log_probs = self.prior_boundary_log_probs(records["feat"], forced, forbidden)
+        posterior_log_probs = self._posterior_for_kl(boundary, logits, forced, forbidden)
+        return HRSSMOutput(
+            feat=records["feat"], boundary=boundary, boundary_logits=logits, free=~(forced | forbidden),
+            posterior_boundary_log_probs=posterior_log_probs, prior_boundary_log_probs=prior_log_probs,
+            kl_abs=records["kl_abs"], kl_obs=records["kl_obs"],
+            kl_mask=mask_kl(posterior_log_probs, prior_log_probs),
+            abs_entropy=records["abs_entropy"], obs_entropy=records["obs_entropy"],
+        )
+
+    def _posterior_for_kl(self, boundary: BoundarySample, logits: Tensor | None, forced: Tensor,
+                          forbidden: Tensor) -> Tensor:
+        """The ``q(m_t)`` ``[B, S, 2]`` that ``KL_mask`` charges: the detector's own
+        probabilities (``limits_in_kl="prior"``), or with the steps the limits decided
+        fixed as the prior's are (``"both"``); the point mass on given boundaries when
+        no detector drew them."""
+        if logits is None:
+            return boundary.log_probs
+        logits = logits.to(boundary.log_probs.dtype)
+        if self.config.limits_in_kl == "both":
+            fixed = torch.where(forced, CONSTRAINED_LOGIT, -CONSTRAINED_LOGIT).to(logits.dtype)
+            logits = torch.where(forced | forbidden, fixed, logits)
+        return bernoulli_log_probs(logits)
+
+    def _window(self, embed: Tensor, action: Tensor, init_size: int, mask: Tensor) -> _Window:
+        """The posterior's per-step inputs over the ``mask.shape[1]`` window steps."""
+        steps = mask.shape[1]
+        past = self.past_summary(embed[:, : init_size + steps])
+        past = F.pad(past, (0, 0, 1, 0))[:, init_size : init_size + steps]  # a_{t-1}; a_{-1} = 0
+        x = embed[:, init_size : init_size + steps]
+        prev_action = F.pad(action, (0, 0, 1, 0))[:, init_size : init_size + steps]
+        return _Window(x, mask, past, self.segment_summaries(x, mask), prev_action)
 
     def segment_summaries(self, embed: Tensor, mask: Tensor) -> Tensor:
         """``b_t``: a backward GRU over the window's embeddings ``[B, S, F]`` that
@@ -163,82 +240,56 @@ class HierarchicalRSSM(nn.Module):
             out.append(summary)
         return torch.stack(out[::-1], dim=1)
 
-    def given_boundaries(self, proposal: Tensor) -> BoundarySample:
-        """Boundaries fixed from outside (ground-truth events, a baseline): bool
-        ``[B, S]`` proposals under the ``seg_len``/``seg_num`` limits, as a sample
-        whose posterior is the point mass on the mask (``KL_mask = -log p(m)``)."""
-        proposal = proposal.bool()
-        forced, forbidden = boundary_constraints(proposal, self.config.seg_len, self.config.seg_num)
-        mask = ((proposal | forced) & ~forbidden).float()
-        log_probs = torch.stack([torch.log1p(-mask), torch.log(mask)], dim=-1)
-        return BoundarySample(mask, mask, log_probs)
-
-    def forward(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
-                beta: float, noise: Tensor | None = None, freeze_boundaries: bool = False,
-                boundaries: Tensor | None = None) -> HRSSMOutput:
-        """Infer both levels over the window ``[init_size, init_size + seq_size)``.
-
-        Args:
-            embed: frame embeddings ``[B, L, F]`` with ``L >= init_size + seq_size``
-                (frames outside the window only inform the boundary detector).
-            action: ``[B, L, A]``; ``action[:, t]`` is the action taken after frame ``t``.
-            beta: Gumbel-sigmoid temperature of the boundary sampler.
-            noise: optional uniform noise ``[B, seq_size]`` for the boundary draws.
-            freeze_boundaries: keep the boundary detector out of the gradient.
-            boundaries: optional bool ``[B, seq_size]``: use these boundaries (under
-                the segment limits, see :meth:`given_boundaries`) instead of the detector's.
-        """
-        self._check(embed, action, init_size, seq_size)
-        if boundaries is not None:
-            if boundaries.shape != (embed.shape[0], seq_size):
-                raise ValueError(f"boundaries must be [B, seq_size] = {[embed.shape[0], seq_size]}, "
-                                 f"got {list(boundaries.shape)}.")
-            boundary = self.given_boundaries(boundaries)
-        else:
-            boundary = self.sample_boundaries(embed, action, init_size, seq_size, beta, noise, freeze_boundaries)
-        x, mask = embed[:, init_size : init_size + seq_size], boundary.mask
-        prev_action = F.pad(action, (0, 0, 1, 0))[:, init_size : init_size + seq_size]
-        summaries = self.segment_summaries(x, mask)
-        state, records = None, []
-        for t in range(seq_size):
-            state, record = self._transition(state, x[:, t], mask[:, t : t + 1], summaries[:, t], prev_action[:, t])
-            records.append(record)
-        stacked = {key: torch.stack([r[key] for r in records], dim=1) for key in records[0]}
-        prior_log_probs = self.prior_boundary_log_probs(stacked["feat"], mask)
-        return HRSSMOutput(
-            feat=stacked["feat"], boundary=boundary, prior_boundary_log_probs=prior_log_probs,
-            kl_abs=stacked["kl_abs"], kl_obs=stacked["kl_obs"],
-            kl_mask=bernoulli_kl(boundary.log_probs, prior_log_probs),
-            abs_entropy=stacked["abs_entropy"], obs_entropy=stacked["obs_entropy"],
-        )
-
-    def _transition(self, state, embed_t: Tensor, read: Tensor, summary_t: Tensor, action_t: Tensor):
-        """One posterior step; ``read`` is ``m_t`` as ``[B, 1]``."""
-        batch, c = embed_t.shape[0], self.config
-        if state is None:
-            zeros = embed_t.new_zeros
-            state = (zeros(batch, c.belief_size), zeros(batch, c.state_size),
-                     zeros(batch, c.belief_size), zeros(batch, c.state_size))
-        abs_belief, abs_state, obs_belief, obs_state = state
-        copy = 1 - read
-        abs_belief = read * self.update_abs_belief(abs_state, abs_belief) + copy * abs_belief
-        prior_abs = self.prior_abs(abs_belief)
-        post_abs = self.post_abs(torch.cat([abs_belief, summary_t], dim=-1))
-        abs_state = read * post_abs.rsample() + copy * abs_state
-        abs_feat = self.abs_feat(torch.cat([abs_belief, abs_state], dim=-1))
-        updated = self.update_obs_belief(torch.cat([obs_state, abs_feat, action_t], dim=-1), obs_belief)
-        obs_belief = read * self.init_obs_belief(abs_feat) + copy * updated
-        prior_obs = self.prior_obs(obs_belief)
-        post_obs = self.post_obs(torch.cat([obs_belief, embed_t], dim=-1))
-        obs_state = post_obs.rsample()
-        record = {
+    def _filter(self, inputs: _Window) -> tuple[tuple, dict[str, Tensor]]:
+        """Posterior steps over the window; returns the last state and the per-step
+        records ``[B, S, ...]``. Only the recurrent path runs step by step; the
+        abstract posterior (whose inputs are known up front), the priors, the
+        features and the KL terms run once over all steps."""
+        post_abs = self.post_abs(torch.cat([inputs.past, inputs.segment], dim=-1))
+        abs_draws = post_abs.rsample()
+        state, steps = None, []
+        for t in range(inputs.mask.shape[1]):
+            state, post_obs = self._transition(state, inputs, abs_draws, t)
+            steps.append((*state, post_obs.mean, post_obs.stddev))
+        abs_belief, abs_state, obs_belief, obs_state, obs_mean, obs_std = (torch.stack(x, dim=1) for x in zip(*steps))
+        post_obs = Normal(obs_mean, obs_std)
+        read = inputs.mask
+        records = {
             "feat": self.obs_feat(torch.cat([obs_belief, obs_state], dim=-1)),
-            "kl_abs": read.squeeze(-1) * kl_divergence(post_abs, prior_abs).sum(-1),
-            "kl_obs": kl_divergence(post_obs, prior_obs).sum(-1),
+            "kl_abs": read * kl_divergence(post_abs, self.prior_abs(abs_belief)).sum(-1),
+            "kl_obs": kl_divergence(post_obs, self.prior_obs(obs_belief)).sum(-1),
             "abs_entropy": post_abs.entropy().sum(-1),
             "obs_entropy": post_obs.entropy().sum(-1),
         }
-        return (abs_belief, abs_state, obs_belief, obs_state), record
+        return state, records
+
+    def _transition(self, state, inputs: _Window, abs_draws: Tensor, t: int):
+        """The recurrent path of one posterior step at window step ``t``; ``state``
+        None starts the window (``c_0 = a_{-1}``, a boundary by construction).
+        ``abs_draws`` ``[B, S, state]`` are the abstract posterior's samples.
+        Returns the new state and ``q(s_t)``."""
+        read = inputs.mask[:, t : t + 1]
+        copy = 1 - read
+        if state is None:
+            zeros = inputs.embed.new_zeros
+            abs_belief = inputs.past[:, 0]
+            abs_state, obs_belief, obs_state = (zeros(read.shape[0], size) for size in self._state_sizes()[1:])
+        else:
+            abs_belief, abs_state, obs_belief, obs_state = state
+            abs_belief = read * self.update_abs_belief(abs_state, abs_belief) + copy * abs_belief
+        abs_state = read * abs_draws[:, t] + copy * abs_state
+        abs_feat = self.abs_feat(torch.cat([abs_belief, abs_state], dim=-1))
+        updated = self.update_obs_belief(torch.cat([obs_state, abs_feat, inputs.action[:, t]], dim=-1), obs_belief)
+        obs_belief = read * self.init_obs_belief(abs_feat) + copy * updated
+        post_obs = self.post_obs(torch.cat([obs_belief, inputs.embed[:, t]], dim=-1))
+        obs_state = post_obs.rsample()
+        return (abs_belief, abs_state, obs_belief, obs_state), post_obs
+
+    def _state_sizes(self) -> tuple[int, int, int, int]:
+        c = self.config
+        return c.belief_size, c.state_size, c.belief_size, c.state_size
+
+    # ------------------------------------------------------------ generation
 
     @torch.no_grad()
     def imagine(self, embed: Tensor, action: Tensor, init_size: int, context: int, horizon: int,
@@ -251,16 +302,12 @@ class HierarchicalRSSM(nn.Module):
         """
         steps = context + horizon
         self._check(embed, action, init_size, steps)
-        boundary = self.sample_boundaries(embed, action, init_size, steps, beta)
-        x, mask = embed[:, init_size : init_size + context], boundary.mask[:, :context]
-        prev_action = F.pad(action, (0, 0, 1, 0))[:, init_size : init_size + steps]
-        summaries = self.segment_summaries(x, mask)
-        state, feats, masks = None, [], [mask]
-        for t in range(context):
-            state, record = self._transition(state, x[:, t], mask[:, t : t + 1], summaries[:, t], prev_action[:, t])
-            feats.append(record["feat"])
-        length = self._current_segment_length(mask)
-        count = mask.sum(1)
+        window = slice(init_size, init_size + steps)
+        mask = self.sample_boundaries(self.boundary_logits(embed, action)[:, window], beta).mask[:, :context]
+        state, records = self._filter(self._window(embed, action, init_size, mask))
+        prev_action = F.pad(action, (0, 0, 1, 0))[:, window]
+        feats, masks = [records["feat"][:, t] for t in range(context)], [mask]
+        length, count = self._current_segment_length(mask), mask.sum(1)
         for t in range(context, steps):
             p_boundary = torch.sigmoid(self.prior_boundary_logits(feats[-1]))
             draw = torch.rand(p_boundary.shape, generator=generator).to(p_boundary.device) < p_boundary
@@ -278,15 +325,11 @@ class HierarchicalRSSM(nn.Module):
         """Filter ``context`` steps, then roll the abstract level alone for
         ``segments`` segments, decoding the first frame of each: ``[B, segments, F]``."""
         self._check(embed, action, init_size, context)
-        boundary = self.sample_boundaries(embed, action, init_size, context, beta)
-        x, mask = embed[:, init_size : init_size + context], boundary.mask
-        prev_action = F.pad(action, (0, 0, 1, 0))[:, init_size : init_size + context]
-        summaries = self.segment_summaries(x, mask)
-        state = None
-        for t in range(context):
-            state, _ = self._transition(state, x[:, t], mask[:, t : t + 1], summaries[:, t], prev_action[:, t])
-        read = x.new_ones(x.shape[0], 1)
-        no_action = x.new_zeros(x.shape[0], self.config.action_size)
+        window = slice(init_size, init_size + context)
+        mask = self.sample_boundaries(self.boundary_logits(embed, action)[:, window], beta).mask
+        state, _ = self._filter(self._window(embed, action, init_size, mask))
+        read = embed.new_ones(embed.shape[0], 1)
+        no_action = embed.new_zeros(embed.shape[0], self.config.action_size)
         feats = []
         for _ in range(segments):
             state, feat = self._prior_step(state, read, no_action)
@@ -313,18 +356,18 @@ class HierarchicalRSSM(nn.Module):
         last_start = torch.where(mask > 0.5, steps, torch.zeros_like(steps)).amax(dim=1)
         return (mask.shape[1] - last_start).float()
 
+    # ------------------------------------------------------------ prior boundaries
+
     def prior_boundary_logits(self, feat: Tensor) -> Tensor:
         """Log-odds of ``p(m_{t+1} = 1 | o_t)`` from observation features ``[..., F]``."""
         return soft_bound(self.prior_boundary(feat).squeeze(-1), self.config.logit_bound)
 
-    def prior_boundary_log_probs(self, feat: Tensor, mask: Tensor) -> Tensor:
+    def prior_boundary_log_probs(self, feat: Tensor, forced: Tensor, forbidden: Tensor) -> Tensor:
         """``log p(m_t | o_{t-1})`` ``[B, S, 2]`` with the segment limits applied where
-        they decide (the same steps the posterior's limits decided)."""
+        they decide (``forced``/``forbidden`` bool ``[B, S]``, from :meth:`limits`)."""
         logits = F.pad(self.prior_boundary_logits(feat[:, :-1]), (1, 0))
-        forced, forbidden = boundary_constraints(mask.detach() > 0.5, self.config.seg_len, self.config.seg_num)
         fixed = torch.where(forced, CONSTRAINED_LOGIT, -CONSTRAINED_LOGIT).to(logits.dtype)
-        logits = torch.where(forced | forbidden, fixed, logits)
-        return torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=-1)
+        return bernoulli_log_probs(torch.where(forced | forbidden, fixed, logits))
 
     def _check(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int) -> None:
         c = self.config
@@ -342,8 +385,7 @@ class HierarchicalRSSM(nn.Module):
             )
 
 
-def bernoulli_kl(q_log_probs: Tensor, p_log_probs: Tensor) -> Tensor:
-    """``KL(q || p)`` of two-class distributions given as log-probabilities ``[..., 2]``
-    (a class with ``q = 0`` contributes nothing, so point masses are allowed)."""
-    q_log_probs = q_log_probs.clamp_min(-1e4)  # log 0 -> a finite stand-in: 0 * finite = 0
-    return (q_log_probs.exp() * (q_log_probs - p_log_probs)).sum(-1)
+def mask_kl(q_log_probs: Tensor, p_log_probs: Tensor) -> Tensor:
+    """``KL_mask`` per step ``[B, S]`` from ``[B, S, 2]`` log-probabilities; 0 at step 0,
+    which starts a segment by construction."""
+    return F.pad(bernoulli_kl(q_log_probs[:, 1:], p_log_probs[:, 1:]), (1, 0))

@@ -42,3 +42,54 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, image)
     return path
+
+
+Colour = tuple[float, float, float]
+
+
+def annotate_grid(
+    grid: np.ndarray,
+    row_labels: Sequence[str],
+    *,
+    title: str | None = None,
+    legend: Sequence[tuple[str, Colour]] = (),
+    divider: tuple[int, int, range] | None = None,
+) -> np.ndarray:
+    """``grid`` (from :func:`image_grid`, rows of equal height) with a label left of
+    each row, an optional title above, a legend of coloured squares below and, for
+    ``divider = (column, columns, rows)``, a white line before ``column`` of the
+    ``columns`` equal columns across the grid rows in ``rows`` (e.g. where the given
+    context ends and imagination begins).
+
+    Returns a new ``[H', W', 3]`` uint8 image; the frames themselves are unchanged.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    rows = len(row_labels)
+    if rows == 0 or grid.shape[0] % rows:
+        raise ValueError(f"{rows} row labels do not divide a grid {grid.shape[0]} pixels high.")
+    row_height, line = grid.shape[0] // rows, 14
+    margin = 8 + max(int(font.getlength(text)) for text in row_labels)
+    top = line + 4 if title else 4
+    bottom = line + 8 if legend else 4
+    canvas = Image.new("RGB", (margin + grid.shape[1] + 4, top + grid.shape[0] + bottom), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (margin, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill=(0, 0, 0), font=font)
+    for index, text in enumerate(row_labels):
+        draw.text((4, top + index * row_height + row_height // 2 - 5), text, fill=(0, 0, 0), font=font)
+    if divider is not None:
+        column, columns, span = divider
+        x = margin + round(column * grid.shape[1] / columns)
+        draw.line([(x, top + span.start * row_height), (x, top + span.stop * row_height - 1)],
+                  fill=(255, 255, 255), width=2)
+    x, y = margin, top + grid.shape[0] + 4
+    for text, colour in legend:
+        rgb = tuple(int(round(255 * v)) for v in colour)
+        draw.rectangle([x, y + 2, x + 9, y + 11], fill=rgb, outline=(0, 0, 0))
+        draw.text((x + 13, y), text, fill=(0, 0, 0), font=font)
+        x += 13 + int(font.getlength(text)) + 14
+    return np.asarray(canvas)
+

@@ -41,14 +41,17 @@ def ball_events(batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
 
 
 def maze_events(batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-    """Ground-truth boundaries in the maze: turns, junctions, or either."""
+    """Ground-truth boundaries in the maze: the first frame after a turn (``turn[t]``
+    marks the action taken after frame t, so the new view starts a segment at
+    t + 1), the frames at junctions, or either."""
     if kind not in MAZE_EVENTS:
         raise ValueError(f"env.events={kind!r} is not one of {MAZE_EVENTS}.")
+    after_turn = torch.nn.functional.pad(batch["turn"][:, :-1], (1, 0))
     if kind == "turn":
-        return batch["turn"]
+        return after_turn
     if kind == "junction":
         return batch["junction"]
-    return batch["turn"] | batch["junction"]
+    return after_turn | batch["junction"]
 
 
 class WithEvents(StepStream):

@@ -42,3 +42,16 @@ def random_boundaries(shape: torch.Size, rate: float, generator: torch.Generator
     draws = torch.rand(shape, generator=generator) < rate
     draws[:, 0] = True
     return draws
+
+
+def periodic_boundaries(shape: torch.Size, rate: float, generator: torch.Generator) -> Tensor:
+    """A boundary every ``k = round(1 / rate)`` steps at a random phase per sequence,
+    with the forced first step: the baseline of a detector that only keeps time."""
+    batch, steps = shape
+    if rate <= 0:
+        return random_boundaries(shape, 0.0, generator)
+    period = max(1, round(1.0 / rate))
+    phase = torch.randint(0, period, (batch, 1), generator=generator)
+    marks = (torch.arange(steps).unsqueeze(0) - phase) % period == 0
+    marks[:, 0] = True
+    return marks

@@ -12,19 +12,22 @@ resumed run continues the schedule exactly)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...nn.conv import ConvDecoder, ConvEncoder
-from ...nn.hrssm import HierarchicalRSSM, HRSSMConfig, HRSSMOutput, bernoulli_kl
+from ...nn.hrssm import HierarchicalRSSM, HRSSMConfig, HRSSMOutput, mask_kl
+from ...nn.disarm import antithetic_pair, disarm_surrogate
+from ...nn.hrssm_parts import bernoulli_log_probs
 from ...ops.sampling import BoundarySample
 
 Tensor = torch.Tensor
 LOSS_TYPES = ("bce", "gaussian")
 BOUNDARY_SOURCES = ("learned", "events", "random")
+BOUNDARY_GRADS = ("st", "disarm")
 
 
 @dataclass
@@ -54,12 +57,17 @@ class VTAConfig:
     mask_kl_balance: float | None = None  # training only: weight of KL(sg(q) || p) in KL_mask (rest on q)
     boundary_warmup: int = 0     # training steps during which the boundary detector gets no gradient
     boundary_source: str = "learned"  # learned | events (ground truth) | random (at the events' rate)
+    detector_norm: str = "group"  # group | none: normalised hidden layers of the boundary detector
+    limits_in_kl: str = "prior"   # prior: KL_mask charges the detector where the segment limits decide
+    boundary_grad: str = "st"     # st: straight-through Gumbel-sigmoid (the paper) | disarm (two antithetic draws)
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} is not one of {LOSS_TYPES}.")
         if self.boundary_source not in BOUNDARY_SOURCES:
             raise ValueError(f"boundary_source={self.boundary_source!r} is not one of {BOUNDARY_SOURCES}.")
+        if self.boundary_grad not in BOUNDARY_GRADS:
+            raise ValueError(f"boundary_grad={self.boundary_grad!r} is not one of {BOUNDARY_GRADS}.")
         if self.obs_bit is not None and not 1 <= self.obs_bit <= 8:
             raise ValueError(f"obs_bit={self.obs_bit} must be None or in 1..8.")
         if min(self.mask_beta, self.min_beta, self.max_beta, self.obs_std) <= 0 or self.beta_anneal < 0:
@@ -72,7 +80,7 @@ class VTAConfig:
     def hrssm(self) -> HRSSMConfig:
         return HRSSMConfig(self.feat_size, self.belief_size, self.state_size, self.action_size,
                            self.boundary_layers, self.seg_len, self.seg_num, self.min_std,
-                           self.logit_bound)
+                           self.logit_bound, self.detector_norm, self.limits_in_kl)
 
 
 @dataclass
@@ -86,7 +94,10 @@ class VTAOutput:
     kl_mask: Tensor          # [B, S]
     abs_entropy: Tensor      # [B, S]
     obs_entropy: Tensor      # [B, S]
-    boundary_entropy: Tensor  # [B, S] entropy of the posterior boundary distribution
+    boundary_entropy: Tensor  # [B, S] entropy of the detector's q(m_t) (0 for given boundaries)
+    boundary_logits: Tensor | None  # [B, S] the detector's log-odds (None for given boundaries)
+    free: Tensor             # [B, S] bool: steps the sample decided, not the segment limits
+    sequence_loss: Tensor    # [B] negative ELBO per sequence (in training, with the training-only options)
     train_loss: Tensor       # scalar: negative ELBO per frame, averaged over the batch
                              # (in training, KL_abs minus abs_free_nats per boundary when set)
 
@@ -140,7 +151,7 @@ class VTA(nn.Module):
 
     def forward(self, obs: Tensor, act: Tensor, seq_size: int, init_size: int,
                 obs_std: float = 1.0, loss_type: str = "bce", noise: Tensor | None = None,
-                events: Tensor | None = None) -> VTAOutput:
+                events: Tensor | None = None, boundaries: Tensor | None = None) -> VTAOutput:
         """Negative ELBO of the window ``[init_size, init_size + seq_size)``.
 
         Args:
@@ -150,6 +161,8 @@ class VTA(nn.Module):
             noise: optional uniform noise ``[B, seq_size]`` for the boundary draws.
             events: ground-truth events bool ``[B, T]``; needed when
                 ``boundary_source`` is ``events`` or ``random`` (the control experiments).
+            boundaries: optional bool ``[B, seq_size]``: score the window with these
+                boundaries (under the segment limits) whatever ``boundary_source`` says.
         """
         if obs.dim() != 5:
             raise ValueError(f"obs must be [B, T, C, H, W], got {list(obs.shape)}.")
@@ -157,12 +170,33 @@ class VTA(nn.Module):
             raise ValueError(f"loss_type={loss_type!r} is not one of {LOSS_TYPES}.")
         inputs = quantize(obs, self.config.obs_bit, dequantize=self.training)
         frozen = self.training and int(self.step) < self.config.boundary_warmup
-        given = self.given_boundaries(events, init_size, seq_size, obs.shape[:2])
-        out = self.hrssm(self.embed(inputs), act, init_size, seq_size, self.mask_beta(), noise, frozen, given)
+        given = boundaries if boundaries is not None else self.given_boundaries(events, init_size, seq_size,
+                                                                                obs.shape[:2])
+        embed, target = self.embed(inputs), inputs[:, init_size : init_size + seq_size]
+        if given is None and self.training and not frozen and self.config.boundary_grad == "disarm":
+            return self._disarm_forward(embed, act, target, init_size, seq_size, obs_std, loss_type)
+        out = self.hrssm(embed, act, init_size, seq_size, self.mask_beta(), noise, frozen, given)
+        return self._decode_and_score(out, target, loss_type, obs_std)
+
+    def _decode_and_score(self, out: HRSSMOutput, target: Tensor, loss_type: str, obs_std: float) -> VTAOutput:
         decoded = self.decode(out.feat)
-        target = inputs[:, init_size : init_size + seq_size]
-        obs_cost = reconstruction_nll(decoded, target, loss_type, obs_std)
-        return self._output(out, decoded, obs_cost)
+        return self._output(out, decoded, reconstruction_nll(decoded, target, loss_type, obs_std))
+
+    def _disarm_forward(self, embed: Tensor, act: Tensor, target: Tensor, init_size: int, seq_size: int,
+                        obs_std: float, loss_type: str) -> VTAOutput:
+        """Training with DisARM boundary gradients (:mod:`worldmodels.nn.disarm`): two
+        antithetic boundary draws of the detector, both scored in one batch of ``2B``;
+        the model trains on their mean loss, the detector on the DisARM estimate. The
+        output holds the ``2B`` rows (the first ``B`` are the first draw)."""
+        logits = self.hrssm.boundary_logits(embed, act)[:, init_size : init_size + seq_size]
+        first, second = antithetic_pair(logits)
+        twice = lambda x: torch.cat([x, x])  # noqa: E731
+        out = self.hrssm(twice(embed), twice(act), init_size, seq_size, self.mask_beta(),
+                         boundaries=torch.cat([first, second]), boundary_logits=twice(logits))
+        scored = self._decode_and_score(out, twice(target), loss_type, obs_std)
+        f_first, f_second = scored.sequence_loss.detach().chunk(2)
+        score = disarm_surrogate(logits, first, second, f_first, f_second) / logits.numel()
+        return replace(scored, train_loss=scored.train_loss + score)
 
     def given_boundaries(self, events: Tensor | None, init_size: int, seq_size: int,
                          batch_steps: torch.Size) -> Tensor | None:
@@ -183,20 +217,21 @@ class VTA(nn.Module):
         return torch.rand(window.shape, device=window.device) < rate
 
     def _output(self, out: HRSSMOutput, decoded: Tensor, obs_cost: Tensor) -> VTAOutput:
-        q = out.boundary.log_probs
-        boundary_entropy = -(q.exp() * q).sum(-1)
+        q = out.boundary.log_probs if out.boundary_logits is None else bernoulli_log_probs(out.boundary_logits)
+        boundary_entropy = -(q.exp() * q.clamp_min(-1e4)).sum(-1)
         kl_abs = out.kl_abs
         if self.training and self.config.abs_free_nats > 0:
             kl_abs = torch.relu(kl_abs - self.config.abs_free_nats * out.boundary.mask)
         kl_mask = out.kl_mask
         if self.training and self.config.mask_kl_balance is not None:
-            kl_mask = balanced_bernoulli_kl(out.boundary.log_probs, out.prior_boundary_log_probs,
+            kl_mask = balanced_bernoulli_kl(out.posterior_boundary_log_probs, out.prior_boundary_log_probs,
                                             self.config.mask_kl_balance)
         per_sequence = (obs_cost + kl_abs + out.kl_obs + kl_mask).sum(1)
         return VTAOutput(
             reconstruction=self.to_image(decoded.detach()), mask=out.boundary.mask, boundary=out.boundary,
             obs_cost=obs_cost, kl_abs=out.kl_abs, kl_obs=out.kl_obs, kl_mask=out.kl_mask,
             abs_entropy=out.abs_entropy, obs_entropy=out.obs_entropy, boundary_entropy=boundary_entropy,
+            boundary_logits=out.boundary_logits, free=out.free, sequence_loss=per_sequence,
             train_loss=per_sequence.mean() / obs_cost.shape[1],
         )
 
@@ -215,10 +250,11 @@ class VTA(nn.Module):
 
 
 def balanced_bernoulli_kl(q_log_probs: Tensor, p_log_probs: Tensor, balance: float) -> Tensor:
-    """``KL(q || p)`` in value; gradients split as ``balance`` to the prior (through
-    ``KL(sg(q) || p)``) and ``1 - balance`` to the posterior (DreamerV2's KL balancing)."""
-    to_prior = bernoulli_kl(q_log_probs.detach(), p_log_probs)
-    to_posterior = bernoulli_kl(q_log_probs, p_log_probs.detach())
+    """``KL_mask`` ``[B, S]`` (:func:`~worldmodels.nn.hrssm.mask_kl`) in value; gradients
+    split as ``balance`` to the prior (through ``KL(sg(q) || p)``) and ``1 - balance``
+    to the posterior (DreamerV2's KL balancing)."""
+    to_prior = mask_kl(q_log_probs.detach(), p_log_probs)
+    to_posterior = mask_kl(q_log_probs, p_log_probs.detach())
     return balance * to_prior + (1 - balance) * to_posterior
 
 
@@ -234,16 +270,33 @@ def reconstruction_nll(decoded: Tensor, target: Tensor, loss_type: str, obs_std:
 
 
 def summarize(out: VTAOutput, beta: float) -> dict[str, Tensor | float]:
-    """Scalars for logging: per-frame terms, boundary rate, temperature."""
-    free = out.mask[:, 1:]
-    return {
+    """Scalars for logging: per-frame terms, boundary rate, temperature and the
+    detector's health on the steps it decides (``free``, step 0 excluded): the mean
+    entropy of ``q(m_t)`` and the mean and spread of its log-odds."""
+    decided = out.mask[:, 1:]
+    metrics = {
         "obs_cost": out.obs_cost.mean(),
         "kl_abs": out.kl_abs.mean(),
         "kl_obs": out.kl_obs.mean(),
         "kl_mask": out.kl_mask.mean(),
         "abs_entropy": out.abs_entropy.mean(),
         "obs_entropy": out.obs_entropy.mean(),
-        "boundary_entropy": out.boundary_entropy[:, 1:].mean(),
-        "boundary_rate": free.detach().float().mean() if free.numel() else 0.0,
+        "boundary_rate": decided.detach().float().mean() if decided.numel() else 0.0,
         "mask_beta": beta,
+    }
+    return {**metrics, **detector_health(out)}
+
+
+def detector_health(out: VTAOutput) -> dict[str, Tensor]:
+    """``boundary_entropy`` (nats), ``boundary_logit_mean`` and ``boundary_logit_std``
+    over the free steps after step 0; empty for given boundaries or no free step."""
+    free = out.free.clone()
+    free[:, 0] = False
+    if out.boundary_logits is None or not free.any():
+        return {}
+    logits = out.boundary_logits.detach()[free].float()
+    return {
+        "boundary_entropy": out.boundary_entropy.detach()[free].mean(),
+        "boundary_logit_mean": logits.mean(),
+        "boundary_logit_std": logits.std(unbiased=False),
     }

@@ -1,8 +1,10 @@
 """Pictures of what VTA learned: ``vis_seq_<idx>.png`` and ``jumpy_<idx>.png``.
 
-``vis_seq`` rows: the ground-truth window (a green bar over frames with a true event),
-the reconstruction (a red bar over predicted boundaries), then prior samples that
-continue from the first quarter of the window (red bars at sampled boundaries).
+``vis_seq`` rows, each labelled in the picture: the ground-truth window (a green bar
+over frames with a true event), the reconstruction (a red bar over the posterior's
+boundaries, yellow where a boundary meets an event), then prior samples that continue
+from the first quarter of the window (a white line where the given context ends; red
+bars at sampled boundaries). A legend under the frames names the colours.
 ``jumpy`` rows: abstract-level rollouts after the same context, one frame per
 imagined segment.
 """
@@ -13,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from ...utils.images import image_grid, save_png
+from ...utils.images import annotate_grid, image_grid, save_png
 
 Tensor = torch.Tensor
 GREEN = (0.1, 0.9, 0.2)
 RED = (1.0, 0.15, 0.1)
 YELLOW = (1.0, 0.85, 0.1)
 BAR = 2
+LEGEND = (("true event", GREEN), ("boundary", RED), ("both", YELLOW), ("| end of context", (1.0, 1.0, 1.0)))
 
 
 def with_bars(frames: Tensor, predicted: Tensor | None = None, truth: Tensor | None = None) -> Tensor:
@@ -76,5 +79,16 @@ def save_visualization(model, held_out: dict[str, Tensor], directory: Path, inde
     ``step`` is given) into ``directory``; returns the ``vis_seq`` path."""
     vis, jumpy = vta_rows(model, held_out, index, num_samples)
     suffix = "" if step is None else f"_step{step:06d}"
-    save_png(Path(directory) / f"jumpy_{index}{suffix}.png", image_grid(jumpy))
-    return save_png(Path(directory) / f"vis_seq_{index}{suffix}.png", image_grid(vis))
+    at_step = "" if step is None else f", training step {step}"
+    context = max(1, model.config.seq_size // 4)
+    samples = [f"prior sample {k + 1}" for k in range(num_samples)]
+    vis_image = annotate_grid(
+        image_grid(vis), ["truth", "reconstruction", *samples],
+        title=f"held-out sequence {index}{at_step}: frames {model.config.init_size}.."
+              f"{model.config.init_size + model.config.seq_size - 1}",
+        legend=LEGEND, divider=(context, vis[0].shape[0], range(2, 2 + num_samples)))
+    jumpy_image = annotate_grid(
+        image_grid(jumpy), [f"jumpy sample {k + 1}" for k in range(num_samples)],
+        title=f"jumpy imagination after {context} context frames: one frame per imagined segment{at_step}")
+    save_png(Path(directory) / f"jumpy_{index}{suffix}.png", jumpy_image)
+    return save_png(Path(directory) / f"vis_seq_{index}{suffix}.png", vis_image)
