@@ -87,7 +87,8 @@ class EnvpoolVectorEnv(VectorEnv):
 
     envpool itself resets an env on the call after its episode ended (action ignored,
     reward 0); that call is reported with ``is_first``. Atari repeats actions natively
-    (``frame_skip``) and its CHW frames become HWC. Other suites repeat in Python: all envs
+    (``frame_skip``) and its CHW frames become HWC; envpool crashes (segfault) with
+    ``noop_max=0``, so it gets at least 1 (one no-op after each reset). Other suites repeat in Python: all envs
     step together, stopping at the first sub-step where any episode ends, and a call
     that resets an env steps once.
     """
@@ -99,7 +100,8 @@ class EnvpoolVectorEnv(VectorEnv):
         if self._atari:
             kwargs.update(img_height=spec.size[0], img_width=spec.size[1], gray_scale=False, stack_num=1,
                           frame_skip=spec.action_repeat, repeat_action_probability=spec.sticky_actions,
-                          noop_max=spec.noop_max, episodic_life=False, reward_clip=False)
+                          noop_max=max(spec.noop_max, 1), episodic_life=spec.terminal_on_life_loss, reward_clip=False,
+                          use_fire_reset=spec.use_fire_reset, full_action_space=spec.full_action_space)
         if spec.max_episode_steps is not None:
             kwargs["max_episode_steps"] = spec.max_episode_steps * self._repeat
         self._env = envpool.make(task_id, **kwargs)
@@ -148,6 +150,35 @@ class EnvpoolVectorEnv(VectorEnv):
 
     def close(self) -> None:
         getattr(self._env, "close", lambda: None)()
+
+
+class FireReset:
+    """Presses FIRE (action 1) after each reset of a gymnasium Atari env whose game waits
+    for it (a no-op for games without FIRE); the rest passes through."""
+
+    def __init__(self, env: Any):
+        self.env = env
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        meanings = env.unwrapped.get_action_meanings()
+        self._fire = len(meanings) > 1 and meanings[1] == "FIRE"
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.env.unwrapped
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(seed=seed)
+        if self._fire:
+            obs, _, terminated, truncated, info = self.env.step(1)
+            if terminated or truncated:
+                obs, info = self.env.reset()
+        return obs, info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return self.env.step(action)
+
+    def close(self) -> None:
+        self.env.close()
 
 
 class CrafterAdapter:

@@ -35,7 +35,7 @@ from ...nn.frame_cnn import check_levels, frame_encoder
 from ...nn.kv_cache import KVCache
 from ...nn.tokenizer import as_unit_frames
 from ...nn.transformer import Transformer, TransformerConfig, init_gpt_weights_
-from ..iris.world_model import (
+from ...nn.token_heads import (
     END_CLASSES,
     REWARD_CLASSES,
     causal_transformer_config,

@@ -48,6 +48,7 @@ from ...data.episodes import EPISODE_SUFFIXES, EpisodeError, list_episodes, load
 from ...data.offline import OfflineDataset
 from ...envs.factory import ActionSpace, ObsSpace
 from ...nn.multi_io import is_bookkeeping, select_keys
+from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from .agent import BATCH_KEYS, DreamerAgent, DreamerConfig
@@ -170,7 +171,7 @@ def step_losses(wm: WorldModel, batch: dict[str, Tensor], *, state: tuple[Tensor
     return terms, post
 
 
-class OfflineData:
+class OfflineData(TrainData):
     """``TrainData`` over :meth:`OfflineDataset.sample`: ``{key: [B, L, ...]}`` tensors
     on ``device`` (images uint8, flags bool). Its state is the dataset's sampling RNG
     (restored on resume) and ``spaces`` (see :func:`spaces_state`)."""
@@ -190,7 +191,7 @@ class OfflineData:
         self.dataset.load_state_dict(state["dataset"])
 
 
-class OfflineEvaluator:
+class OfflineEvaluator(Evaluator):
     """World-model losses on held-out episodes and an open-loop GIF (module docstring).
 
     Args:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set
 from ...nn.vae import ConvVAE, ConvVAEConfig
+from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from ...utils.images import image_grid, save_png
@@ -35,7 +36,7 @@ def _scalar_or_range(value):
     return tuple(float(v) for v in value) if not isinstance(value, (int, float)) else float(value)
 
 
-class FrameBatches:
+class FrameBatches(TrainData):
     """Batches of single frames ``{"image": [B*T, C, H, W]}`` from the sequence provider."""
 
     def __init__(self, provider: BouncingBallsProvider):
@@ -61,7 +62,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> FrameBatches:
     return FrameBatches(provider)
 
 
-class VAEEvaluator:
+class VAEEvaluator(Evaluator):
     """ELBO terms and reconstruction PSNR on a fixed held-out set of frames, with the
     PSNR of predicting the held-out mean frame as a baseline; reconstruction grids
     (truth above reconstruction, then prior samples) as PNG."""

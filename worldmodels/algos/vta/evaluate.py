@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ...training.contract import Evaluator
 from .metrics import boundary_scores, random_boundaries
 from .model import VTA
 from .visualize import save_visualization
@@ -30,7 +31,7 @@ def cost_split(out, boundaries: torch.Tensor, events: torch.Tensor) -> dict[str,
     return {f"eval/{name}": values[where].mean().item() for name, (values, where) in parts.items() if where.any()}
 
 
-class VTAEvaluator:
+class VTAEvaluator(Evaluator):
     """Scores a VTA on a fixed held-out batch ``{"frames", "actions"?, "events"}``.
 
     ``events`` (bool ``[B, T]``) are the ground-truth boundaries of the whole
