@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import WorldModelsError
 from .stream import StepStream, check_step
 
 NUM_ACTIONS = 3
@@ -35,11 +36,11 @@ SPLITS = ("train", "test")
 _INDEX_STREAM = 1
 
 
-class MazeDataNotFoundError(FileNotFoundError):
+class MazeDataNotFoundError(WorldModelsError, FileNotFoundError):
     """The dataset root or split is missing or empty; the message gives the command."""
 
 
-class MazeDataError(ValueError):
+class MazeDataError(WorldModelsError, ValueError):
     """An episode file is unreadable or malformed; the message names the file and key."""
 
 

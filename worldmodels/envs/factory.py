@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import WorldModelsError
 from .backends import CrafterAdapter, EnvpoolVectorEnv, FireReset, GymnasiumVectorEnv
 from .spaces import (  # noqa: F401  (re-exported: the factory is where users import them from)
     FLAGS,
@@ -161,7 +162,7 @@ class EnvSpec:
         resolve_task(self.suite, self.task)
 
 
-class MissingEnvPackageError(ImportError):
+class MissingEnvPackageError(WorldModelsError, ImportError):
     """An optional package an env needs is not installed; the message says what to install."""
 
 

@@ -3,7 +3,8 @@
 :class:`Collector` owns the env's current observation and the agent's policy state
 between calls, turns each vectorised step into a *stored step* (observations, the
 reward and flags the env returned, the action then taken in its stored form: one-hot
-for discrete actions) and hands it to its hooks: a replay's ``add``, an
+for discrete actions, the agent's ``[-1, 1]`` values for continuous ones, zeros at an
+episode's last step, whose action the env ignores) and hands it to its hooks: a replay's ``add``, an
 :class:`~worldmodels.data.episodes.EpisodeBuilder` that saves whole episodes, a
 recorder of frames. It counts env steps and episodes and measures throughput.
 
@@ -77,6 +78,7 @@ class Collector:
         action = self._actions(obs, agent, mode, policy_kwargs)
         stored = {key: obs[key] for key in self.keys}
         stored["action"] = stored_action(self.act_space, action)
+        stored["action"][obs["is_last"]] = 0.0   # never taken: the env resets instead
         for hook in self.on_step:
             hook(stored)
         self._obs = self.env.step(to_env_action(self.act_space, action))

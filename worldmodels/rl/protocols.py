@@ -61,4 +61,28 @@ class WorldModelEnv(Protocol):
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
-__all__ = ["Agent", "POLICY_MODES", "PolicyMode", "WorldModelEnv", "check_mode"]
+def rebuild_agent(state: dict[str, Any], build: Any, spaces: Any = None) -> Any:
+    """The agent of a checkpoint ``state``: ``build(cfg, spaces)`` with its recorded config
+    and env spaces (``spaces`` when given instead), its weights loaded, in eval mode. A
+    checkpoint whose weights do not fit raises a one-line
+    :class:`~worldmodels.training.checkpoint.CheckpointError`."""
+    from omegaconf import OmegaConf
+
+    from ..envs.spaces import EnvSpaces
+    from ..training.checkpoint import CheckpointError
+
+    if spaces is None:
+        if not state.get("env_spaces"):
+            raise CheckpointError("the checkpoint records no env_spaces (written before they were recorded); "
+                                  "retrain or rebuild the agent from its env.")
+        spaces = EnvSpaces.from_state(state["env_spaces"])
+    agent = build(OmegaConf.create(state["config"]), spaces)
+    try:
+        agent.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"the checkpoint's weights do not fit the model of its config ({first}).") from error
+    return agent.eval()
+
+
+__all__ = ["Agent", "POLICY_MODES", "PolicyMode", "WorldModelEnv", "check_mode", "rebuild_agent"]

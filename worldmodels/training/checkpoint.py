@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ..errors import WorldModelsError
 
 FORMAT = "worldmodels-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(WorldModelsError, RuntimeError):
     """A checkpoint file is missing, unreadable, or not one of ours."""
 
 

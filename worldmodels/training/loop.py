@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import WorldModelsError
 from ..utils.profiling import nvtx_range
 from ..utils.seeding import capture_rng_state, restore_rng_state, seed_everything
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -47,7 +48,7 @@ class Factories:
     step: Callable[[Run], StepResult] | None = None   # None: gradient_step
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(WorldModelsError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from ...envs.factory import infer_spaces, spec_from_config
 from ...envs.spaces import EnvSpaces
+from ...rl.protocols import rebuild_agent
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from .agent import DreamerAgent, DreamerConfig
@@ -36,6 +37,20 @@ def agent_from_spaces(cfg: DictConfig, spaces: EnvSpaces) -> DreamerAgent:
 
 def build_model(cfg: DictConfig) -> DreamerAgent:
     return agent_from_spaces(cfg, infer_spaces(spec_from_config(cfg.env, seed=int(cfg.seed), num_envs=1)))
+
+
+def load_agent(state: dict) -> DreamerAgent:
+    """The agent of an online or offline DreamerV3 checkpoint (the registry's
+    ``agent_loader``); checkpoints of offline runs that predate recorded env spaces get
+    theirs from the data state."""
+    spaces = None
+    saved = (state.get("data") or {}).get("spaces")
+    if not state.get("env_spaces") and saved:
+        from .offline import spaces_from_state
+
+        obs, act, _ = spaces_from_state(saved)
+        spaces = EnvSpaces(obs, act)
+    return rebuild_agent(state, agent_from_spaces, spaces)
 
 
 def build_optimizer(cfg: DictConfig, model: Any) -> torch.optim.Optimizer:

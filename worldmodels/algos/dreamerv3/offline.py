@@ -47,6 +47,7 @@ from omegaconf import DictConfig
 from ...data.episodes import EPISODE_SUFFIXES, EpisodeError, list_episodes, load_episode
 from ...data.offline import OfflineDataset
 from ...envs.factory import ActionSpace, ObsSpace
+from ...envs.spaces import EnvSpaces
 from ...nn.multi_io import is_bookkeeping, select_keys
 from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
@@ -323,7 +324,9 @@ def _dataset(cfg: DictConfig, directory: Path, keys: list[str], crop_mode: str) 
 
 def build_model(cfg: DictConfig) -> DreamerAgent:
     obs_space, act_space = offline_spaces(cfg)
-    return DreamerAgent(dataclass_from_config(DreamerConfig, cfg.model), obs_space, act_space)
+    agent = DreamerAgent(dataclass_from_config(DreamerConfig, cfg.model), obs_space, act_space)
+    agent.env_spaces = EnvSpaces(obs_space, act_space)
+    return agent
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> OfflineData:

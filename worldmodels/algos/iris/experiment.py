@@ -23,6 +23,7 @@ from ...rl.component_data import FRAME_KEYS, ComponentData, build_component_data
 from ...rl.imagination_agent import build_optimizer
 from ...rl.imagination_eval import ImaginationEvaluator
 from ...rl.lstm_actor_critic import IrisActorCriticConfig
+from ...rl.protocols import rebuild_agent
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config, to_dict
 from .agent import COMPONENTS, IrisAgent, OptimConfig, frames_first
@@ -55,6 +56,11 @@ def agent_from_spaces(cfg: DictConfig, spaces: EnvSpaces) -> IrisAgent:
 
 def build_model(cfg: DictConfig) -> IrisAgent:
     return agent_from_spaces(cfg, frame_spaces(cfg)[0])
+
+
+def load_agent(state: dict) -> IrisAgent:
+    """The agent of a checkpoint (the registry's ``agent_loader``)."""
+    return rebuild_agent(state, agent_from_spaces)
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> ComponentData:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set
+from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set, renderer_kwargs
 from ...nn.vae import ConvVAE, ConvVAEConfig
 from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
@@ -18,22 +18,6 @@ from ...utils.images import image_grid, save_png
 
 def build_model(cfg: DictConfig) -> ConvVAE:
     return ConvVAE(dataclass_from_config(ConvVAEConfig, cfg.model))
-
-
-def renderer_kwargs(env: DictConfig) -> dict[str, Any]:
-    """The keyword arguments of the renderer's ``generate`` taken from ``env``."""
-    return {
-        "num_balls": int(env.num_balls),
-        "size": int(env.size),
-        "radius": _scalar_or_range(env.radius),
-        "speed": _scalar_or_range(env.speed),
-        "channels": int(env.channels),
-        "recolor_on_wall_hit": bool(env.get("recolor_on_wall_hit", False)),
-    }
-
-
-def _scalar_or_range(value):
-    return tuple(float(v) for v in value) if not isinstance(value, (int, float)) else float(value)
 
 
 class FrameBatches(TrainData):
