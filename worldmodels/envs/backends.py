@@ -4,6 +4,7 @@ envpool batch, both mapped to :class:`~worldmodels.envs.spaces.VectorEnv`'s conv
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,7 +105,9 @@ class EnvpoolVectorEnv(VectorEnv):
                           use_fire_reset=spec.use_fire_reset, full_action_space=spec.full_action_space)
         if spec.max_episode_steps is not None:
             kwargs["max_episode_steps"] = spec.max_episode_steps * self._repeat
-        self._env = envpool.make(task_id, **kwargs)
+        with warnings.catch_warnings():   # envpool's float64 Box bounds, cast by gymnasium
+            warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+            self._env = envpool.make(task_id, **kwargs)
         self.num_envs = spec.num_envs
         space = self._env.observation_space
         if self._atari:

@@ -175,6 +175,34 @@ class Replay:
         self._next_slot = int((self._next_slot + count) % self.capacity)
         self.inserted += count
 
+    def add_episode(self, episode: dict[str, Any], worker: int = 0) -> None:
+        """Insert a whole episode (``{key: [T, ...]}``, ``is_first[0]`` True) as ``T`` steps of
+        ``worker`` in one go (a loaded dataset); the same as ``T`` calls of :meth:`add`."""
+        episode = {key: np.asarray(value) for key, value in episode.items()}
+        length = len(episode["is_first"])
+        if length > self.capacity:
+            raise ValueError(f"an episode of {length} steps does not fit a replay of capacity {self.capacity}")
+        self._check_step({k: v[:1] for k, v in episode.items()}, 1)
+        if self._arrays is None:
+            self._allocate({k: v[:1] for k, v in episode.items()}, length)
+        slots = (self._next_slot + np.arange(length)) % self.capacity
+        self._grow(int(slots.max()) + 1)
+        for slot in slots.tolist():
+            self._evict(slot)
+        for key, value in episode.items():
+            self._arrays[key][slots] = value
+        episode_id = self._episode_for(worker, True)
+        record = self._episodes[episode_id]
+        record.slots.extend(slots.tolist())
+        record.done = bool(episode["is_last"][-1])
+        self._slot_episode[slots] = episode_id
+        self._worker_steps[worker] = self._worker_steps.get(worker, 0) + length
+        for selector in self.selectors.values():
+            for offset in range(length):
+                selector.on_insert(episode_id, offset, worker)
+        self._next_slot = int((self._next_slot + length) % self.capacity)
+        self.inserted += length
+
     def _episode_for(self, worker: int, first: bool) -> int:
         current = self._current.get(worker)
         if current is not None and not first and current in self._episodes and not self._episodes[current].done:
