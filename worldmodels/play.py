@@ -20,7 +20,7 @@ Modes:
   quits. A pygame window opens when pygame imports and ``DISPLAY``/``WAYLAND_DISPLAY``
   is set; otherwise (and with ``--headless``) the frame is printed as coarse ANSI/ASCII art.
 - ``episode``: recorded episodes (``.npz``/``.h5`` with an ``image`` key; a file or a
-  folder; default the run's ``replay/``) frame by frame with their rewards.
+  folder; default the run's ``episodes/``) frame by frame with their rewards.
 
 A run is a run directory (``checkpoints/best.pt``, else ``last.pt``) or a checkpoint
 file; its ``resolved_config.yaml`` (or the config stored in the checkpoint) gives the
@@ -98,7 +98,7 @@ def check_args(args: argparse.Namespace) -> str:
         raise PlayError(f"--fps must be > 0, got {args.fps}.")
     if mode == "episode":
         if args.episode is None and args.run is None:
-            raise PlayError("--mode episode needs --episode <file or folder> (or a run, to replay its replay/).")
+            raise PlayError("--mode episode needs --episode <file or folder> (or a run, to replay its episodes/).")
         return mode
     if args.run is None:
         raise PlayError(f"--mode {mode} needs an IRIS or Δ-IRIS run directory or checkpoint .pt as first argument.")
@@ -243,7 +243,7 @@ def play(mode: str, args: argparse.Namespace, input_fn: Callable[[str], str]) ->
     """Run ``mode``; returns the summary line."""
     recorder = Recorder(args.record, args.fps, args.scale) if args.record is not None else None
     if mode == "episode":
-        paths = episode_paths(args.episode if args.episode is not None else run_dir_of(args.run) / "replay")
+        paths = episode_paths(args.episode if args.episode is not None else run_dir_of(args.run) / "episodes")
         screen = make_screen(mode, args, recorder)
         with _ClosingScreen(screen) as written:
             frames = replay(paths, screen, args.episodes, args.max_steps)

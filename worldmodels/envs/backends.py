@@ -124,8 +124,9 @@ class EnvpoolVectorEnv(VectorEnv):
             out = {"image": np.ascontiguousarray(np.asarray(obs, np.uint8).transpose(0, 2, 3, 1))}
         else:
             out = {"vector": flat_observation(obs, (self.num_envs,))}
-        flags = {"is_first": first, "is_last": last, "is_terminal": terminal}
-        return {**out, "reward": reward.astype(np.float32), **{k: np.asarray(v, bool) for k, v in flags.items()}}
+        out["reward"] = reward
+        out["is_first"], out["is_last"], out["is_terminal"] = first, last, terminal
+        return out
 
     def reset(self) -> dict[str, np.ndarray]:
         obs, _ = self._env.reset()
@@ -139,17 +140,26 @@ class EnvpoolVectorEnv(VectorEnv):
         actions = prepare_actions(self.act_space, action, self.num_envs)
         actions = actions.astype(np.int32) if self.act_space.discrete else actions
         first = self._done
+        if self._repeat == 1:
+            obs, reward, terminal, truncated, _ = self._env.step(actions)
+            reward, terminal = np.asarray(reward, np.float32), np.asarray(terminal, bool)
+            last = terminal | np.asarray(truncated, bool)
+        else:
+            obs, reward, last, terminal = self._repeat_step(actions, first.any())
+        self._done = last
+        return self._output(obs, reward, first, last, terminal)
+
+    def _repeat_step(self, actions: np.ndarray, resetting: bool) -> tuple:
         reward = np.zeros(self.num_envs, np.float32)
         last, terminal = np.zeros(self.num_envs, bool), np.zeros(self.num_envs, bool)
-        for _ in range(1 if first.any() else self._repeat):
+        for _ in range(1 if resetting else self._repeat):
             obs, rew, terminated, truncated, _ = self._env.step(actions)
             reward += np.asarray(rew, np.float32)
             terminal |= np.asarray(terminated, bool)
             last |= terminal | np.asarray(truncated, bool)
             if last.any():
                 break
-        self._done = last.copy()
-        return self._output(obs, reward, first, last, terminal)
+        return obs, reward, last, terminal
 
     def close(self) -> None:
         getattr(self._env, "close", lambda: None)()

@@ -82,8 +82,8 @@ def prepare_actions(space: ActionSpace, action: Any, num_envs: int) -> np.ndarra
         if action.shape != (num_envs,):
             raise ValueError(f"discrete actions must have shape [{num_envs}] or one-hot "
                              f"[{num_envs}, {space.size}], got {list(action.shape)}")
-        action = action.astype(np.int64)
-        if ((action < 0) | (action >= space.size)).any():
+        action = action.astype(np.int64, copy=False)
+        if num_envs and (action.min() < 0 or action.max() >= space.size):
             raise ValueError(f"discrete actions must be in [0, {space.size}), got {action.tolist()}")
         return action
     if action.shape == (num_envs,) and space.size == 1:

@@ -10,17 +10,23 @@ Three forms of one batch of ``N`` actions:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..envs.spaces import ActionSpace
 
 
+@functools.lru_cache(maxsize=64)
+def _eye(size: int) -> np.ndarray:
+    eye = np.eye(size, dtype=np.float32)
+    eye.flags.writeable = False
+    return eye
+
+
 def onehot(index: np.ndarray, size: int) -> np.ndarray:
-    """int ``[N]`` -> float32 one-hot ``[N, size]``."""
-    index = np.asarray(index, np.int64)
-    out = np.zeros((*index.shape, int(size)), np.float32)
-    np.put_along_axis(out, index[..., None], 1.0, axis=-1)
-    return out
+    """int ``[N]`` -> float32 one-hot ``[N, size]`` (a new array)."""
+    return _eye(int(size))[np.asarray(index, np.int64)]
 
 
 def to_env_action(space: ActionSpace, action: np.ndarray) -> np.ndarray:

@@ -78,7 +78,8 @@ class Collector:
         action = self._actions(obs, agent, mode, policy_kwargs)
         stored = {key: obs[key] for key in self.keys}
         stored["action"] = stored_action(self.act_space, action)
-        stored["action"][obs["is_last"]] = 0.0   # never taken: the env resets instead
+        if obs["is_last"].any():
+            stored["action"][obs["is_last"]] = 0.0   # never taken: the env resets instead
         for hook in self.on_step:
             hook(stored)
         self._obs = self.env.step(to_env_action(self.act_space, action))
@@ -97,11 +98,11 @@ class Collector:
     def _book(self, obs: dict[str, np.ndarray]) -> None:
         self.env_steps += self.num_envs
         self._window["env_steps"] += self.num_envs
-        first = obs["is_first"]
-        self._returns[first], self._lengths[first] = 0.0, 0
+        first, last = obs["is_first"], obs["is_last"]
+        if first.any():
+            self._returns[first], self._lengths[first] = 0.0, -1
         self._returns += obs["reward"]
-        self._lengths += ~first
-        last = obs["is_last"]
+        self._lengths += 1
         if last.any():
             for index in np.flatnonzero(last).tolist():
                 ret, length = float(self._returns[index]), int(self._lengths[index])

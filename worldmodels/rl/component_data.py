@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.episodes import EpisodeWriter
 from ..envs.factory import infer_spaces, make_env, spec_from_config
 from ..envs.spaces import EnvSpaces, VectorEnv
 from ..training.contract import TrainData
@@ -105,8 +106,11 @@ class ComponentData(TrainData):
         return self.collector.num_envs
 
     def bind_model(self, model: Any, run_dir: str | Path | None = None) -> None:
-        """Act with ``model``; keep replay snapshots under ``<run_dir>/replay``."""
+        """Act with ``model``; keep replay snapshots under ``<run_dir>/replay`` and every
+        finished episode in ``<run_dir>/episodes`` (one npz each)."""
         self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
+        if self.run_dir is not None:
+            self.collector.on_step.append(EpisodeWriter(self.run_dir / "episodes", self.num_envs))
 
     def active(self, update: int | None = None) -> dict[str, bool]:
         """Which components train at ``update`` (default: the next one)."""

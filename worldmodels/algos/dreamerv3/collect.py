@@ -15,8 +15,9 @@ every fresh window once, first). The step convention is :mod:`worldmodels.data.e
 ``action[t]`` float32 (one-hot for discrete envs; the agent's ``[-1, 1]`` values for
 continuous ones, rescaled to the env's bounds only when stepping).
 
-Checkpoints save the replay's exact contents (``<run dir>/replay/replay_<update>.npz``)
-and every RNG, so a resumed run samples what the uninterrupted one would have; the
+Finished episodes are also written to ``<run dir>/episodes/`` (a record for ``play``
+and offline training). Checkpoints save the replay's exact contents
+(``<run dir>/replay/replay_<update>.npz``) and every RNG, so a resumed run samples what the uninterrupted one would have; the
 envs themselves cannot be snapshotted and start new episodes after a resume.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...data.episodes import EpisodeWriter
 from ...envs.factory import VectorEnv, make_env, spec_from_config
 from ...rl.actions import onehot, random_policy, stored_action, to_env_action  # noqa: F401  (re-exported)
 from ...rl.collector import Collector
@@ -83,13 +85,24 @@ class OnlineData(TrainData):
         return self.collector.env_steps
 
     @property
+    def episodes(self) -> int:
+        return self.collector.episodes
+
+    @property
+    def act_space(self):
+        return self.collector.act_space
+
+    @property
     def steps_per_update(self) -> float:
         """Env steps per update: ``batch_size * batch_length / train_ratio``."""
         return self.batch_size * self.batch_length / self.train_ratio
 
     def bind_model(self, model: Any, run_dir: str | Path | None = None) -> None:
-        """Act with ``model``; keep replay snapshots in ``<run_dir>/replay``."""
+        """Act with ``model``; keep replay snapshots in ``<run_dir>/replay`` and every
+        finished episode in ``<run_dir>/episodes`` (one npz each)."""
         self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
+        if self.run_dir is not None:
+            self.collector.on_step.append(EpisodeWriter(self.run_dir / "episodes", self.num_envs))
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """Collect the env steps this update owes, then ``B`` replay windows as tensors
