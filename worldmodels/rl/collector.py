@@ -30,6 +30,7 @@ from ..envs.spaces import VectorEnv
 from .actions import random_policy, stored_action, to_env_action
 from .protocols import Agent, check_mode
 
+RANDOM_BLOCK = 256   # calls of random actions drawn at once
 StepHook = Callable[[dict[str, np.ndarray]], None]
 EpisodeHook = Callable[[int, float, int], None]   # (env index, return, length)
 
@@ -51,6 +52,8 @@ class Collector:
         self.on_step: list[StepHook] = []
         self.on_episode: list[EpisodeHook] = []
         self._rng = np.random.default_rng(seed)
+        self._block: np.ndarray | None = None       # random actions drawn RANDOM_BLOCK calls at a time
+        self._block_pos, self._block_state = 0, copy.deepcopy(self._rng.bit_generator.state)
         self._obs: dict[str, np.ndarray] | None = None
         self._state: Any = None
         self._agent: Any = None
@@ -60,9 +63,19 @@ class Collector:
         self._window = self._fresh_window()
 
     # ---------------------------------------------------------------- acting
+    def _random(self) -> np.ndarray:
+        """Uniform actions for one call, drawn in blocks (one RNG call per block)."""
+        if self._block is None or self._block_pos == len(self._block):
+            self._block_state = copy.deepcopy(self._rng.bit_generator.state)
+            self._block = random_policy(self.act_space, RANDOM_BLOCK * self.num_envs, self._rng)
+            self._block = self._block.reshape(RANDOM_BLOCK, self.num_envs, *self._block.shape[1:])
+            self._block_pos = 0
+        self._block_pos += 1
+        return self._block[self._block_pos - 1]
+
     def _actions(self, obs: dict[str, np.ndarray], agent: Agent | None, mode: str, kwargs: dict) -> np.ndarray:
         if agent is None:
-            return random_policy(self.act_space, self.num_envs, self._rng)
+            return self._random()
         if self._state is None or agent is not self._agent:
             self._state, self._agent = agent.init_policy_state(self.num_envs), agent
         action, self._state = agent.policy(obs, self._state, mode, **kwargs)
@@ -149,12 +162,18 @@ class Collector:
         """Counters and the random-action RNG. The envs' own state cannot be saved (envpool
         and most simulators have no snapshot): after :meth:`load_state_dict` the next step
         resets them and new episodes begin."""
+        drawn = self._block is not None
         return {"env_steps": self.env_steps, "episodes": self.episodes,
-                "rng": copy.deepcopy(self._rng.bit_generator.state)}
+                "rng": copy.deepcopy(self._block_state if drawn else self._rng.bit_generator.state),
+                "block_pos": self._block_pos if drawn else -1}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.env_steps, self.episodes = int(state["env_steps"]), int(state["episodes"])
         self._rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self._block, self._block_pos = None, 0
+        if int(state.get("block_pos", -1)) >= 0:      # redraw the block in use and go on from the same call
+            self._random()
+            self._block_pos = int(state["block_pos"])
         self._obs, self._state, self._window = None, None, self._fresh_window()
 
     def close(self) -> None:
