@@ -45,7 +45,6 @@ from .algos import registry
 from .data.episodes import EpisodeError
 from .envs.factory import MissingEnvPackageError, VectorEnv, make_env, spec_from_config
 from .errors import WorldModelsError
-from .rl.evaluator import EVAL_SEED_OFFSET
 from .play_modes import Session, agent_env, agent_wm, episode_paths, human_wm, replay
 from .play_view import (
     PlayError,
@@ -57,6 +56,7 @@ from .play_view import (
     Viewer,
     display_available,
 )
+from .rl.evaluator import EVAL_SEED_OFFSET
 from .training.checkpoint import CheckpointError, load_checkpoint
 
 PROG = "python -m worldmodels.play"

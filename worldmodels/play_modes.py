@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .rl.imagination_agent import ImaginationAgent, frames_first
 from .data.episodes import EpisodeError, is_image_key, list_episodes, load_episode
 from .envs.factory import VectorEnv
 from .play_view import PlayError, Screen, side_by_side
 from .rl.collector import Collector
+from .rl.imagination_agent import ImaginationAgent, frames_first
 
 Log = Callable[[str], None]
 ReadCommand = Callable[[str], str]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+
 from .errors import WorldModelsError
 
 GAP_GRAY = 128

@@ -16,8 +16,8 @@ from worldmodels.algos.delta_iris.agent import (
 )
 from worldmodels.algos.delta_iris.experiment import (
     DeltaIrisEvaluator,
-    build_data,
     agent_configs,
+    build_data,
 )
 from worldmodels.algos.delta_iris.world_model import (
     DeltaWorldModel,
@@ -25,7 +25,6 @@ from worldmodels.algos.delta_iris.world_model import (
 )
 from worldmodels.algos.iris.actor_critic import IrisActorCriticConfig
 from worldmodels.algos.iris.agent import COMPONENTS
-from worldmodels.envs.factory import EnvSpec, make_env
 from worldmodels.nn.delta_tokenizer import DeltaTokenizer, DeltaTokenizerConfig
 from worldmodels.nn.frame_cnn import check_levels, frame_decoder, frame_encoder
 

@@ -18,10 +18,10 @@ from worldmodels.algos.iris.actor_critic import IrisActorCritic, IrisActorCritic
 from worldmodels.algos.iris.agent import COMPONENTS, IrisAgent
 from worldmodels.algos.iris.world_model import IrisWorldModelConfig
 from worldmodels.envs.factory import EnvSpec, make_env
+from worldmodels.nn.tokenizer import TokenizerConfig
 from worldmodels.rl.component_data import FRAME_KEYS, ComponentData, ComponentWindow, transitions
 from worldmodels.rl.replay import Replay
 from worldmodels.rl.selectors import Balanced
-from worldmodels.nn.tokenizer import TokenizerConfig
 
 TOY_ID = "WMIrisToy-v0"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worldmodels.envs.factory import EnvSpec, EnvpoolVectorEnv, backend_of, infer_spaces, make_env
+from worldmodels.envs.factory import EnvpoolVectorEnv, EnvSpec, backend_of, infer_spaces, make_env
 from worldmodels.envs.spaces import EnvSpaces
 from worldmodels.rl.collector import Collector
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import CountingEnv
+
 from worldmodels.rl.collector import Collector
 from worldmodels.rl.evaluator import EpisodeEvaluator
 from worldmodels.rl.replay import Replay

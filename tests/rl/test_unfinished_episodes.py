@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from conftest import CountingEnv
+
 from worldmodels.algos.dreamerv3.collect import OnlineData
 from worldmodels.envs.spaces import ActionSpace
 from worldmodels.rl.component_data import FRAME_KEYS, ComponentData, ComponentWindow

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WorldModelsError
-from .episodes import load_episode as load_episode_file
 from .episodes import EpisodeError, validate_episode
+from .episodes import load_episode as load_episode_file
 from .stream import StepStream, check_step
 
 NUM_ACTIONS = 3

@@ -33,8 +33,6 @@ from ...nn.delta_tokenizer import valid_pairs
 from ...nn.distributions import TwoHotSymlog
 from ...nn.frame_cnn import check_levels, frame_encoder
 from ...nn.kv_cache import KVCache
-from ...nn.tokenizer import as_unit_frames
-from ...nn.transformer import Transformer, TransformerConfig, init_gpt_weights_
 from ...nn.token_heads import (
     END_CLASSES,
     REWARD_CLASSES,
@@ -43,6 +41,8 @@ from ...nn.token_heads import (
     rewards_from_logits,
     sample_tokens,
 )
+from ...nn.tokenizer import as_unit_frames
+from ...nn.transformer import Transformer, TransformerConfig, init_gpt_weights_
 
 Tensor = torch.Tensor
 FRAME_SLOT, ACTION_SLOT = 0, 1

@@ -30,7 +30,6 @@ env, measured at the first evaluation and repeated after), and with
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +43,11 @@ from ...data.episodes import EpisodeError, list_episodes, load_episode
 from ...data.offline import OfflineDataset
 from ...envs.factory import ActionSpace, ObsSpace, VectorEnv, infer_spaces, make_env, spec_from_config
 from ...envs.spaces import EnvSpaces
-from ...rl.actions import from_env_action
-from ...rl.evaluator import EVAL_SEED_OFFSET, EpisodeEvaluator, eval_env_config
 from ...nn.distributions import BoundedNormal
 from ...nn.mlp import MLP
 from ...nn.multi_io import MultiEncoder
+from ...rl.actions import from_env_action
+from ...rl.evaluator import EVAL_SEED_OFFSET, EpisodeEvaluator, eval_env_config
 from ...training.checkpoint import CheckpointError, load_checkpoint
 from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories

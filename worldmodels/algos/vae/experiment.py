@@ -4,7 +4,6 @@ frames from the C++ bouncing-balls renderer."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -15,6 +14,7 @@ from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from ...utils.images import image_grid, save_png
+
 
 def build_model(cfg: DictConfig) -> ConvVAE:
     return ConvVAE(dataclass_from_config(ConvVAEConfig, cfg.model))
