@@ -108,14 +108,14 @@ class EnvpoolVectorEnv(VectorEnv):
         with warnings.catch_warnings():   # envpool's float64 Box bounds, cast by gymnasium
             warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
             self._env = envpool.make(task_id, **kwargs)
+            space, action_space = self._env.observation_space, self._env.action_space
         self.num_envs = spec.num_envs
-        space = self._env.observation_space
         if self._atari:
             channels, height, width = (int(d) for d in space.shape)
             layout: ObsSpace = {"image": ((height, width, channels), np.dtype(np.uint8))}
         else:
             layout = obs_layout(space)
-        self._set_spaces(layout, self._env.action_space)
+        self._set_spaces(layout, action_space)
         self._done: np.ndarray | None = None
 
     def _output(self, obs: Any, reward: np.ndarray, first: np.ndarray, last: np.ndarray,
