@@ -145,7 +145,7 @@ class EnvpoolVectorEnv(VectorEnv):
             reward, terminal = np.asarray(reward, np.float32), np.asarray(terminal, bool)
             last = terminal | np.asarray(truncated, bool)
         else:
-            obs, reward, last, terminal = self._repeat_step(actions, first.any())
+            obs, reward, last, terminal = self._repeat_step(actions, bool(np.count_nonzero(first)))
         self._done = last
         return self._output(obs, reward, first, last, terminal)
 

@@ -83,7 +83,7 @@ def prepare_actions(space: ActionSpace, action: Any, num_envs: int) -> np.ndarra
             raise ValueError(f"discrete actions must have shape [{num_envs}] or one-hot "
                              f"[{num_envs}, {space.size}], got {list(action.shape)}")
         action = action.astype(np.int64, copy=False)
-        if num_envs and (action.min() < 0 or action.max() >= space.size):
+        if np.count_nonzero((action < 0) | (action >= space.size)):
             raise ValueError(f"discrete actions must be in [0, {space.size}), got {action.tolist()}")
         return action
     if action.shape == (num_envs,) and space.size == 1:
