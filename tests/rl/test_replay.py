@@ -177,3 +177,16 @@ def test_online_queue_serves_each_fresh_window_once_first():
     first = replay.sample(3, 3, selector="q", align="stream")["reward"][:, 0]
     assert first.tolist() == [0.0, 3.0, 6.0] and not queue.queue
     assert replay.sample(4, 3, selector="q", align="stream")["mask"].all()   # then the fallback
+
+
+def test_an_online_replay_on_disk_keeps_its_arrays_in_memory_maps(tmp_path):
+    from conftest import CountingEnv
+    from worldmodels.algos.dreamerv3.collect import OnlineData
+
+    data = OnlineData(CountingEnv(), batch_size=2, batch_length=4, train_ratio=8.0, prefill=20, capacity=64, seed=0,
+                      on_disk=True)
+    data.bind_model(None, tmp_path)
+    batch = data.next_batch()
+    assert isinstance(data.replay._arrays["vector"], np.memmap)
+    assert (tmp_path / "replay_store" / "vector.npy").is_file() and batch["vector"].shape == (2, 4, 3)
+    data.close()

@@ -80,12 +80,14 @@ class ComponentData(TrainData):
         actor: the component whose start lets the agent act.
         collect_every, collect_steps, initial_steps, max_env_steps: the collection schedule.
         capacity, seed, device: replay capacity (steps), seeds, where batches go.
+        on_disk: keep the replay's arrays in memory maps under ``<run_dir>/replay_store``.
         policy_kwargs: passed to ``agent.policy`` when it collects.
     """
 
     def __init__(self, env: VectorEnv, windows: dict[str, ComponentWindow], *, actor: str, collect_every: int,
                  collect_steps: int, max_env_steps: int, capacity: int, seed: int,
-                 device: torch.device | str = "cpu", initial_steps: int | None = None, **policy_kwargs: Any):
+                 device: torch.device | str = "cpu", initial_steps: int | None = None, on_disk: bool = False,
+                 **policy_kwargs: Any):
         if not env.act_space.discrete or "image" not in env.obs_space:
             raise ValueError("this agent needs discrete actions and `image` observations "
                              f"(got {env.act_space}, observations {sorted(env.obs_space)}).")
@@ -100,6 +102,7 @@ class ComponentData(TrainData):
         self.model: Any = None
         self.run_dir: Path | None = None
         self.updates = 0
+        self.on_disk = bool(on_disk)
 
     @property
     def num_envs(self) -> int:
@@ -111,6 +114,8 @@ class ComponentData(TrainData):
         self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
         if self.run_dir is not None:
             self.collector.on_step.append(EpisodeWriter(self.run_dir / "episodes", self.num_envs))
+            if self.on_disk:
+                self.replay.store_on_disk(self.run_dir / "replay_store")
 
     def active(self, update: int | None = None) -> dict[str, bool]:
         """Which components train at ``update`` (default: the next one)."""
@@ -212,7 +217,8 @@ def build_component_data(cfg: Any, device: torch.device, shapes: dict[str, tuple
         make_env(spec_from_config(cfg.env, seed=int(cfg.seed))), windows, actor="actor_critic",
         collect_every=int(algo.collect_every), collect_steps=int(algo.collect_steps),
         max_env_steps=int(float(algo.max_env_steps)), capacity=int(float(algo.capacity)), seed=int(cfg.seed),
-        device=device, initial_steps=initial_steps, epsilon=float(algo.epsilon), temperature=float(algo.temperature))
+        device=device, initial_steps=initial_steps, on_disk=bool(algo.get("replay_on_disk", False)),
+        epsilon=float(algo.epsilon), temperature=float(algo.temperature))
 
 
 __all__ = ["ComponentData", "ComponentWindow", "FRAME_KEYS", "build_component_data", "frame_spaces", "transitions"]

@@ -101,6 +101,12 @@ class Replay:
     def __len__(self) -> int:
         return self.num_steps
 
+    def store_on_disk(self, directory: str | os.PathLike) -> None:
+        """Keep the step arrays in ``.npy`` memory maps in ``directory`` (before the first insert)."""
+        if self._arrays is not None:
+            raise ValueError("store_on_disk must be called before the first step is inserted")
+        self.directory = Path(directory)
+
     def episode_lengths(self, finished_only: bool = False) -> dict[int, int]:
         """Stored steps per episode id (optionally only finished episodes)."""
         return {i: len(e.slots) - e.first for i, e in self._episodes.items() if e.done or not finished_only}

@@ -56,11 +56,12 @@ class OnlineData(TrainData):
             (more follow, still random, until a window of ``L`` steps fits).
         capacity: replay capacity in steps. seed: replay and random-action seed.
         device: where batches go. selector: ``uniform``, ``recency`` or ``queue``.
+        on_disk: keep the replay's arrays in memory maps under ``<run_dir>/replay_store``.
     """
 
     def __init__(self, env: VectorEnv, *, batch_size: int, batch_length: int, train_ratio: float,
                  prefill: int, capacity: int, seed: int, device: torch.device | str = "cpu",
-                 selector: str = "uniform"):
+                 selector: str = "uniform", on_disk: bool = False):
         if train_ratio <= 0:
             raise ValueError(f"train_ratio={train_ratio} must be > 0.")
         self.batch_size, self.batch_length = int(batch_size), int(batch_length)
@@ -75,6 +76,7 @@ class OnlineData(TrainData):
         self.updates = 0
         self.owed = 0.0          # env steps owed to the train ratio, carried between updates
         self.prefilled = False
+        self.on_disk = bool(on_disk)
 
     @property
     def num_envs(self) -> int:
@@ -103,6 +105,8 @@ class OnlineData(TrainData):
         self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
         if self.run_dir is not None:
             self.collector.on_step.append(EpisodeWriter(self.run_dir / "episodes", self.num_envs))
+            if self.on_disk:
+                self.replay.store_on_disk(self.run_dir / "replay_store")
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """Collect the env steps this update owes, then ``B`` replay windows as tensors
@@ -156,5 +160,5 @@ def build_online_data(cfg: Any, device: torch.device) -> OnlineData:
         make_env(spec_from_config(cfg.env, seed=int(cfg.seed))), batch_size=int(cfg.train.batch_size),
         batch_length=int(algo.batch_length), train_ratio=float(algo.train_ratio), prefill=int(algo.prefill),
         capacity=int(float(algo.replay_capacity)), seed=int(cfg.seed), device=device,
-        selector=str(algo.get("replay_selector", "uniform")),
+        selector=str(algo.get("replay_selector", "uniform")), on_disk=bool(algo.get("replay_on_disk", False)),
     )
