@@ -169,6 +169,7 @@ class Replay:
         for key, value in step.items():
             self._arrays[key][slots] = value
         first, last = step["is_first"].astype(bool), step["is_last"].astype(bool)
+        listeners = self._listeners()
         for row, (slot, worker) in enumerate(zip(slots.tolist(), workers.tolist())):
             episode_id = self._episode_for(worker, bool(first[row]))
             episode = self._episodes[episode_id]
@@ -176,7 +177,7 @@ class Replay:
             episode.slots.append(slot)
             episode.done = bool(last[row])
             self._worker_steps[worker] = self._worker_steps.get(worker, 0) + 1
-            for selector in self.selectors.values():
+            for selector in listeners:
                 selector.on_insert(episode_id, len(episode.slots) - 1, worker)
         self._next_slot = int((self._next_slot + count) % self.capacity)
         self.inserted += count
@@ -203,11 +204,15 @@ class Replay:
         record.done = bool(episode["is_last"][-1])
         self._slot_episode[slots] = episode_id
         self._worker_steps[worker] = self._worker_steps.get(worker, 0) + length
-        for selector in self.selectors.values():
+        for selector in self._listeners():
             for offset in range(length):
                 selector.on_insert(episode_id, offset, worker)
         self._next_slot = int((self._next_slot + length) % self.capacity)
         self.inserted += length
+
+    def _listeners(self) -> list[Selector]:
+        """The selectors that watch inserts (the base class ignores them)."""
+        return [s for s in self.selectors.values() if type(s).on_insert is not Selector.on_insert]
 
     def _episode_for(self, worker: int, first: bool) -> int:
         current = self._current.get(worker)
