@@ -164,19 +164,19 @@ class Replay:
         workers = np.arange(count) if workers is None else np.asarray(workers, np.int64)
         slots = (self._next_slot + np.arange(count)) % self.capacity
         self._grow(int(slots.max()) + 1)
-        for slot in slots.tolist():
+        for slot in slots[self._slot_episode[slots] >= 0].tolist():
             self._evict(slot)
         for key, value in step.items():
             self._arrays[key][slots] = value
-        first, last = step["is_first"].astype(bool), step["is_last"].astype(bool)
-        listeners = self._listeners()
-        for row, (slot, worker) in enumerate(zip(slots.tolist(), workers.tolist())):
-            episode_id = self._episode_for(worker, bool(first[row]))
-            episode = self._episodes[episode_id]
-            self._slot_episode[slot] = episode_id
+        rows = list(zip(slots.tolist(), workers.tolist(), step["is_first"].tolist(), step["is_last"].tolist()))
+        ids = [self._episode_for(worker, bool(first)) for _, worker, first, _ in rows]   # workers are distinct
+        self._slot_episode[slots] = ids
+        listeners, episodes, steps = self._listeners(), self._episodes, self._worker_steps
+        for (slot, worker, _, last), episode_id in zip(rows, ids):
+            episode = episodes[episode_id]
             episode.slots.append(slot)
-            episode.done = bool(last[row])
-            self._worker_steps[worker] = self._worker_steps.get(worker, 0) + 1
+            episode.done = bool(last)
+            steps[worker] = steps.get(worker, 0) + 1
             for selector in listeners:
                 selector.on_insert(episode_id, len(episode.slots) - 1, worker)
         self._next_slot = int((self._next_slot + count) % self.capacity)
@@ -216,8 +216,10 @@ class Replay:
 
     def _episode_for(self, worker: int, first: bool) -> int:
         current = self._current.get(worker)
-        if current is not None and not first and current in self._episodes and not self._episodes[current].done:
-            return current
+        if not first and current is not None:
+            episode = self._episodes.get(current)
+            if episode is not None and not episode.done:
+                return current
         episode_id, self._next_id = self._next_id, self._next_id + 1
         if current is not None and current in self._episodes:
             self._episodes[current].next = episode_id
