@@ -63,7 +63,8 @@ def build_agent(device: str, impl: str) -> IrisAgent:
 
 
 def component_batch(agent: IrisAgent, device: str, name: str) -> dict[str, torch.Tensor]:
-    """A synthetic batch of component ``name`` in the layout :class:`IrisOnlineData` gives."""
+    """A synthetic batch of component ``name`` in the layout that
+    :class:`~worldmodels.rl.component_data.ComponentData` gives."""
     _, size, batch_sizes, length = SETTINGS[device]
     frames = {"tokenizer": 1, "world_model": length, "actor_critic": agent.actor_critic.config.burn_in + 1}[name]
     batch = batch_sizes[name]

@@ -86,3 +86,11 @@ def finish_row(benchmark, anchor_name: str, anchor_seconds: float) -> float | No
     benchmark.extra_info[f"{anchor_name}_s"] = anchor_seconds
     benchmark.extra_info[f"speedup_vs_{anchor_name}"] = anchor_seconds / stats.median
     return stats.median
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every row that needs CUDA ``gpu`` (see tests/conftest.py)."""
+    for item in items:
+        reasons = " ".join(str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif"))
+        if "cuda" in reasons.lower() or "cuda" in item.name.lower():
+            item.add_marker(pytest.mark.gpu)

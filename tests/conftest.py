@@ -102,3 +102,12 @@ def without_extension():
         return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
 
     return run
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that needs CUDA (a ``skipif`` naming CUDA, or ``cuda`` in its id)
+    ``gpu``, so ``pytest -m gpu`` runs exactly the CUDA tests (benchmarks/gpu_suite.sh)."""
+    for item in items:
+        reasons = " ".join(str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif"))
+        if "cuda" in reasons.lower() or "cuda" in item.name.lower():
+            item.add_marker(pytest.mark.gpu)

@@ -204,7 +204,7 @@ def test_human_wm_quits_at_end_of_input(iris_run, capsys):
 
 
 def test_episode_mode_replays_saved_npz(iris_run, tmp_path, capsys):
-    path = min((iris_run / "replay").glob("*.npz"))
+    path = min((iris_run / "episodes").glob("*.npz"))
     length = np.load(path)["image"].shape[0]
     out = tmp_path / "episode.gif"
     assert play.main(["--episode", str(path), "--record", str(out), "--scale", str(SCALE)]) == 0

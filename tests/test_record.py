@@ -100,7 +100,8 @@ def test_continuous_actions_and_truncation(tmp_path):
     assert [p.name for p in paths] == ["000000-7.npz", "000001-7.npz"]
     for path in paths:
         ep = _check_episode(path, ["vector"])
-        np.testing.assert_array_equal(ep["action"][:, 0], [2.0] * 6 + [0.0])  # clipped to the bound
+        # 5.0 is clipped to the bound 2.0 and stored in the agent's units ([-1, 1]), as the replay stores it
+        np.testing.assert_array_equal(ep["action"][:, 0], [1.0] * 6 + [0.0])
         assert not ep["is_terminal"].any() and (ep["discount"] == 1).all()
 
 

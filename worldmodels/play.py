@@ -20,7 +20,7 @@ Modes:
   quits. A pygame window opens when pygame imports and ``DISPLAY``/``WAYLAND_DISPLAY``
   is set; otherwise (and with ``--headless``) the frame is printed as coarse ANSI/ASCII art.
 - ``episode``: recorded episodes (``.npz``/``.h5`` with an ``image`` key; a file or a
-  folder; default the run's ``replay/``) frame by frame with their rewards.
+  folder; default the run's ``episodes/``) frame by frame with their rewards.
 
 A run is a run directory (``checkpoints/best.pt``, else ``last.pt``) or a checkpoint
 file; its ``resolved_config.yaml`` (or the config stored in the checkpoint) gives the
@@ -33,7 +33,6 @@ and a one-line message.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,10 +41,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .algos.dreamerv3.collect import env_spec
-from .algos.dreamerv3.evaluate import EVAL_SEED_OFFSET
+from .algos import registry
 from .data.episodes import EpisodeError
-from .envs.factory import MissingEnvPackageError, VectorEnv, make_env
+from .envs.factory import MissingEnvPackageError, VectorEnv, make_env, spec_from_config
+from .errors import WorldModelsError
 from .play_modes import Session, agent_env, agent_wm, episode_paths, human_wm, replay
 from .play_view import (
     PlayError,
@@ -57,14 +56,13 @@ from .play_view import (
     Viewer,
     display_available,
 )
+from .rl.evaluator import EVAL_SEED_OFFSET
 from .training.checkpoint import CheckpointError, load_checkpoint
 
 PROG = "python -m worldmodels.play"
 MODES = ("agent-env", "agent-wm", "human-wm", "episode")
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
-# algo.name -> (its package, its agent class): the runs play can load
-PLAYABLE = {"iris": ("worldmodels.algos.iris", "IrisAgent"),
-            "delta_iris": ("worldmodels.algos.delta_iris", "DeltaIrisAgent")}
+PLAYABLE = tuple(name for name, entry in registry.FAMILIES.items() if entry.playable)  # the runs play can load
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +98,7 @@ def check_args(args: argparse.Namespace) -> str:
         raise PlayError(f"--fps must be > 0, got {args.fps}.")
     if mode == "episode":
         if args.episode is None and args.run is None:
-            raise PlayError("--mode episode needs --episode <file or folder> (or a run, to replay its replay/).")
+            raise PlayError("--mode episode needs --episode <file or folder> (or a run, to replay its episodes/).")
         return mode
     if args.run is None:
         raise PlayError(f"--mode {mode} needs an IRIS or Δ-IRIS run directory or checkpoint .pt as first argument.")
@@ -154,7 +152,7 @@ def open_env(cfg: DictConfig, seed: int) -> VectorEnv:
     """One env of the run's ``env`` config seeded ``seed``, with image observations and
     discrete actions."""
     try:
-        env = make_env(env_spec(cfg, seed=seed, num_envs=1))
+        env = make_env(spec_from_config(cfg.env, seed=seed, num_envs=1))
     except (ValueError, MissingEnvPackageError) as error:
         raise PlayError(f"cannot build the run's env ({cfg.env.suite}/{cfg.env.task}): {error}") from error
     if "image" not in env.obs_space or not env.act_space.discrete:
@@ -165,17 +163,22 @@ def open_env(cfg: DictConfig, seed: int) -> VectorEnv:
 
 
 def build_agent(cfg: DictConfig, state: dict[str, Any], env: VectorEnv, device: torch.device, source: Path):
-    """The agent of ``cfg`` (:data:`PLAYABLE`) for ``env``'s frames and actions, with the
-    checkpoint's weights, on ``device`` in eval mode."""
-    package, agent_class = PLAYABLE[cfg.algo.name]
-    make_agent = getattr(importlib.import_module(f"{package}.agent"), agent_class)
-    agent_configs = importlib.import_module(f"{package}.experiment").agent_configs
+    """The agent of the checkpoint ``state`` (:func:`worldmodels.algos.registry.load_agent`;
+    a checkpoint that predates recorded env spaces takes ``env``'s), on ``device`` in
+    eval mode; its frames and actions must be ``env``'s."""
+    state = dict(state, config=OmegaConf.to_container(cfg, resolve=True))
+    if not state.get("env_spaces"):
+        from .envs.spaces import EnvSpaces
+
+        state["env_spaces"] = EnvSpaces(dict(env.obs_space), env.act_space).to_state()
     try:
-        agent = make_agent(*agent_configs(cfg, tuple(env.obs_space["image"][0]), env.act_space.size))
-        agent.load_state_dict(state["model"])
-    except (ValueError, RuntimeError, KeyError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PlayError(f"{source}: its weights do not fit the model of its config and env ({first}).") from error
+        agent = registry.load_agent(state)
+    except (WorldModelsError, ValueError) as error:
+        raise PlayError(f"{source}: {' '.join(str(error).split())}") from error
+    want = tuple(agent.env_spaces.obs["image"][0]), agent.env_spaces.act.size
+    if want != (tuple(env.obs_space["image"][0]), env.act_space.size):
+        raise PlayError(f"{source}: the agent takes frames {want[0]} and {want[1]} actions, the env gives "
+                        f"{tuple(env.obs_space['image'][0])} and {env.act_space.size}.")
     return agent.to(device).eval()
 
 
@@ -240,7 +243,7 @@ def play(mode: str, args: argparse.Namespace, input_fn: Callable[[str], str]) ->
     """Run ``mode``; returns the summary line."""
     recorder = Recorder(args.record, args.fps, args.scale) if args.record is not None else None
     if mode == "episode":
-        paths = episode_paths(args.episode if args.episode is not None else run_dir_of(args.run) / "replay")
+        paths = episode_paths(args.episode if args.episode is not None else run_dir_of(args.run) / "episodes")
         screen = make_screen(mode, args, recorder)
         with _ClosingScreen(screen) as written:
             frames = replay(paths, screen, args.episodes, args.max_steps)

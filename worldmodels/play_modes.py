@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .algos.iris.agent import ImaginationAgent, frames_first
 from .data.episodes import EpisodeError, is_image_key, list_episodes, load_episode
 from .envs.factory import VectorEnv
 from .play_view import PlayError, Screen, side_by_side
+from .rl.collector import Collector
+from .rl.imagination_agent import ImaginationAgent, frames_first
 
 Log = Callable[[str], None]
 ReadCommand = Callable[[str], str]
@@ -115,21 +116,23 @@ def _limit_reached(session: Session, steps: int) -> bool:
 
 
 def agent_env(session: Session, screen: Screen, log: Log = print) -> list[float]:
-    """The agent plays ``session.episodes`` episodes in the real env; returns their returns."""
-    agent, env, returns = session.agent, session.env, []
-    temperature = max(session.temperature, 1e-6)
+    """The agent plays ``session.episodes`` episodes in the real env (the shared
+    :class:`~worldmodels.rl.collector.Collector` steps it); returns their returns."""
+    collector, returns = Collector(session.env), []
+    mode = "greedy" if session.temperature <= 0 else "sample"
+    kwargs = {} if mode == "greedy" else {"temperature": session.temperature}
     for episode in range(1, session.episodes + 1):
-        obs, state, total, steps = env.reset(), None, 0.0, 0
-        screen.show(obs["image"][0], f"env episode {episode} step 0")
-        while not _limit_reached(session, steps):
-            action, state = agent.policy(obs, state, temperature=temperature, greedy=session.temperature <= 0)
-            obs = env.step(action)
+        collector.reset()
+        total, steps, obs = 0.0, 0, None
+        while not _limit_reached(session, steps) and (obs is None or not obs["is_last"][0]):
+            acted = collector.step(session.agent, mode, **kwargs)
+            if steps == 0:
+                screen.show(acted["image"][0], f"env episode {episode} step 0")
+            obs = collector.last_obs
             total, steps = total + float(obs["reward"][0]), steps + 1
             screen.show(obs["image"][0], f"env episode {episode} step {steps} action "
-                                         f"{session.action_name(int(action[0]))} return {total:g}")
-            if obs["is_last"][0]:
-                break
-        ended = "ended" if obs["is_last"][0] else "stopped at --max-steps"
+                                         f"{session.action_name(int(acted['action'][0].argmax()))} return {total:g}")
+        ended = "ended" if obs is not None and obs["is_last"][0] else "stopped at --max-steps"
         log(f"episode {episode}: return {total:g} in {steps} steps ({ended})")
         returns.append(total)
     return returns

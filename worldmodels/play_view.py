@@ -21,12 +21,14 @@ from typing import TextIO
 
 import numpy as np
 
+from .errors import WorldModelsError
+
 GAP_GRAY = 128
 ASCII_RAMP = " .:-=+*#%@"
 RECORD_SUFFIXES = (".gif", ".mp4")
 
 
-class PlayError(RuntimeError):
+class PlayError(WorldModelsError, RuntimeError):
     """A bad argument or input of ``python -m worldmodels.play``; main prints it on one line."""
 
 

@@ -1,5 +1,5 @@
-"""Record episodes of a policy (uniformly random, or a trained DreamerV3 agent) for
-offline training.
+"""Record episodes of a policy (uniformly random, or a trained agent of any family with
+an agent, found through the family registry) for offline training.
 
 Command line::
 
@@ -12,8 +12,8 @@ Each finished episode is written with :func:`worldmodels.data.episodes.save_epis
 as ``{index:06d}-{length}.npz`` in the output folder (numbering continues after the
 files already there). An episode holds, for ``T`` steps: the observation keys
 (``image`` uint8 ``(T, H, W, C)``, ``vector`` float32 ``(T, D)``), ``action`` float32
-``(T, A)`` (one-hot for discrete actions; ``action[t]`` is taken after observing step
-``t``; zeros at the last step), ``reward`` float32 ``(T,)`` (0 at ``t = 0``),
+``(T, A)`` (one-hot for discrete actions, the agent's ``[-1, 1]`` values for continuous
+ones; ``action[t]`` is taken after observing step ``t``; zeros at the last step), ``reward`` float32 ``(T,)`` (0 at ``t = 0``),
 ``discount`` float32 (``1 - is_terminal``) and the bool flags ``is_first``,
 ``is_last`` and ``is_terminal``. Episodes still running when enough have finished are
 dropped.
@@ -22,80 +22,61 @@ dropped.
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from worldmodels.data.episodes import (
-    EpisodeBuilder,
-    episode_name,
-    load_episode,
-    save_episode,
-)
-from worldmodels.envs.factory import (
-    SUITES,
-    ActionSpace,
-    EnvSpec,
-    VectorEnv,
-    make_env,
-    prepare_actions,
-    random_actions,
-)
-from worldmodels.training.checkpoint import CheckpointError
+from worldmodels.data.episodes import EpisodeWriter, load_episode
+from worldmodels.envs.factory import SUITES, EnvSpec, VectorEnv, make_env
+from worldmodels.errors import WorldModelsError
+from worldmodels.rl.actions import from_env_action
+from worldmodels.rl.collector import Collector
+from worldmodels.rl.protocols import Agent
 
-STEP_KEYS = ("reward", "is_first", "is_last", "is_terminal")
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-def action_vectors(space: ActionSpace, actions: np.ndarray, num_envs: int) -> np.ndarray:
-    """A batch of actions as stored in episodes: float32 ``[N, A]``, one-hot when discrete."""
-    actions = prepare_actions(space, actions, num_envs)
-    if space.discrete:
-        return np.eye(space.size, dtype=np.float32)[actions]
-    return actions.astype(np.float32)
+class PolicyAgent:
+    """An :class:`~worldmodels.rl.protocols.Agent` from a function ``obs -> actions`` in the
+    env's units (stateless)."""
+
+    def __init__(self, policy: Policy, env: VectorEnv):
+        self.policy_fn, self.space = policy, env.act_space
+
+    def init_policy_state(self, num_envs: int) -> None:
+        return None
+
+    def policy(self, obs: dict[str, np.ndarray], state: None, mode: str = "greedy", **kwargs: Any):
+        from worldmodels.envs.spaces import prepare_actions
+
+        actions = prepare_actions(self.space, self.policy_fn(obs), len(obs["is_first"]))
+        return from_env_action(self.space, actions), None
 
 
-def _next_index(out_dir: Path) -> int:
-    """One past the highest ``{index:06d}-{length}.npz`` index in ``out_dir`` (0 if none)."""
-    indices = [int(m.group(1)) for p in out_dir.iterdir() if (m := re.fullmatch(r"(\d{6})-\d+\.npz", p.name))]
-    return max(indices, default=-1) + 1
-
-
-def record_episodes(env: VectorEnv, policy: Policy, num_episodes: int, out_dir: str | Path,
-                    progress: bool = True) -> list[Path]:
+def record_episodes(env: VectorEnv, policy: Policy | Agent | None, num_episodes: int, out_dir: str | Path,
+                    progress: bool = True, mode: str = "greedy", seed: int = 0) -> list[Path]:
     """Run ``policy`` in ``env`` until ``num_episodes`` episodes finish; save each one.
 
-    ``policy(obs)`` maps a batch of observations (the dict ``env.reset``/``env.step``
-    return, leading dim ``N``) to a batch of actions for ``env.step``. Returns the
-    written paths in the order the episodes finished.
+    ``policy`` is an agent (:class:`~worldmodels.rl.protocols.Agent`, acting in ``mode``),
+    a function mapping a batch of observations to a batch of env actions, or None
+    (uniformly random actions, seeded ``seed``). Returns the written paths in the order
+    the episodes finished.
     """
     if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
         raise ValueError(f"num_episodes must be an integer >= 1, got {num_episodes!r}")
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index = _next_index(out_dir)
-    obs_keys = [key for key in env.obs_space if key not in STEP_KEYS]
-    builder = EpisodeBuilder(env.num_envs)
-    paths: list[Path] = []
-    obs = env.reset()
+    agent = PolicyAgent(policy, env) if callable(policy) and not isinstance(policy, Agent) else policy
+    collector = Collector(env, seed=seed)
+    writer = EpisodeWriter(out_dir, env.num_envs, limit=num_episodes)
+    collector.on_step.append(writer)
     with tqdm(total=num_episodes, desc="episodes", unit="ep", disable=not progress) as bar:
-        while True:
-            actions = policy(obs)
-            stored = action_vectors(env.act_space, actions, env.num_envs)
-            stored[obs["is_last"]] = 0.0
-            step = {key: obs[key] for key in (*obs_keys, *STEP_KEYS)}
-            step.update(action=stored, discount=1.0 - obs["is_terminal"].astype(np.float32))
-            for _, episode in builder.add(step):
-                name = episode_name(index + len(paths), len(episode["reward"]))
-                paths.append(save_episode(out_dir / name, episode))
-                bar.update(1)
-                if len(paths) == num_episodes:
-                    return paths
-            obs = env.step(actions)
+        while not writer.done:
+            collector.step(agent, mode)
+            bar.update(len(writer.paths) - bar.n)
+    return writer.paths
 
 
 def summarize(paths: Sequence[str | Path]) -> str:
@@ -118,38 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, default=None, help="episode time limit in agent steps")
     parser.add_argument("--render-image", action="store_true", help="also store rendered frames (classic/gym)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="act with the DreamerV3 agent of this checkpoint instead of at random")
+                        help="act with the agent of this training checkpoint (DreamerV3, IRIS, Δ-IRIS) "
+                             "instead of at random")
     parser.add_argument("--explore", action="store_true",
                         help="with --checkpoint: sample the agent's actions instead of taking their mode")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
-def agent_policy(checkpoint: Path, env: VectorEnv, explore: bool, seed: int = 0) -> Policy:
-    """A :data:`Policy` that acts in ``env`` with the DreamerV3 agent saved in
-    ``checkpoint``, carrying its recurrent state between calls; the agent's observation
-    keys and shapes must be ``env``'s."""
-    import torch
+def checkpoint_agent(checkpoint: Path, env: VectorEnv) -> Agent:
+    """The agent of a training checkpoint (:func:`worldmodels.algos.registry.load_agent`),
+    checked to read observations ``env`` gives with the same shapes."""
+    from worldmodels.algos import registry
+    from worldmodels.training.checkpoint import load_checkpoint
 
-    from worldmodels.algos.dreamerv3.bc import load_agent
-
-    agent, obs_space = load_agent(checkpoint)
-    for key in agent.world_model.obs_keys:
-        want = tuple(obs_space[key][0])
+    agent = registry.load_agent(load_checkpoint(checkpoint))
+    for key, (shape, _) in agent.env_spaces.obs.items():
         got = env.obs_space.get(key)
-        if got is None or tuple(got[0]) != want:
-            raise ValueError(f"{checkpoint}: the agent reads {key!r} of shape {want}, the env gives "
+        if got is None or tuple(got[0]) != tuple(shape):
+            raise ValueError(f"{checkpoint}: the agent reads {key!r} of shape {tuple(shape)}, the env gives "
                              f"{None if got is None else tuple(got[0])}; record with the env it was trained on.")
-    torch.manual_seed(seed)
-    state = agent.init_policy_state(env.num_envs)
-
-    def act(obs: dict[str, np.ndarray]) -> np.ndarray:
-        nonlocal state
-        with torch.no_grad():
-            actions, state = agent.policy(obs, state, explore=explore)
-        return actions
-
-    return act
+    return agent
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -165,16 +135,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         parser.error(str(error))
     if args.explore and args.checkpoint is None:
         parser.error("--explore needs --checkpoint")
-    rng = np.random.default_rng(args.seed)
     with make_env(spec) as env:
-        if args.checkpoint is None:
-            def policy(obs): return random_actions(env.act_space, env.num_envs, rng)
-        else:
+        agent = None
+        if args.checkpoint is not None:
             try:
-                policy = agent_policy(args.checkpoint, env, args.explore, args.seed)
-            except (ValueError, CheckpointError) as error:
-                parser.error(str(error))
-        paths = record_episodes(env, policy, args.episodes, args.out, progress=not args.no_progress)
+                agent = checkpoint_agent(args.checkpoint, env)
+            except (ValueError, WorldModelsError) as error:
+                parser.error(" ".join(str(error).split()))
+            import torch
+
+            torch.manual_seed(args.seed)
+        paths = record_episodes(env, agent, args.episodes, args.out, progress=not args.no_progress,
+                                mode="explore" if args.explore else "greedy", seed=args.seed)
     print(f"recorded {summarize(paths)} to {args.out}")
     return paths
 

@@ -10,7 +10,6 @@ Each run writes ``runs/<date>/<time>_<name>/`` with ``resolved_config.yaml``,
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -18,36 +17,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .data.episodes import EpisodeError
-from .data.maze import MazeDataError
-from .envs.factory import MissingEnvPackageError
-from .training.checkpoint import CheckpointError
-from .training.loop import Factories, NonFiniteLossError, fit
+from .algos import registry
+from .errors import WorldModelsError
+from .training.loop import Factories, fit
 from .training.overrides import config_for_resume, explain_bad_override
 
 # Failures caused by what the user gave (data, checkpoints, diverging settings): a
 # one-paragraph message instead of a traceback.
-USER_ERRORS = (FileNotFoundError, CheckpointError, MazeDataError, EpisodeError, MissingEnvPackageError,
-               NonFiniteLossError)
-
-# algo.name -> "module:attribute" of its Factories; imported only when chosen.
-ALGORITHMS = {
-    "vae": "worldmodels.algos.vae:FACTORIES",
-    "vta": "worldmodels.algos.vta.experiment:FACTORIES",
-    "dreamerv3": "worldmodels.algos.dreamerv3.experiment:FACTORIES",
-    "dreamer_offline": "worldmodels.algos.dreamerv3.offline:FACTORIES",
-    "dreamer_bc": "worldmodels.algos.dreamerv3.bc:FACTORIES",
-    "iris": "worldmodels.algos.iris.experiment:FACTORIES",
-    "delta_iris": "worldmodels.algos.delta_iris.experiment:FACTORIES",
-}
+USER_ERRORS = (WorldModelsError, FileNotFoundError)
 
 
 def factories_for(name: str) -> Factories:
-    """The factories of algorithm ``name``; an unknown name lists the known ones."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"algo.name={name!r} is not one of {sorted(ALGORITHMS)}.")
-    module, attribute = ALGORITHMS[name].split(":")
-    return getattr(importlib.import_module(module), attribute)
+    """The factories of algorithm ``name`` (:mod:`worldmodels.algos.registry`); an
+    unknown name lists the known ones."""
+    return registry.factories(name)
 
 
 def write_resolved_config(cfg: DictConfig, run_dir: Path) -> Path:

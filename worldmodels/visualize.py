@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .train import factories_for
+from .algos import registry
 from .training.checkpoint import load_checkpoint
 from .training.precision import resolve_device
 
@@ -37,7 +37,7 @@ def main(argv=None) -> list[Path]:
     state = load_checkpoint(args.checkpoint)
     cfg = OmegaConf.create(state["config"])
     device = resolve_device(args.device)
-    factories = factories_for(str(cfg.algo.name))
+    factories = registry.factories(str(cfg.algo.name))
     model = factories.model(cfg).to(device)
     model.load_state_dict(state["model"])
     model.eval()
@@ -45,11 +45,11 @@ def main(argv=None) -> list[Path]:
     out = args.out or args.checkpoint.resolve().parent.parent / "media"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    with torch.no_grad():
-        if hasattr(evaluator, "visualize"):
+    try:
+        with torch.no_grad():
             paths = evaluator.visualize(model, out, args.idx, args.num_samples)
-        else:
-            paths = evaluator.write_media(model, out, int(state["step"]))
+    finally:
+        evaluator.close()
     for path in paths:
         print(path)
     return paths

@@ -16,8 +16,8 @@ from worldmodels.algos.delta_iris.agent import (
 )
 from worldmodels.algos.delta_iris.experiment import (
     DeltaIrisEvaluator,
-    DeltaIrisOnlineData,
     agent_configs,
+    build_data,
 )
 from worldmodels.algos.delta_iris.world_model import (
     DeltaWorldModel,
@@ -25,7 +25,6 @@ from worldmodels.algos.delta_iris.world_model import (
 )
 from worldmodels.algos.iris.actor_critic import IrisActorCriticConfig
 from worldmodels.algos.iris.agent import COMPONENTS
-from worldmodels.envs.factory import EnvSpec, make_env
 from worldmodels.nn.delta_tokenizer import DeltaTokenizer, DeltaTokenizerConfig
 from worldmodels.nn.frame_cnn import check_levels, frame_decoder, frame_encoder
 
@@ -345,7 +344,7 @@ def test_policy_acts_on_real_frames():
 
     obs = {"image": np.random.default_rng(0).integers(0, 256, (3, R, R, 3), dtype=np.uint8),
            "is_first": np.ones(3, bool)}
-    actions, (hx, _cx) = agent.policy(obs, greedy=True)
+    actions, (hx, _cx) = agent.policy(obs, None, "greedy")
     assert actions.shape == (3,) and hx.shape == (3, 8)
     frames = torch.from_numpy(obs["image"]).movedim(-1, 1)
     agent.actor_critic.reset(3)
@@ -355,25 +354,25 @@ def test_policy_acts_on_real_frames():
 
 # ---------------------------------------------------------------- data, evaluation, CLI
 
-def test_data_windows_carry_actions_for_the_tokenizer_and_the_dream():
-    env = make_env(EnvSpec("gym", TOY_ID, num_envs=2, seed=0, size=(16, 16)))
-    data = DeltaIrisOnlineData(env, batch_sizes={"tokenizer": 3, "world_model": 2, "actor_critic": 4},
-                               sequence_length=5, burn_in=2, starts=dict.fromkeys(COMPONENTS, 0), collect_every=2,
-                               collect_steps=10, max_env_steps=10_000, epsilon=0.0, temperature=1.0,
-                               capacity=10_000, seed=0, initial_steps=30, tokenizer_length=4)
+def test_data_windows_carry_actions_for_the_tokenizer_and_the_dream(config_from):
+    changed = ["algo.initial_collect_steps=30", "algo.tokenizer_sequence_length=4", "algo.sequence_length=5",
+               "algo.batch_sizes={tokenizer:3,world_model:2,actor_critic:4}",
+               "algo.starts={tokenizer:0,world_model:0,actor_critic:0}", "env.num_envs=2"]
+    keys = {item.split("=")[0] for item in changed}
+    cfg = config_from(["+exp=delta_iris_tiny", *[t for t in TINY if t.split("=")[0] not in keys], *changed])
+    data = build_data(cfg, torch.device("cpu"))
     batch = data.next_batch()
-    assert data.env_steps == 30  # the first collection uses initial_steps
+    assert data.collector.env_steps == 30  # the first collection uses initial_steps
     assert batch["tokenizer"]["observations"].shape == (3, 4, 3, 16, 16)
     assert set(batch["tokenizer"]) == {"observations", "actions", "mask_padding"}
     assert set(batch["actor_critic"]) == {"observations", "actions", "mask_padding"}
     assert batch["actor_critic"]["mask_padding"][:, -1].all()
     assert set(batch["world_model"]) == {"observations", "actions", "rewards", "ends", "mask_padding"}
-    with pytest.raises(ValueError, match="tokenizer_sequence_length"):
-        DeltaIrisOnlineData(env, batch_sizes={"tokenizer": 3, "world_model": 2, "actor_critic": 4},
-                            sequence_length=5, burn_in=2, starts=dict.fromkeys(COMPONENTS, 0), collect_every=2,
-                            collect_steps=10, max_env_steps=10_000, epsilon=0.0, temperature=1.0,
-                            capacity=10_000, seed=0, tokenizer_length=1)
+    assert all(type(w.selector).__name__ == "CountPriority" for w in data.windows.values())
     data.close()
+    with pytest.raises(ValueError, match="tokenizer_sequence_length"):
+        tiny = [t for t in TINY if not t.startswith("algo.tokenizer_sequence_length")]
+        build_data(config_from(["+exp=delta_iris_tiny", *tiny, "algo.tokenizer_sequence_length=1"]), "cpu")
 
 
 def test_experiments_compose_into_agent_configs(config_from):
@@ -413,8 +412,8 @@ def test_evaluator_scores_delta_reconstructions_against_copying(config_from):
     agent = DeltaIrisAgent(*agent_configs(cfg, (16, 16, 3), 3)).eval()
     evaluator = DeltaIrisEvaluator(cfg, "cpu")
     metrics = evaluator.evaluate(agent)
-    images = torch.from_numpy(evaluator._episode["image"]).movedim(-1, 1)
-    actions = torch.from_numpy(evaluator._episode["action"])
+    images = torch.from_numpy(evaluator.episode["image"]).movedim(-1, 1)
+    actions = torch.from_numpy(evaluator.episode["action"])
     assert len(images) == 6
     # windows of max_blocks = 6 frames: one window, 5 pairs
     with torch.no_grad():

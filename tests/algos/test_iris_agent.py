@@ -16,10 +16,12 @@ import torch
 
 from worldmodels.algos.iris.actor_critic import IrisActorCritic, IrisActorCriticConfig
 from worldmodels.algos.iris.agent import COMPONENTS, IrisAgent
-from worldmodels.algos.iris.data import EpisodeStore, IrisOnlineData, iris_layout
 from worldmodels.algos.iris.world_model import IrisWorldModelConfig
 from worldmodels.envs.factory import EnvSpec, make_env
 from worldmodels.nn.tokenizer import TokenizerConfig
+from worldmodels.rl.component_data import FRAME_KEYS, ComponentData, ComponentWindow, transitions
+from worldmodels.rl.replay import Replay
+from worldmodels.rl.selectors import Balanced
 
 TOY_ID = "WMIrisToy-v0"
 
@@ -70,12 +72,15 @@ def tiny_agent(dead_threshold: float = 0.0) -> IrisAgent:
     return IrisAgent(tok, wm, ac)
 
 
-def toy_data(starts=None, directory=None, seed=0) -> IrisOnlineData:
+def toy_data(starts=None, seed=0) -> ComponentData:
     env = make_env(EnvSpec("gym", TOY_ID, num_envs=2, seed=seed, size=(16, 16)))
-    return IrisOnlineData(env, batch_sizes={"tokenizer": 4, "world_model": 2, "actor_critic": 3}, sequence_length=4,
-                          burn_in=2, starts=starts or dict.fromkeys(COMPONENTS, 0), collect_every=2,
-                          collect_steps=10, max_env_steps=10_000, epsilon=0.0, temperature=1.0, capacity=10_000,
-                          seed=seed)
+    starts = starts or dict.fromkeys(COMPONENTS, 0)
+    shapes = {"tokenizer": (4, 1, "start", ("observations", "mask_padding")),
+              "world_model": (2, 4, "start", FRAME_KEYS),
+              "actor_critic": (3, 3, "end", ("observations", "mask_padding"))}
+    windows = {name: ComponentWindow(*shape, starts[name], Balanced()) for name, shape in shapes.items()}
+    return ComponentData(env, windows, actor="actor_critic", collect_every=2, collect_steps=10,
+                         max_env_steps=10_000, capacity=10_000, seed=seed, epsilon=0.0, temperature=1.0)
 
 
 def grads_by_component(agent: IrisAgent) -> dict[str, bool]:
@@ -161,10 +166,11 @@ def test_policy_shapes_state_reset_and_uniform_epsilon():
         agent.actor_critic.actor.bias.copy_(torch.tensor([50.0, 0.0, 0.0]))
     n = 3000
     obs = {"image": np.zeros((n, 16, 16, 3), np.uint8), "is_first": np.ones(n, bool)}
-    greedy, state = agent.policy(obs, None, epsilon=0.0)
+    greedy, state = agent.policy(obs, None, "greedy")
     assert greedy.shape == (n,) and greedy.dtype == np.int64 and (greedy == 0).all()
     assert state[0].shape == (n, 16)
-    random, _ = agent.policy(obs, state, epsilon=1.0)
+    random, _ = agent.policy(obs, state, "explore", epsilon=1.0)
+    assert (agent.policy(obs, state, "sample", epsilon=1.0)[0] == 0).all()   # epsilon only explores
     counts = np.bincount(random, minlength=3) / n
     assert np.abs(counts - 1 / 3).max() < 0.04
     obs2 = {"image": np.zeros((2, 16, 16, 3), np.uint8), "is_first": np.array([True, False])}
@@ -180,17 +186,24 @@ def test_layout_and_balanced_sampling():
                 "action": np.eye(2, dtype=np.float32)[t % 2], "reward": (t > 0).astype(np.float32),
                 "is_first": t == 0, "is_terminal": t == length - 1, "is_last": t == length - 1}
 
-    layout = iris_layout(episode(4))
-    assert layout["observations"].shape == (3, 3, 4, 4) and list(layout["actions"]) == [0, 1, 0]
-    assert list(layout["ends"]) == [False, False, True] and list(layout["rewards"]) == [1, 1, 1]
-    store = EpisodeStore(10_000, seed=0)
-    store.add(episode(201))
-    store.add(episode(3))
-    batch = store.sample(400, 5, from_start=False)
+    replay = Replay(10_000, seed=0, selectors={"balanced": Balanced()})
+    replay.add_episode(episode(4))
+    layout = transitions(replay.sample(1, 4, selector="balanced", align="start", margin=1), 3)
+    layout = {k: v[0][layout["mask_padding"][0]] for k, v in layout.items()}
+    first = int(layout["observations"][0, 0, 0, 0])
+    assert layout["observations"].shape[1:] == (3, 4, 4)
+    assert list(layout["actions"]) == [t % 2 for t in range(first, 3)]
+    assert list(layout["ends"]) == [t == 2 for t in range(first, 3)] and (layout["rewards"] == 1).all()
+    replay.add_episode(episode(201))
+    replay.add_episode(episode(3))
+    batch = transitions(replay.sample(400, 5, selector="balanced", align="end"), 5)
     assert batch["mask_padding"][:, -1].all()
-    short = batch["mask_padding"].sum(1) <= 2  # the 2-frame episode (windows end at frame 0 or 1)
-    assert 0.4 < short.mean() < 0.6
-    ahead = store.sample(50, 5, from_start=True)
+    # balanced: each episode a third of the rows; the 3-step episode's windows are all
+    # short, 3 of the 4 anchors of the 4-step one too: 1/3 + 1/4 = 0.58 (uniform over
+    # steps would give 7/208)
+    short = batch["mask_padding"].sum(1) <= 3
+    assert 0.48 < short.mean() < 0.68
+    ahead = transitions(replay.sample(50, 6, selector="balanced", align="start", margin=1), 5)
     assert ahead["mask_padding"][:, 0].all()
 
 
@@ -204,11 +217,12 @@ def test_data_state_dict_round_trip(tmp_path):
     resumed = toy_data()
     resumed.bind_model(agent, tmp_path)
     resumed.load_state_dict(state)
-    assert (resumed.env_steps, resumed.episodes, resumed.updates) == (data.env_steps, data.episodes, data.updates)
-    assert resumed.store.num_frames == data.store.num_frames > 0
-    expected, got = data.store.sample(3, 4, True), resumed.store.sample(3, 4, True)
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key])
+    assert resumed.collector.env_steps == data.collector.env_steps and resumed.updates == data.updates
+    assert resumed.replay.num_steps == data.replay.num_steps > 0
+    expected, got = data.next_batch(), resumed.next_batch()
+    for name in COMPONENTS:
+        for key in expected[name]:
+            torch.testing.assert_close(got[name][key], expected[name][key])
     metrics = data.log_metrics()
     assert metrics["collect/return_min"] <= metrics["collect/return_mean"] <= metrics["collect/return_max"] <= 6
 
@@ -277,7 +291,7 @@ def test_evaluator_scores_the_models_on_a_held_out_episode(config_from):
     agent = tiny_agent().eval()
     evaluator = IrisEvaluator(cfg, "cpu")
     metrics = evaluator.evaluate(agent)
-    episode = evaluator._episode
+    episode = evaluator.episode
     assert len(episode["image"]) == 6 == metrics["eval/length_mean"]  # the toy episode ends after 6 steps
     assert episode["end"].tolist() == [False] * 5 + [True]
     assert episode["reward"].tolist() == [float(a == 1) for a in episode["action"]]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from worldmodels.data import generate_maze
+from worldmodels.data.episodes import load_episode as load_episode_file
 from worldmodels.data.maze import (
     MazeDataError,
     MazeDataNotFoundError,
@@ -39,11 +40,15 @@ def dataset_root(tmp_path_factory) -> Path:
 
 
 def _copy_split(root: Path, tmp_path: Path) -> Path:
-    """A private copy of the train split (tests that break files use it)."""
+    """A private copy of the train split in the original VTA layout (``video``, ``actions``,
+    ``turn``, ``junction``): the tests that break files use it, and the loader converts it."""
     out = tmp_path / "data"
     (out / "train").mkdir(parents=True)
     for path in sorted((root / "train").glob("*.npz")):
-        (out / "train" / path.name).write_bytes(path.read_bytes())
+        episode = load_episode_file(path)
+        np.savez_compressed(out / "train" / path.name, video=episode["image"],
+                            actions=episode["action"].argmax(-1).astype(np.int64), turn=episode["turn"],
+                            junction=episode["junction"])
     return out
 
 
@@ -59,16 +64,17 @@ def test_generator_writes_the_vta_format(dataset_root):
     test = sorted((dataset_root / "test").glob("*.npz"))
     assert [p.name for p in train] == [f"episode_{k:06d}.npz" for k in range(3)] and len(test) == 2
     assert not list(dataset_root.rglob(".*.tmp"))  # no temporary left behind
-    with np.load(train[1], allow_pickle=False) as data:
-        assert data["video"].shape == (LENGTH, 16, 16, 3) and data["video"].dtype == np.uint8
-        assert data["actions"].shape == (LENGTH,) and data["actions"].dtype == np.int64
-        assert data["turn"].dtype == data["junction"].dtype == np.bool_
-        np.testing.assert_array_equal(data["turn"], data["actions"] != 0)
-        expected = mz.generate_episodes(1, LENGTH, size=16, maze_cells=9, seed=[0, 0],
-                                        first_episode=1)
-        np.testing.assert_array_equal(data["video"], expected.video[0].permute(0, 2, 3, 1).numpy())
-        np.testing.assert_array_equal(data["actions"], expected.actions[0].numpy())
-        np.testing.assert_array_equal(data["junction"], expected.junction[0].numpy())
+    data = load_episode_file(train[1])   # the package's one episode loader and format
+    actions = data["action"].argmax(-1)
+    assert data["image"].shape == (LENGTH, 16, 16, 3) and data["image"].dtype == np.uint8
+    assert data["action"].shape == (LENGTH, 3) and data["action"].dtype == np.float32
+    assert data["turn"].dtype == data["junction"].dtype == np.bool_ and data["is_first"][0]
+    np.testing.assert_array_equal(data["turn"], actions != 0)
+    expected = mz.generate_episodes(1, LENGTH, size=16, maze_cells=9, seed=[0, 0],
+                                    first_episode=1)
+    np.testing.assert_array_equal(data["image"], expected.video[0].permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(actions, expected.actions[0].numpy())
+    np.testing.assert_array_equal(data["junction"], expected.junction[0].numpy())
     meta = json.loads((dataset_root / "meta.json").read_text())
     assert meta["size"] == 16 and meta["seed"] == 0 and meta["counts"] == {"train": 3, "test": 2}
     assert meta["actions"] == ["forward", "turn_left", "turn_right"]
@@ -93,7 +99,7 @@ def test_generator_command_line_with_progress_bar(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "maze episodes" in done.stderr and "wrote 2 train and 1 test" in done.stdout
-    mazes = [np.load(p)["maze"] for p in sorted(out.rglob("*.npz"))]
+    mazes = [np.load(p)["maze"][0] for p in sorted(out.rglob("*.npz"))]
     assert all(np.array_equal(m, mazes[0]) for m in mazes)  # --shared-maze
     bad = subprocess.run([sys.executable, "-m", "worldmodels.data.generate_maze", "--out",
                           str(tmp_path / "x"), "--size", "4"],
@@ -121,8 +127,7 @@ def test_resize_from_64_uses_area_averaging(tmp_path):
     generate_maze.main(["--out", str(root), "--train", "1", "--test", "0", "--length", "4",
                         "--size", "64", "--no-progress"])
     path = next((root / "train").glob("*.npz"))
-    with np.load(path) as data:
-        video = data["video"].astype(np.float64)
+    video = load_episode_file(path)["image"].astype(np.float64)
     expected = np.rint(video.reshape(4, 32, 2, 32, 2, 3).mean(axis=(2, 4)))
     frames = MazeDataset(root, "train", 4, size=32)[0]["frames"]
     got = (frames * 255).round().permute(0, 2, 3, 1).numpy()
@@ -227,7 +232,7 @@ def _break(path: Path, how: str) -> None:
         ("corrupt", "corrupt or truncated"),
         ("truncated", "corrupt or truncated"),
         ("pickled", "cannot read"),
-        ("no_video", "missing key 'video'"),
+        ("no_video", "missing key 'image' \\(or 'video'"),
         ("no_actions", "missing key 'actions'"),
         ("float_video", "key 'video' must be uint8"),
         ("channels_first", r"key 'video' must be \[T, H, W, 3\]"),
@@ -249,5 +254,5 @@ def test_bad_files_are_named_with_their_key(dataset_root, tmp_path, how, match):
 
 
 def test_episode_shorter_than_seq_len_is_named(dataset_root):
-    with pytest.raises(MazeDataError, match=r"episode_000000\.npz: key 'video' has 12 frames.*seq_len=13"):
+    with pytest.raises(MazeDataError, match=r"episode_000000\.npz: key 'image' has 12 frames.*seq_len=13"):
         MazeDataset(dataset_root, "train", LENGTH + 1)

@@ -370,7 +370,8 @@ def test_fake_envpool_atari_flags(fake_envpool):
         assert isinstance(env, fc.EnvpoolVectorEnv) and pool.task_id == "Pong-v5"
         assert pool.kwargs == {"env_type": "gymnasium", "num_envs": 2, "seed": 3, "img_height": 6, "img_width": 5,
                                "gray_scale": False, "stack_num": 1, "frame_skip": 4, "repeat_action_probability": 0.25,
-                               "noop_max": 0, "episodic_life": False, "reward_clip": False, "max_episode_steps": 100}
+                               "noop_max": 1, "episodic_life": False, "reward_clip": False, "use_fire_reset": False,
+                               "full_action_space": False, "max_episode_steps": 100}
         assert env.obs_space["image"] == ((6, 5, 3), np.dtype(np.uint8)) and env.act_space.size == 4
         first = env.reset()
         outs = [env.step(np.eye(4)[[3, 1]]) for _ in range(4)]

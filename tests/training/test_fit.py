@@ -8,6 +8,7 @@ from torch import nn
 
 from worldmodels.algos.vae import FACTORIES
 from worldmodels.training.checkpoint import load_checkpoint
+from worldmodels.training.contract import Evaluator, TrainData
 from worldmodels.training.loop import Factories, NonFiniteLossError, fit
 
 
@@ -66,7 +67,7 @@ class Exploding(nn.Module):
         return (self.w * scale).square().sum(), {}
 
 
-class Counter:
+class Counter(TrainData):
     def __init__(self):
         self.step = 0
 
@@ -81,7 +82,7 @@ class Counter:
         self.step = state["step"]
 
 
-class NoEval:
+class NoEval(Evaluator):
     def evaluate(self, model):
         return {"eval/loss": 0.0}
 

@@ -11,6 +11,8 @@ sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -141,3 +143,19 @@ def make_eval_set(num_sequences: int, seq_len: int, seed: int,
     data = generate(num_sequences, seq_len, dtype="uint8",
                     seed=np.random.SeedSequence([seed, _EVAL_STREAM]), **generate_kwargs)
     return _to_batch(data, None, torch.device(device))
+
+
+def renderer_kwargs(env: Any) -> dict[str, Any]:
+    """The keyword arguments of the renderer's ``generate`` taken from ``env``."""
+    return {
+        "num_balls": int(env.num_balls),
+        "size": int(env.size),
+        "radius": _scalar_or_range(env.radius),
+        "speed": _scalar_or_range(env.speed),
+        "channels": int(env.channels),
+        "recolor_on_wall_hit": bool(env.get("recolor_on_wall_hit", False)),
+    }
+
+
+def _scalar_or_range(value):
+    return tuple(float(v) for v in value) if not isinstance(value, (int, float)) else float(value)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import WorldModelsError
+
 REQUIRED_KEYS = ("action", "reward", "is_first", "is_terminal")
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 EPISODE_SUFFIXES = (".npz", ".h5", ".hdf5")
@@ -42,7 +44,7 @@ _NUMERIC_KINDS = "biuf"
 RECORD_HINT = "record episodes with `python -m worldmodels.record ...` (see its --help)"
 
 
-class EpisodeError(ValueError):
+class EpisodeError(WorldModelsError, ValueError):
     """A malformed or unreadable episode; the message names the source (file) and the key.
 
     Attributes ``source`` (str) and ``key`` (str or None) hold the same information.
@@ -315,3 +317,39 @@ class EpisodeBuilder:
                 episode = {key: np.stack([s[key] for s in steps]) for key in steps[0]}
                 finished.append((i, validate_episode(episode, f"env {i} episode")))
         return finished
+
+
+class EpisodeWriter:
+    """A collector hook that saves whole episodes: each stored step ``{key: [N, ...]}``
+    goes to an :class:`EpisodeBuilder`; every finished episode is written to
+    ``directory`` as ``{index:06d}-{T}.npz`` (numbering after the files already there),
+    until ``limit`` episodes were written. ``paths`` lists them in finishing order."""
+
+    def __init__(self, directory: str | os.PathLike, num_envs: int, limit: int | None = None):
+        self.directory, self.limit = Path(directory), limit
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.builder = EpisodeBuilder(num_envs)
+        self.paths: list[Path] = []
+        self._first = next_episode_index(self.directory)
+
+    @property
+    def done(self) -> bool:
+        return self.limit is not None and len(self.paths) >= self.limit
+
+    def __call__(self, step: Mapping[str, np.ndarray]) -> None:
+        for _, episode in self.builder.add(step):
+            if self.done:
+                return
+            name = episode_name(self._first + len(self.paths), len(episode["reward"]))
+            self.paths.append(save_episode(self.directory / name, episode))
+
+
+def next_episode_index(directory: str | os.PathLike) -> int:
+    """One past the highest ``{index:06d}-{T}.npz`` index in ``directory`` (0 if none)."""
+    import re
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    found = [int(m.group(1)) for p in directory.iterdir() if (m := re.fullmatch(r"(\d{6})-\d+\.npz", p.name))]
+    return max(found, default=-1) + 1

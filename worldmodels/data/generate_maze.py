@@ -3,9 +3,11 @@
     python -m worldmodels.data.generate_maze --out data/3d_maze_default \\
         --train 200 --test 20 --length 100 --size 32 --seed 0
 
-One episode per file (``np.savez_compressed``, no pickle): ``video`` [T, H, W, 3]
-uint8 (channels last, as the original VTA data), ``actions`` [T] int64, ``turn`` and
-``junction`` [T] bool, plus ``poses`` [T, 3] float64 and ``maze`` [n, n] uint8.
+One episode per file in the package's episode format (:mod:`worldmodels.data.episodes`,
+compressed npz, no pickle; the same loader reads every dataset): ``image`` [T, H, W, 3]
+uint8, ``action`` [T, 3] one-hot float32, ``reward`` (zeros), the flags, the events
+``turn`` and ``junction`` [T] bool, ``pose`` [T, 3] float32 and the layout ``maze``
+[T, n, n] uint8.
 Train episode e comes from ``SeedSequence([seed, 0, e])``, test episode e from
 ``SeedSequence([seed, 1, e])``, so counts do not change the episodes. Every file is
 written to a temporary name and renamed (``os.replace``); ``meta.json`` comes last.
@@ -21,11 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from worldmodels.data.episodes import save_episode
 from worldmodels.envs import maze as env
 
 SPLIT_STREAMS = {"train": 0, "test": 1}
 _SHARED_MAZE_STREAM = 2
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -39,18 +42,21 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_episode(path: Path, video: np.ndarray, actions: np.ndarray, turn: np.ndarray,
-                 junction: np.ndarray, poses: np.ndarray, maze: np.ndarray) -> None:
-    """Write one episode; ``video`` is [T, 3, H, W] uint8 and is stored [T, H, W, 3]."""
-    arrays = {
-        "video": np.ascontiguousarray(video.transpose(0, 2, 3, 1)),
-        "actions": actions.astype(np.int64),
-        "turn": turn.astype(bool),
-        "junction": junction.astype(bool),
-        "poses": poses.astype(np.float64),
-        "maze": maze.astype(np.uint8),
+def episode_arrays(video: np.ndarray, actions: np.ndarray, turn: np.ndarray, junction: np.ndarray,
+                   poses: np.ndarray, maze: np.ndarray) -> dict[str, np.ndarray]:
+    """One generated episode in the package's episode format
+    (:mod:`worldmodels.data.episodes`); ``video`` is [T, 3, H, W] uint8."""
+    length = len(actions)
+    flags = np.zeros(length, bool)
+    return {
+        "image": np.ascontiguousarray(video.transpose(0, 2, 3, 1)),
+        "action": np.eye(len(env.ACTIONS), dtype=np.float32)[actions.astype(np.int64)],
+        "reward": np.zeros(length, np.float32),
+        "is_first": np.arange(length) == 0, "is_last": np.arange(length) == length - 1, "is_terminal": flags,
+        "turn": turn.astype(bool), "junction": junction.astype(bool),
+        "pose": poses.astype(np.float32),
+        "maze": np.broadcast_to(maze.astype(np.uint8), (length, *maze.shape)),
     }
-    _atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def _clear_split(folder: Path) -> None:
@@ -79,9 +85,9 @@ def write_split(out: Path, split: str, count: int, args: argparse.Namespace,
             seed=[args.seed, SPLIT_STREAMS[split]], num_threads=args.num_threads,
             impl=args.impl, fov=args.fov, maze=maze, first_episode=first)
         for k in range(n):
-            save_episode(folder / f"episode_{first + k:06d}.npz", data.video[k].numpy(),
-                         data.actions[k].numpy(), data.turn[k].numpy(), data.junction[k].numpy(),
-                         data.poses[k].numpy(), data.mazes[k].numpy())
+            arrays = episode_arrays(data.video[k].numpy(), data.actions[k].numpy(), data.turn[k].numpy(),
+                                    data.junction[k].numpy(), data.poses[k].numpy(), data.mazes[k].numpy())
+            save_episode(folder / f"episode_{first + k:06d}.npz", arrays)
             bar.update(1)
 
 
@@ -103,9 +109,10 @@ def write_dataset(args: argparse.Namespace) -> dict:
         "maze_cells": args.maze_cells, "fov_degrees": args.fov, "seed": args.seed,
         "shared_maze": bool(args.shared_maze), "counts": counts,
         "actions": list(env.ACTIONS),
-        "keys": {"video": "[T, H, W, 3] uint8", "actions": "[T] int64", "turn": "[T] bool",
-                 "junction": "[T] bool", "poses": "[T, 3] float64 (x, y, theta)",
-                 "maze": "[n, n] uint8 (0 empty, k > 0 wall colour id)"},
+        "keys": {"image": "[T, H, W, 3] uint8", "action": "[T, 3] float32 one-hot", "reward": "[T] float32 (0)",
+                 "is_first": "[T] bool", "is_last": "[T] bool", "is_terminal": "[T] bool", "turn": "[T] bool",
+                 "junction": "[T] bool", "pose": "[T, 3] float32 (x, y, theta)",
+                 "maze": "[T, n, n] uint8 (the layout at every step; 0 empty, k > 0 wall colour id)"},
     }
     text = json.dumps(meta, indent=2).encode()
     _atomic_write(out / "meta.json", lambda handle: handle.write(text))

@@ -1,13 +1,12 @@
-"""3D-maze episodes on disk: the ``{root}/{train,test}/*.npz`` format and its loader.
+"""3D-maze episodes on disk: ``{root}/{train,test}/*.npz``, read by the package's one
+episode loader (:mod:`worldmodels.data.episodes`).
 
-Each file holds one episode, as the original VTA data stores it:
-
-- ``video``: [T, H, W, 3] uint8 first-person frames (channels last);
-- ``actions``: [T] integer in {0 forward, 1 turn left, 2 turn right} (a one-hot
-  [T, 3] array is accepted too);
-- optional ``turn`` / ``junction``: [T] bool ground-truth events (files without
-  them get ``turn = actions != 0`` and no junctions; ``MazeDataset.has_junction``
-  says so).
+Each file holds one episode in the package's format: ``image`` [T, H, W, 3] uint8
+first-person frames, ``action`` [T, 3] one-hot (0 forward, 1 turn left, 2 turn right),
+the flags, and optional ``turn`` / ``junction`` [T] bool ground-truth events (files
+without them get ``turn = action != 0`` and no junctions; ``MazeDataset.has_junction``
+says so). Files of the original VTA layout (``video`` [T, H, W, 3], ``actions`` [T]
+indices or one-hot [T, 3]) are converted on reading.
 
 ``python -m worldmodels.data.generate_maze`` writes such a dataset
 (:mod:`worldmodels.data.generate_maze`). :class:`MazeDataset` loads and checks every
@@ -28,6 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import WorldModelsError
+from .episodes import EpisodeError, validate_episode
+from .episodes import load_episode as load_episode_file
 from .stream import StepStream, check_step
 
 NUM_ACTIONS = 3
@@ -35,11 +37,11 @@ SPLITS = ("train", "test")
 _INDEX_STREAM = 1
 
 
-class MazeDataNotFoundError(FileNotFoundError):
+class MazeDataNotFoundError(WorldModelsError, FileNotFoundError):
     """The dataset root or split is missing or empty; the message gives the command."""
 
 
-class MazeDataError(ValueError):
+class MazeDataError(WorldModelsError, ValueError):
     """An episode file is unreadable or malformed; the message names the file and key."""
 
 
@@ -152,28 +154,57 @@ def resize_video(video: np.ndarray, size: int) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def read_episode(path: str | Path) -> dict[str, np.ndarray]:
+    """One maze episode in the package's episode format, read with the one loader of
+    :mod:`worldmodels.data.episodes`; files of the original VTA layout (``video``,
+    ``actions`` as indices or one-hot, optional ``turn``/``junction``) are converted."""
+    path = Path(path)
+    arrays = _read_arrays(path)
+    if "video" not in arrays and "image" not in arrays:
+        raise MazeDataError(f"{path}: missing key 'image' (or 'video' of the original VTA layout); "
+                            f"the file has {sorted(arrays)}")
+    if "video" not in arrays:
+        episode = load_episode_file(path)
+        _check_video(episode["image"], path)
+        if episode["action"].shape[-1] != NUM_ACTIONS:
+            raise MazeDataError(f"{path}: key 'action' has {episode['action'].shape[-1]} actions, the maze has "
+                                f"{NUM_ACTIONS}")
+        return episode
+    video = _check_video(_require(arrays, path, "video"), path)
+    length = video.shape[0]
+    actions = _check_actions(_require(arrays, path, "actions"), path, length)
+    episode = {"image": video, "action": np.eye(NUM_ACTIONS, dtype=np.float32)[actions],
+               "reward": np.zeros(length, np.float32), "is_first": np.arange(length) == 0,
+               "is_terminal": np.zeros(length, bool)}
+    for key in ("turn", "junction"):
+        flags = _check_flags(arrays, path, key, length)
+        if flags is not None:
+            episode[key] = flags
+    return validate_episode(episode, str(path))
+
+
 def load_episode(path: str | Path, size: int = 32, min_length: int = 1) -> Episode:
-    """Load and check one episode file, frames resized to ``size x size``.
+    """Load and check one episode file (:func:`read_episode`), frames resized to ``size x size``.
 
     Raises:
         MazeDataError: unreadable file, missing key, wrong dtype or shape, or fewer
-            than ``min_length`` frames; the message names the file and key.
+            than ``min_length`` frames; the message names the file and key
+            (:class:`~worldmodels.data.episodes.EpisodeError` for a malformed file in the
+            package's format).
     """
     path = Path(path)
-    arrays = _read_arrays(path)
-    video = _check_video(_require(arrays, path, "video"), path)
-    length = video.shape[0]
+    episode = read_episode(path)
+    video, length = episode["image"], len(episode["image"])
     if length < min_length:
-        raise MazeDataError(f"{path}: key 'video' has {length} frames, fewer than "
-                            f"seq_len={min_length}; use a shorter seq_len or longer episodes")
-    actions = _check_actions(_require(arrays, path, "actions"), path, length)
-    turn = _check_flags(arrays, path, "turn", length)
-    junction = _check_flags(arrays, path, "junction", length)
+        raise MazeDataError(f"{path}: key 'image' has {length} frames, fewer than seq_len={min_length}; use a "
+                            "shorter seq_len or longer episodes")
+    actions = episode["action"].argmax(-1).astype(np.int64)
+    turn, junction = episode.get("turn"), episode.get("junction")
     return Episode(
         video=resize_video(video, size),
         actions=torch.from_numpy(actions),
-        turn=torch.from_numpy(actions != 0 if turn is None else turn),
-        junction=torch.from_numpy(np.zeros(length, bool) if junction is None else junction),
+        turn=torch.from_numpy(actions != 0 if turn is None else turn.astype(bool)),
+        junction=torch.from_numpy(np.zeros(length, bool) if junction is None else junction.astype(bool)),
         path=path,
         has_junction=junction is not None,
     )
@@ -229,7 +260,7 @@ class MazeDataset:
         for path in episode_files(root, split):
             try:
                 self.episodes.append(load_episode(path, self.size, self.seq_len))
-            except MazeDataError as error:
+            except (MazeDataError, EpisodeError) as error:
                 if on_error == "raise":
                     raise
                 self.skipped.append((path, str(error)))

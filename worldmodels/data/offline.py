@@ -4,8 +4,9 @@
 :mod:`worldmodels.data.episodes`) into one concatenated stream per key and serves:
 
 - :meth:`OfflineDataset.sample`: random windows of ``batch_length`` steps for training,
-  exactly like :class:`worldmodels.data.replay.Replay` (windows may cross episodes;
-  ``is_first[:, 0]`` is True);
+  drawn by the shared :class:`worldmodels.rl.replay.Replay` that stores the episodes
+  (``align="stream"``: windows may cross into the next episode; ``is_first`` is True at
+  each window's start and each episode's);
 - :meth:`OfflineDataset.padded_batches`: evaluation over every step exactly once, each
   episode cut into consecutive ``batch_length`` chunks, the last one zero-padded, with a
   ``mask`` of real steps;
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rl.replay import Replay
 from .episodes import EpisodeError, list_episodes, load_episode
 
 CROP_MODES = ("center", "random")
@@ -141,8 +143,13 @@ class OfflineDataset:
         self._check_crop(episodes)
         self.lengths = [len(episode["is_first"]) for episode in episodes]
         self._starts = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
-        self._data = {key: np.concatenate([episode[key] for episode in episodes]) for key in self.keys}
+        self._replay = Replay(int(self._starts[-1]), seed)
+        stored = list(dict.fromkeys([*self.keys, "is_last"]))
+        for episode in episodes:
+            self._replay.add_episode({key: episode[key] for key in stored})
         del episodes
+        # the replay's slots hold the episodes in file order: views, no copy
+        self._data = {key: self._replay._arrays[key][:self.num_steps] for key in self.keys}
         self.image_mean: dict[str, np.ndarray] = {}
         self.image_std: dict[str, np.ndarray] = {}
         if standardize == "dataset":
@@ -213,11 +220,8 @@ class OfflineDataset:
         length, total = self.batch_length, self.num_steps
         if total < length:
             raise ValueError(f"{self.directory} holds {total} steps, fewer than batch_length={length}")
-        starts = self._rng.integers(0, total - length + 1, size=batch_size)
-        index = starts[:, None] + np.arange(length)
-        batch = {key: array[index] for key, array in self._data.items()}
-        batch["is_first"][:, 0] = True
-        return self._transform(batch)
+        sample = self._replay.sample(batch_size, length, align="stream")
+        return self._transform({key: sample[key] for key in self.keys})
 
     def _chunks(self) -> tuple[np.ndarray, np.ndarray]:
         """Start (stream index) and number of real steps of every ``batch_length`` chunk, episodes in order."""
@@ -259,11 +263,13 @@ class OfflineDataset:
             yield self._transform(batch)
 
     def state_dict(self) -> dict:
-        """The sampling / random-crop RNG state."""
-        return {"rng": copy.deepcopy(self._rng.bit_generator.state)}
+        """The sampling and random-crop RNG states."""
+        return {"rng": copy.deepcopy(self._rng.bit_generator.state), "replay": self._replay.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the RNG state saved by :meth:`state_dict`."""
         if not isinstance(state, dict) or "rng" not in state:
             raise ValueError(f"state must be a dict with key 'rng' (from OfflineDataset.state_dict), got {state!r}")
         self._rng.bit_generator.state = copy.deepcopy(state["rng"])
+        if "replay" in state:
+            self._replay.load_state_dict(state["replay"])

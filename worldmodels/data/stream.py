@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..training.contract import TrainData
+
 
 def check_step(step, what: str = "step") -> int:
     """``step`` as an int, or a ValueError when it is not a non-negative integer."""
@@ -16,7 +18,7 @@ def check_step(step, what: str = "step") -> int:
     return int(step)
 
 
-class StepStream:
+class StepStream(TrainData):
     """A deterministic stream of batches indexed by the training step."""
 
     step: int = 0

@@ -4,6 +4,7 @@ envpool batch, both mapped to :class:`~worldmodels.envs.spaces.VectorEnv`'s conv
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -87,7 +88,8 @@ class EnvpoolVectorEnv(VectorEnv):
 
     envpool itself resets an env on the call after its episode ended (action ignored,
     reward 0); that call is reported with ``is_first``. Atari repeats actions natively
-    (``frame_skip``) and its CHW frames become HWC. Other suites repeat in Python: all envs
+    (``frame_skip``) and its CHW frames become HWC; envpool crashes (segfault) with
+    ``noop_max=0``, so it gets at least 1 (one no-op after each reset). Other suites repeat in Python: all envs
     step together, stopping at the first sub-step where any episode ends, and a call
     that resets an env steps once.
     """
@@ -99,18 +101,21 @@ class EnvpoolVectorEnv(VectorEnv):
         if self._atari:
             kwargs.update(img_height=spec.size[0], img_width=spec.size[1], gray_scale=False, stack_num=1,
                           frame_skip=spec.action_repeat, repeat_action_probability=spec.sticky_actions,
-                          noop_max=spec.noop_max, episodic_life=False, reward_clip=False)
+                          noop_max=max(spec.noop_max, 1), episodic_life=spec.terminal_on_life_loss, reward_clip=False,
+                          use_fire_reset=spec.use_fire_reset, full_action_space=spec.full_action_space)
         if spec.max_episode_steps is not None:
             kwargs["max_episode_steps"] = spec.max_episode_steps * self._repeat
-        self._env = envpool.make(task_id, **kwargs)
+        with warnings.catch_warnings():   # envpool's float64 Box bounds, cast by gymnasium
+            warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+            self._env = envpool.make(task_id, **kwargs)
+            space, action_space = self._env.observation_space, self._env.action_space
         self.num_envs = spec.num_envs
-        space = self._env.observation_space
         if self._atari:
             channels, height, width = (int(d) for d in space.shape)
             layout: ObsSpace = {"image": ((height, width, channels), np.dtype(np.uint8))}
         else:
             layout = obs_layout(space)
-        self._set_spaces(layout, self._env.action_space)
+        self._set_spaces(layout, action_space)
         self._done: np.ndarray | None = None
 
     def _output(self, obs: Any, reward: np.ndarray, first: np.ndarray, last: np.ndarray,
@@ -119,8 +124,9 @@ class EnvpoolVectorEnv(VectorEnv):
             out = {"image": np.ascontiguousarray(np.asarray(obs, np.uint8).transpose(0, 2, 3, 1))}
         else:
             out = {"vector": flat_observation(obs, (self.num_envs,))}
-        flags = {"is_first": first, "is_last": last, "is_terminal": terminal}
-        return {**out, "reward": reward.astype(np.float32), **{k: np.asarray(v, bool) for k, v in flags.items()}}
+        out["reward"] = reward
+        out["is_first"], out["is_last"], out["is_terminal"] = first, last, terminal
+        return out
 
     def reset(self) -> dict[str, np.ndarray]:
         obs, _ = self._env.reset()
@@ -134,20 +140,58 @@ class EnvpoolVectorEnv(VectorEnv):
         actions = prepare_actions(self.act_space, action, self.num_envs)
         actions = actions.astype(np.int32) if self.act_space.discrete else actions
         first = self._done
+        if self._repeat == 1:
+            obs, reward, terminal, truncated, _ = self._env.step(actions)
+            reward, terminal = np.asarray(reward, np.float32), np.asarray(terminal, bool)
+            last = terminal | np.asarray(truncated, bool)
+        else:
+            obs, reward, last, terminal = self._repeat_step(actions, bool(np.count_nonzero(first)))
+        self._done = last
+        return self._output(obs, reward, first, last, terminal)
+
+    def _repeat_step(self, actions: np.ndarray, resetting: bool) -> tuple:
         reward = np.zeros(self.num_envs, np.float32)
         last, terminal = np.zeros(self.num_envs, bool), np.zeros(self.num_envs, bool)
-        for _ in range(1 if first.any() else self._repeat):
+        for _ in range(1 if resetting else self._repeat):
             obs, rew, terminated, truncated, _ = self._env.step(actions)
             reward += np.asarray(rew, np.float32)
             terminal |= np.asarray(terminated, bool)
             last |= terminal | np.asarray(truncated, bool)
             if last.any():
                 break
-        self._done = last.copy()
-        return self._output(obs, reward, first, last, terminal)
+        return obs, reward, last, terminal
 
     def close(self) -> None:
         getattr(self._env, "close", lambda: None)()
+
+
+class FireReset:
+    """Presses FIRE (action 1) after each reset of a gymnasium Atari env whose game waits
+    for it (a no-op for games without FIRE); the rest passes through."""
+
+    def __init__(self, env: Any):
+        self.env = env
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        meanings = env.unwrapped.get_action_meanings()
+        self._fire = len(meanings) > 1 and meanings[1] == "FIRE"
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.env.unwrapped
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(seed=seed)
+        if self._fire:
+            obs, _, terminated, truncated, info = self.env.step(1)
+            if terminated or truncated:
+                obs, info = self.env.reset()
+        return obs, info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return self.env.step(action)
+
+    def close(self) -> None:
+        self.env.close()
 
 
 class CrafterAdapter:

@@ -30,16 +30,19 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .backends import CrafterAdapter, EnvpoolVectorEnv, GymnasiumVectorEnv
+from ..errors import WorldModelsError
+from .backends import CrafterAdapter, EnvpoolVectorEnv, FireReset, GymnasiumVectorEnv
 from .spaces import (  # noqa: F401  (re-exported: the factory is where users import them from)
     FLAGS,
     ActionSpace,
+    EnvSpaces,
     ObsSpace,
     VectorEnv,
     prepare_actions,
@@ -101,8 +104,16 @@ class EnvSpec:
     """What to build: ``suite`` and ``task`` plus batch size, seed and preprocessing.
 
     ``size`` is ``(H, W)`` of image observations; ``action_repeat`` defaults per suite
-    (atari 4, dmc 2, others 1); ``sticky_actions`` and ``noop_max`` are Atari's;
-    ``render_image`` (classic/gym only) adds ``image`` from ``env.render()``.
+    (atari 4, dmc 2, others 1); ``render_image`` (classic/gym only) adds ``image`` from
+    ``env.render()``.
+
+    Atari only: ``sticky_actions`` (probability of repeating the previous action;
+    Machado et al.'s full-Atari protocol uses 0.25, Atari100k 0), ``noop_max`` (up to
+    that many no-ops after a reset), ``terminal_on_life_loss`` (a lost life ends the
+    episode as terminated; on envpool the game then goes on from the next life, on
+    gymnasium + ale-py it restarts), ``use_fire_reset`` (press FIRE after a reset, for
+    games that wait for it), ``full_action_space`` (all 18 actions instead of the game's
+    minimal set).
     """
 
     suite: str
@@ -116,6 +127,9 @@ class EnvSpec:
     backend: str = "auto"
     render_image: bool = False
     noop_max: int = 0
+    terminal_on_life_loss: bool = False
+    use_fire_reset: bool = False
+    full_action_space: bool = False
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -141,10 +155,14 @@ class EnvSpec:
         if self.render_image and self.suite not in ("classic", "gym"):
             raise ValueError(f"render_image is only for suites 'classic' and 'gym', not {self.suite!r}")
         _check_int("noop_max", self.noop_max, 0)
+        atari_only = ("terminal_on_life_loss", "use_fire_reset", "full_action_space")
+        for name in atari_only:
+            if getattr(self, name) and self.suite != "atari":
+                raise ValueError(f"{name} is an Atari option; suite {self.suite!r} has no lives or FIRE button")
         resolve_task(self.suite, self.task)
 
 
-class MissingEnvPackageError(ImportError):
+class MissingEnvPackageError(WorldModelsError, ImportError):
     """An optional package an env needs is not installed; the message says what to install."""
 
 
@@ -209,10 +227,12 @@ def _gymnasium_envs(spec: EnvSpec, gym_id: str) -> list:
         return [gymnasium.make(gym_id, **kwargs) for _ in range(spec.num_envs)]
     envs = []
     for _ in range(spec.num_envs):
-        env = gymnasium.make(gym_id, frameskip=1, repeat_action_probability=spec.sticky_actions, **kwargs)
-        envs.append(gymnasium.wrappers.AtariPreprocessing(
+        env = gymnasium.make(gym_id, frameskip=1, repeat_action_probability=spec.sticky_actions,
+                             full_action_space=spec.full_action_space, **kwargs)
+        env = gymnasium.wrappers.AtariPreprocessing(
             env, noop_max=spec.noop_max, frame_skip=repeat, screen_size=(spec.size[1], spec.size[0]),
-            grayscale_obs=False, terminal_on_life_loss=False))
+            grayscale_obs=False, terminal_on_life_loss=spec.terminal_on_life_loss)
+        envs.append(FireReset(env) if spec.use_fire_reset else env)
     return envs
 
 
@@ -241,3 +261,34 @@ def make_env(spec: EnvSpec) -> VectorEnv:
     repeat = 1 if spec.suite == "atari" else spec.action_repeat  # AtariPreprocessing skips frames
     image_size = spec.size if spec.render_image else None
     return GymnasiumVectorEnv(_gymnasium_envs(spec, gym_id), spec.seed, repeat, image_size)
+
+
+def spec_from_config(env: Any, *, seed: int, num_envs: int | None = None) -> EnvSpec:
+    """The :class:`EnvSpec` of an ``env`` config node (``configs/env/gym.yaml``) with
+    ``seed`` (and ``num_envs`` instead of the node's); keys the node lacks keep the
+    spec's defaults."""
+    fields = {f.name for f in dataclasses.fields(EnvSpec)} - {"seed", "num_envs"}
+    given = {key: env[key] for key in fields if key in env and env[key] is not None}
+    if "size" in given:
+        given["size"] = tuple(int(s) for s in given["size"])
+    return EnvSpec(num_envs=int(num_envs or env.get("num_envs", 1)), seed=int(seed), **given)
+
+
+def backend_of(spec: EnvSpec) -> str:
+    """``"envpool"`` or ``"gymnasium"``: the backend :func:`make_env` picks for ``spec``."""
+    _, envpool_id = resolve_task(spec.suite, spec.task)
+    return _choose_backend(spec, envpool_id)[0]
+
+
+_SPACES: dict[tuple, EnvSpaces] = {}
+
+
+def infer_spaces(spec: EnvSpec) -> EnvSpaces:
+    """The :class:`EnvSpaces` of ``spec``'s env, read once per process from a one-env copy
+    (a model is built from these; checkpoints record them, so loading an agent later
+    needs no env package)."""
+    key = tuple(sorted((k, str(v)) for k, v in dataclasses.asdict(spec).items() if k not in ("seed", "num_envs")))
+    if key not in _SPACES:
+        with make_env(dataclasses.replace(spec, num_envs=1)) as env:
+            _SPACES[key] = EnvSpaces(dict(env.obs_space), env.act_space)
+    return _SPACES[key]

@@ -28,6 +28,41 @@ class ActionSpace:
     high: Any = None
 
 
+@dataclass(frozen=True)
+class EnvSpaces:
+    """What a model is built from: the observation space (key -> per-env ``(shape,
+    dtype)``, the reward and flags included, as :attr:`VectorEnv.obs_space`) and the
+    :class:`ActionSpace`. :meth:`to_state` / :meth:`from_state` turn it into plain
+    values, so a checkpoint records it and an agent is rebuilt without any env package."""
+
+    obs: ObsSpace
+    act: ActionSpace
+
+    def to_state(self) -> dict[str, Any]:
+        act = self.act
+        bounds = {} if act.discrete else {"low": np.asarray(act.low, np.float64).tolist(),
+                                          "high": np.asarray(act.high, np.float64).tolist()}
+        return {"obs": {k: {"shape": [int(d) for d in shape], "dtype": np.dtype(dtype).name}
+                        for k, (shape, dtype) in self.obs.items()},
+                "act": {"discrete": bool(act.discrete), "size": int(act.size), **bounds}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> EnvSpaces:
+        obs = {k: (tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"])) for k, v in state["obs"].items()}
+        act = state["act"]
+        if act["discrete"]:
+            space = ActionSpace(True, int(act["size"]), 0, int(act["size"]) - 1)
+        else:
+            space = ActionSpace(False, int(act["size"]), np.asarray(act["low"], np.float32),
+                                np.asarray(act["high"], np.float32))
+        return cls(obs, space)
+
+    @property
+    def image_keys(self) -> list[str]:
+        """Keys of uint8 ``(H, W, C)`` images."""
+        return [k for k, (shape, dtype) in self.obs.items() if len(shape) == 3 and np.dtype(dtype) == np.uint8]
+
+
 def action_space_of(space: Any) -> ActionSpace:
     """An :class:`ActionSpace` from a gym/gymnasium ``Discrete`` or ``Box`` (duck-typed)."""
     if hasattr(space, "n"):
@@ -47,8 +82,8 @@ def prepare_actions(space: ActionSpace, action: Any, num_envs: int) -> np.ndarra
         if action.shape != (num_envs,):
             raise ValueError(f"discrete actions must have shape [{num_envs}] or one-hot "
                              f"[{num_envs}, {space.size}], got {list(action.shape)}")
-        action = action.astype(np.int64)
-        if ((action < 0) | (action >= space.size)).any():
+        action = action.astype(np.int64, copy=False)
+        if np.count_nonzero((action < 0) | (action >= space.size)):
             raise ValueError(f"discrete actions must be in [0, {space.size}), got {action.tolist()}")
         return action
     if action.shape == (num_envs,) and space.size == 1:

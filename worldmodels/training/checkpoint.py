@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 
+from ..errors import WorldModelsError
+
 FORMAT = "worldmodels-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(WorldModelsError, RuntimeError):
     """A checkpoint file is missing, unreadable, or not one of ours."""
 
 

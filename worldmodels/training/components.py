@@ -26,14 +26,15 @@ from typing import Any
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .contract import HasComponents
 
 WHOLE_MODEL = "model"  # the key of a model without components in :func:`read_weights`
 
 
 def model_components(model: nn.Module) -> dict[str, nn.Module] | None:
-    """The model's named parts, or ``None`` when it does not list any."""
-    components = getattr(model, "components", None)
-    return dict(components()) if callable(components) else None
+    """The model's named parts (:class:`~worldmodels.training.contract.HasComponents`), or
+    ``None`` when it does not list any."""
+    return dict(model.components()) if isinstance(model, HasComponents) else None
 
 
 def save_components(ckpt_dir: str | Path, model: nn.Module, step: int, config: dict[str, Any],

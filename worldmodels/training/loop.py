@@ -14,43 +14,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import WorldModelsError
 from ..utils.profiling import nvtx_range
 from ..utils.seeding import capture_rng_state, restore_rng_state, seed_everything
 from .checkpoint import load_checkpoint, save_checkpoint
 from .components import load_initial_weights, save_components
+from .contract import Evaluator, HasEnvSpaces, TrainData, check_contract
 from .metrics_log import MetricsLogger
 from .precision import Precision, resolve_device, resolve_precision
 from .step import StepResult, train_step
-
-
-class TrainData(Protocol):
-    """A resumable source of training batches.
-
-    Two optional methods, called by :func:`fit` when the data object has them:
-    ``bind_model(model, run_dir)`` once the model exists (after the factories, before a
-    resumed run's ``load_state_dict``), for data collected by the model itself (online
-    RL) and kept under ``run_dir``; ``log_metrics() -> dict[str, float]`` at each log
-    step, whose metrics since the last call are logged with the training metrics.
-    """
-
-    def next_batch(self) -> Any: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-class Evaluator(Protocol):
-    """Held-out evaluation: ``evaluate`` returns ``eval/...`` metrics; ``write_media``
-    saves pictures a person can judge and returns their paths."""
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
-    def write_media(self, model: nn.Module, directory: Path, step: int) -> list[Path]: ...
 
 
 def adamw(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -65,10 +44,11 @@ class Factories:
     model: Callable[[DictConfig], nn.Module]
     data: Callable[[DictConfig, torch.device], TrainData]
     evaluator: Callable[[DictConfig, torch.device], Evaluator]
-    optimizer: Callable[[DictConfig, nn.Module], torch.optim.Optimizer] = adamw
+    optimizer: Callable[[DictConfig, nn.Module], torch.optim.Optimizer | None] = adamw
+    step: Callable[[Run], StepResult] | None = None   # None: gradient_step
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(WorldModelsError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -77,11 +57,14 @@ class Run:
     """Everything the loop mutates, in one place."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None
     scaler: torch.amp.GradScaler
     data: TrainData
     evaluator: Evaluator
     precision: Precision
+    step_fn: Callable[[Run], StepResult] | None = None
+    accum_steps: int = 1
+    grad_clip: float | None = None
     step: int = 0
     best: float = float("inf")
 
@@ -90,16 +73,18 @@ class Run:
             "step": self.step,
             "best": self.best,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data": self.data.state_dict(),
             "rng": capture_rng_state(),
             "config": OmegaConf.to_container(cfg, resolve=True),
+            "env_spaces": self.model.env_spaces.to_state() if isinstance(self.model, HasEnvSpaces) else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.data.load_state_dict(state["data"])
         restore_rng_state(state["rng"])
@@ -112,14 +97,17 @@ def build_run(cfg: DictConfig, factories: Factories) -> Run:
     device = resolve_device(str(cfg.device))
     precision = resolve_precision(str(cfg.precision), device)
     model = factories.model(cfg).to(device)
-    return Run(
-        model=model,
-        optimizer=factories.optimizer(cfg, model),
-        scaler=precision.grad_scaler(),
-        data=factories.data(cfg, device),
-        evaluator=factories.evaluator(cfg, device),
-        precision=precision,
-    )
+    optimizer = factories.optimizer(cfg, model)
+    data = factories.data(cfg, device)
+    try:
+        evaluator = factories.evaluator(cfg, device)
+    except BaseException:
+        data.close()
+        raise
+    check_contract(data, evaluator)
+    return Run(model=model, optimizer=optimizer, scaler=precision.grad_scaler(), data=data, evaluator=evaluator,
+               precision=precision, step_fn=factories.step or gradient_step, accum_steps=int(cfg.train.accum_steps),
+               grad_clip=cfg.train.grad_clip)
 
 
 def fit(cfg: DictConfig, factories: Factories, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
@@ -132,19 +120,22 @@ def fit(cfg: DictConfig, factories: Factories, run_dir: Path, *, resume: bool = 
     ckpt_dir, media_dir = run_dir / "checkpoints", run_dir / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
     run = build_run(cfg, factories)
-    if hasattr(run.data, "bind_model"):
-        run.data.bind_model(run.model, run_dir)
-    if resume:
-        run.load_state_dict(load_checkpoint(ckpt_dir / "last.pt", map_location=run.precision.device_type))
-    else:
-        _initial_weights(cfg, run.model)
-    logger = MetricsLogger(
-        run_dir, cfg.logger, OmegaConf.to_container(cfg, resolve=True), resume_step=run.step if resume else None
-    )
     try:
-        _train(cfg, run, logger, ckpt_dir, media_dir)
+        run.data.bind_model(run.model, run_dir)
+        if resume:
+            run.load_state_dict(load_checkpoint(ckpt_dir / "last.pt", map_location=run.precision.device_type))
+        else:
+            _initial_weights(cfg, run.model)
+        logger = MetricsLogger(
+            run_dir, cfg.logger, OmegaConf.to_container(cfg, resolve=True), resume_step=run.step if resume else None
+        )
+        try:
+            _train(cfg, run, logger, ckpt_dir, media_dir)
+        finally:
+            logger.close()
     finally:
-        logger.close()
+        run.data.close()
+        run.evaluator.close()
     return {"step": run.step, "best": run.best, "run_dir": str(run_dir)}
 
 
@@ -159,7 +150,8 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
     window_start, window_steps = time.perf_counter(), 0
     try:
         while run.step < max_steps:
-            result = _one_step(run, int(train_cfg.accum_steps), train_cfg.grad_clip)
+            run.model.train()
+            result = run.step_fn(run)
             if not result.finite:
                 raise NonFiniteLossError(
                     f"loss became {result.loss} at step {run.step + 1}; stopped without saving. "
@@ -172,8 +164,7 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
             if run.step % int(train_cfg.log_every) == 0 or run.step == max_steps:
                 elapsed = time.perf_counter() - window_start
                 metrics = _train_metrics(result, window_steps / max(elapsed, 1e-9))
-                if hasattr(run.data, "log_metrics"):
-                    metrics.update(run.data.log_metrics())
+                metrics.update(run.data.log_metrics())
                 logger.log(run.step, metrics)
                 bar.set_postfix(loss=f"{result.loss:.4g}")
                 window_start, window_steps = time.perf_counter(), 0
@@ -213,12 +204,14 @@ def _initial_weights(cfg: DictConfig, model: nn.Module) -> None:
     print(f"initial weights: {', '.join(loaded)} from {init.path}", flush=True)
 
 
-def _one_step(run: Run, accum_steps: int, grad_clip: float | None) -> StepResult:
-    run.model.train()
+def gradient_step(run: Run) -> StepResult:
+    """The default step: ``train.accum_steps`` batches, one optimiser update
+    (:func:`~worldmodels.training.step.train_step`). A factory's own ``step`` has the same
+    signature and may ignore the optimiser (a gradient-free stage)."""
     with nvtx_range("data"):
-        batches = [run.data.next_batch() for _ in range(accum_steps)]
+        batches = [run.data.next_batch() for _ in range(run.accum_steps)]
     return train_step(
-        run.model, run.optimizer, batches, precision=run.precision, scaler=run.scaler, grad_clip=grad_clip
+        run.model, run.optimizer, batches, precision=run.precision, scaler=run.scaler, grad_clip=run.grad_clip
     )
 
 

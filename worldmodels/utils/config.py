@@ -21,3 +21,8 @@ def dataclass_from_config(cls: type[T], node: DictConfig | Mapping[str, Any], ig
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; its fields are {sorted(names)}.")
     return cls(**{k: v for k, v in values.items() if k not in skip})
+
+
+def to_dict(node: DictConfig | Mapping[str, Any]) -> dict:
+    """A config node (or mapping) as a plain dict, interpolations resolved."""
+    return dict(OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node)

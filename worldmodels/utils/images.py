@@ -93,3 +93,30 @@ def annotate_grid(
         x += 13 + int(font.getlength(text)) + 14
     return np.asarray(canvas)
 
+
+def openloop_frames(truth: torch.Tensor, prediction: torch.Tensor, error: torch.Tensor | None,
+                    context: int, scale: int = 2, bar: int = 3) -> np.ndarray:
+    """uint8 ``[B, T, H, W, C]`` videos -> ``[T, H', W', 3]`` uint8 frames (rows truth,
+    prediction, error; columns the ``B`` sequences; a green bar over the ``context``
+    frames the model saw, red over those it predicted). ``error`` defaults to
+    ``(prediction - truth + 255) / 2``."""
+    if error is None:
+        error = ((prediction.float() - truth.float() + 255.0) / 2.0).round().to(torch.uint8)
+    as_unit = [(v.detach().cpu().float() / 255.0).permute(1, 0, 4, 2, 3) for v in (truth, prediction, error)]
+    frames = []
+    for t in range(as_unit[0].shape[0]):
+        grid = image_grid([v[t] for v in as_unit], scale=scale)
+        colour = np.array([0, 200, 0] if t < context else [220, 0, 0], np.uint8)
+        top = np.broadcast_to(colour, (bar, grid.shape[1], 3))
+        frames.append(np.concatenate([top, grid], 0))
+    return np.stack(frames)
+
+
+def write_gif(path: str | Path, frames: np.ndarray, duration: int = 120) -> Path:
+    """Write ``[T, H, W, 3]`` uint8 frames as a looping GIF (``duration`` ms per frame)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, frames, duration=duration, loop=0)
+    return path

@@ -3,7 +3,7 @@
 Unlike IRIS, the policy reads real frames in the env and during burn-in, and decoded
 frames in imagination: each imagined frame is decoded from the previous frame, the
 action and the sampled delta tokens (:class:`DeltaDream`). Training follows
-:class:`~worldmodels.algos.iris.agent.ImaginationAgent`: one loss with disjoint
+:class:`~worldmodels.rl.imagination_agent.ImaginationAgent`: one loss with disjoint
 gradients, one AdamW group per component (weight decay on layer weights only).
 """
 
@@ -13,8 +13,8 @@ import torch
 
 from ...nn.delta_tokenizer import DeltaTokenizer, DeltaTokenizerConfig
 from ...nn.tokenizer import as_unit_frames
-from ..iris.actor_critic import IrisActorCritic, IrisActorCriticConfig
-from ..iris.agent import ImaginationAgent, OptimConfig
+from ...rl.imagination_agent import ImaginationAgent, OptimConfig
+from ...rl.lstm_actor_critic import IrisActorCritic, IrisActorCriticConfig
 from .world_model import DeltaWorldModel, DeltaWorldModelConfig
 
 Tensor = torch.Tensor

@@ -1,10 +1,9 @@
 """Factories that let :func:`worldmodels.training.loop.fit` train Δ-IRIS online.
 
-The collection schedule, episode store and evaluation episodes are IRIS's
-(:mod:`worldmodels.algos.iris.data`, :mod:`worldmodels.algos.iris.experiment`); what
-differs is the model, the windows each component samples (the tokenizer reads
-sequences, since it encodes a frame given the previous one and the action) and the
-held-out scores.
+The collection schedule, replay and evaluation episodes are the shared ones of
+:mod:`worldmodels.rl` (as for IRIS); what differs is the model, the windows each
+component samples (the tokenizer reads sequences, since it encodes a frame given the
+previous one and the action), the count-based episode priority and the held-out scores.
 
     python -m worldmodels.train +exp=delta_iris_crafter
     python -m worldmodels.train +exp=delta_iris_atari env.task=breakout
@@ -16,16 +15,16 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from ...envs.factory import make_env
+from ...envs.spaces import EnvSpaces
 from ...nn.delta_tokenizer import DeltaTokenizerConfig
 from ...nn.tokenizer import as_unit_frames, psnr
+from ...rl.component_data import FRAME_KEYS, ComponentData, build_component_data, frame_spaces
+from ...rl.imagination_agent import COMPONENTS, OptimConfig, build_optimizer, frames_first
+from ...rl.imagination_eval import ImaginationEvaluator
+from ...rl.lstm_actor_critic import IrisActorCriticConfig
+from ...rl.protocols import rebuild_agent
 from ...training.loop import Factories
-from ...utils.config import dataclass_from_config
-from ..dreamerv3.collect import env_spec
-from ..iris.actor_critic import IrisActorCriticConfig
-from ..iris.agent import COMPONENTS, OptimConfig, frames_first
-from ..iris.data import IRIS_KEYS, IrisOnlineData
-from ..iris.experiment import IrisEvaluator, _node, build_optimizer, env_shape
+from ...utils.config import dataclass_from_config, to_dict
 from .agent import DeltaIrisAgent
 from .world_model import DeltaWorldModelConfig
 
@@ -37,53 +36,49 @@ def agent_configs(cfg: DictConfig, image_shape: tuple[int, int, int], num_action
         raise ValueError(f"Δ-IRIS needs square frames, got env.size {height}x{width}.")
     frames = {"resolution": height, "in_channels": channels, "num_actions": num_actions}
     model = cfg.model
-    tok = dataclass_from_config(DeltaTokenizerConfig, {**_node(model.tokenizer), **frames})
-    wm = dataclass_from_config(DeltaWorldModelConfig, {**_node(model.world_model), **frames,
+    tok = dataclass_from_config(DeltaTokenizerConfig, {**to_dict(model.tokenizer), **frames})
+    wm = dataclass_from_config(DeltaWorldModelConfig, {**to_dict(model.world_model), **frames,
                                                        "vocab_size": tok.vocab_size,
                                                        "tokens_per_frame": tok.tokens_per_frame})
-    ac = dataclass_from_config(IrisActorCriticConfig, {**_node(model.actor_critic), **frames})
+    ac = dataclass_from_config(IrisActorCriticConfig, {**to_dict(model.actor_critic), **frames})
     return tok, wm, ac
 
 
-def build_model(cfg: DictConfig) -> DeltaIrisAgent:
-    shape, num_actions = env_shape(cfg)
+def agent_from_spaces(cfg: DictConfig, spaces: EnvSpaces) -> DeltaIrisAgent:
+    """The :class:`DeltaIrisAgent` of ``cfg.model`` for ``spaces`` (no env opened)."""
     optim = {name: dataclass_from_config(OptimConfig, cfg.model.optim[name]) for name in COMPONENTS}
-    return DeltaIrisAgent(*agent_configs(cfg, shape, num_actions), optim=optim)
+    agent = DeltaIrisAgent(*agent_configs(cfg, tuple(spaces.obs["image"][0]), spaces.act.size), optim=optim)
+    agent.env_spaces = spaces
+    return agent
 
 
-class DeltaIrisOnlineData(IrisOnlineData):
-    """IRIS's online data with Δ-IRIS's windows: the tokenizer samples
-    ``tokenizer_length`` consecutive frames with their actions, the actor-critic its
-    burn-in window with actions (the dream tokenises the context)."""
-
-    def __init__(self, *args, tokenizer_length: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        if tokenizer_length < 2:
-            raise ValueError(f"algo.tokenizer_sequence_length={tokenizer_length} must be >= 2 (pairs of frames).")
-        self.tokenizer_length = int(tokenizer_length)
-
-    def windows(self) -> dict[str, tuple[int, bool, tuple[str, ...]]]:
-        keys = ("observations", "actions", "mask_padding")
-        return {"tokenizer": (self.tokenizer_length, True, keys),
-                "world_model": (self.sequence_length, True, (*IRIS_KEYS, "mask_padding")),
-                "actor_critic": (self.burn_in + 1, False, keys)}
+def build_model(cfg: DictConfig) -> DeltaIrisAgent:
+    return agent_from_spaces(cfg, frame_spaces(cfg)[0])
 
 
-def build_data(cfg: DictConfig, device: torch.device) -> DeltaIrisOnlineData:
-    algo = cfg.algo
-    return DeltaIrisOnlineData(
-        make_env(env_spec(cfg, seed=int(cfg.seed))), batch_sizes=dict(algo.batch_sizes),
-        sequence_length=int(algo.sequence_length), burn_in=int(cfg.model.actor_critic.burn_in),
-        starts=dict(algo.starts), collect_every=int(algo.collect_every), collect_steps=int(algo.collect_steps),
-        max_env_steps=int(float(algo.max_env_steps)), epsilon=float(algo.epsilon),
-        temperature=float(algo.temperature), capacity=int(float(algo.capacity)), seed=int(cfg.seed),
-        device=device, recent_weights=None if algo.recent_weights is None else list(algo.recent_weights),
-        initial_steps=int(float(algo.initial_collect_steps)), tokenizer_length=int(algo.tokenizer_sequence_length))
+def load_agent(state: dict) -> DeltaIrisAgent:
+    """The agent of a checkpoint (the registry's ``agent_loader``)."""
+    return rebuild_agent(state, agent_from_spaces)
 
 
-class DeltaIrisEvaluator(IrisEvaluator):
-    """IRIS's evaluation episodes and media, with Δ-IRIS's held-out scores and
-    reconstructions (each frame decoded from the previous real frame and action)."""
+def build_data(cfg: DictConfig, device: torch.device) -> ComponentData:
+    """Δ-IRIS's windows: ``algo.tokenizer_sequence_length`` consecutive frames with their
+    actions for the tokenizer (it encodes a frame given the previous one and the action),
+    ``algo.sequence_length`` frames for the world model, and the burn-in window with
+    actions for the actor-critic (the dream tokenises the context)."""
+    algo, keys = cfg.algo, ("observations", "actions", "mask_padding")
+    tokenizer_length = int(algo.tokenizer_sequence_length)
+    if tokenizer_length < 2:
+        raise ValueError(f"algo.tokenizer_sequence_length={tokenizer_length} must be >= 2 (pairs of frames).")
+    shapes = {"tokenizer": (tokenizer_length, "start", keys),
+              "world_model": (int(algo.sequence_length), "start", FRAME_KEYS),
+              "actor_critic": (int(cfg.model.actor_critic.burn_in) + 1, "end", keys)}
+    return build_component_data(cfg, device, shapes, initial_steps=int(float(algo.initial_collect_steps)))
+
+
+class DeltaIrisEvaluator(ImaginationEvaluator):
+    """The shared evaluation episodes and media (:class:`ImaginationEvaluator`), with
+    Δ-IRIS's held-out scores and reconstructions (each frame decoded from the previous real frame and action)."""
 
     def reconstructions(self, model: DeltaIrisAgent, frames: torch.Tensor,
                         actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +98,7 @@ class DeltaIrisEvaluator(IrisEvaluator):
           world model teacher forced over windows of ``max_blocks`` frames.
         """
         device = next(model.parameters()).device
-        episode = self._episode
+        episode = self.episode
         frames = frames_first(torch.from_numpy(episode["image"]).to(device))
         if len(frames) < 2:
             return {}
@@ -147,4 +142,4 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> DeltaIrisEvaluator
 
 FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator, optimizer=build_optimizer)
 
-__all__ = ["FACTORIES", "DeltaIrisEvaluator", "DeltaIrisOnlineData", "agent_configs", "build_model"]
+__all__ = ["FACTORIES", "DeltaIrisEvaluator", "agent_configs", "agent_from_spaces", "build_data", "build_model"]

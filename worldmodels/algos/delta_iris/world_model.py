@@ -33,9 +33,7 @@ from ...nn.delta_tokenizer import valid_pairs
 from ...nn.distributions import TwoHotSymlog
 from ...nn.frame_cnn import check_levels, frame_encoder
 from ...nn.kv_cache import KVCache
-from ...nn.tokenizer import as_unit_frames
-from ...nn.transformer import Transformer, TransformerConfig, init_gpt_weights_
-from ..iris.world_model import (
+from ...nn.token_heads import (
     END_CLASSES,
     REWARD_CLASSES,
     causal_transformer_config,
@@ -43,6 +41,8 @@ from ..iris.world_model import (
     rewards_from_logits,
     sample_tokens,
 )
+from ...nn.tokenizer import as_unit_frames
+from ...nn.transformer import Transformer, TransformerConfig, init_gpt_weights_
 
 Tensor = torch.Tensor
 FRAME_SLOT, ACTION_SLOT = 0, 1

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...rl.protocols import check_mode
 from .behavior import ActorCritic
 from .config import DreamerConfig
 from .world_model import WorldModel
@@ -124,14 +125,20 @@ class DreamerAgent(nn.Module):
         return PolicyState(deter.clone(), stoch, deter.new_zeros(num_envs, self.actor_critic.action_dim))
 
     @torch.no_grad()
-    def policy(self, obs: Mapping[str, Any], state: PolicyState, *, explore: bool) -> tuple[np.ndarray, PolicyState]:
-        """One step for ``N`` environments: encode ``obs`` (``{key: [N, ...]}`` numpy or
-        tensors, with ``is_first [N]``), one posterior step from ``state`` with the previous
-        action (reset where ``is_first``), then sample (``explore``) or take the mode.
+    def policy(self, obs: Mapping[str, Any], state: PolicyState, mode: str = "explore", *,
+               explore: bool | None = None) -> tuple[np.ndarray, PolicyState]:
+        """One step for ``N`` environments (:class:`~worldmodels.rl.protocols.Agent`): encode
+        ``obs`` (``{key: [N, ...]}`` numpy or tensors, with ``is_first [N]``), one posterior
+        step from ``state`` with the previous action (reset where ``is_first``), then sample
+        the actor (``mode`` ``"explore"`` or ``"sample"``) or take its mode (``"greedy"``).
+        ``explore=True/False`` is the same as ``mode="explore"/"greedy"``.
 
         Returns ``(actions, new_state)``: int64 ``[N]`` indices (discrete) or float32
         ``[N, A]`` clipped to ``[-1, 1]`` (continuous), as numpy.
         """
+        if explore is not None:
+            mode = "explore" if explore else "greedy"
+        sample = check_mode(mode) != "greedy"
         if "is_first" not in obs:
             raise KeyError(f"policy needs obs['is_first'] [N] to know where episodes restart; got {sorted(obs)}.")
         wm, device = self.world_model, self.device
@@ -144,7 +151,7 @@ class DreamerAgent(nn.Module):
                                state=(state.deter, state.stoch))
         deter, stoch = post.deter[:, 0], post.stoch[:, 0]
         dist = self.actor_critic.policy(wm.features(deter, stoch))
-        action = dist.sample() if explore else dist.mode()
+        action = dist.sample() if sample else dist.mode()
         if self.actor_critic.discrete:
             index = action.argmax(-1)
             onehot = F.one_hot(index, self.actor_critic.action_dim).to(deter.dtype)

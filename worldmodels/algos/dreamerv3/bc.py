@@ -30,7 +30,6 @@ env, measured at the first evaluation and repeated after), and with
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +41,18 @@ from torch import nn
 
 from ...data.episodes import EpisodeError, list_episodes, load_episode
 from ...data.offline import OfflineDataset
-from ...envs.factory import ActionSpace, ObsSpace, VectorEnv, make_env, random_actions
+from ...envs.factory import ActionSpace, ObsSpace, VectorEnv, infer_spaces, make_env, spec_from_config
+from ...envs.spaces import EnvSpaces
 from ...nn.distributions import BoundedNormal
 from ...nn.mlp import MLP
 from ...nn.multi_io import MultiEncoder
+from ...rl.actions import from_env_action
+from ...rl.evaluator import EVAL_SEED_OFFSET, EpisodeEvaluator, eval_env_config
 from ...training.checkpoint import CheckpointError, load_checkpoint
+from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from .agent import DreamerAgent, DreamerConfig
-from .collect import env_spec, to_env_action
-from .evaluate import EVAL_SEED_OFFSET
 from .offline import (
     episode_dir,
     episode_obs_space,
@@ -77,15 +78,17 @@ def checkpoint_config(path: Path, state: dict[str, Any]) -> DictConfig:
 
 def checkpoint_spaces(state: dict[str, Any], cfg: DictConfig) -> tuple[ObsSpace, ActionSpace]:
     """The spaces the checkpoint's agent was built with (see the module docstring)."""
+    if state.get("env_spaces"):
+        spaces = EnvSpaces.from_state(state["env_spaces"])
+        return spaces.obs, spaces.act
     saved = (state.get("data") or {}).get("spaces")
     if saved:
         obs_space, act_space, _ = spaces_from_state(saved)
         return obs_space, act_space
     if cfg.algo.name == "dreamer_offline":
         return offline_spaces(cfg)
-    from .experiment import spaces_for
-
-    return spaces_for(env_spec(cfg, seed=int(cfg.seed), num_envs=1))
+    spaces = infer_spaces(spec_from_config(cfg.env, seed=int(cfg.seed), num_envs=1))
+    return spaces.obs, spaces.act
 
 
 def _checkpoint_path(cfg: DictConfig) -> Path:
@@ -234,7 +237,7 @@ class StepData:
         return {k: torch.from_numpy(np.ascontiguousarray(v[index])).to(device) for k, v in self.arrays.items()}
 
 
-class BCData:
+class BCData(TrainData):
     """``TrainData``: ``batch_size`` uniformly sampled steps ``{key: [B, ...]}``; state: its RNG."""
 
     def __init__(self, steps: StepData, batch_size: int, seed: int, device: torch.device | str = "cpu"):
@@ -251,37 +254,42 @@ class BCData:
         self._rng.bit_generator.state = state["rng"]
 
 
-def rollout(env: VectorEnv, act: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
-    """One episode in each of the ``N`` envs; returns their returns ``[N]`` (float64)."""
-    obs, n = env.reset(), env.num_envs
-    done, returns = np.zeros(n, bool), np.zeros(n, np.float64)
-    while not done.all():
-        obs = env.step(act(obs))
-        returns[~done] += obs["reward"][~done]
-        done |= obs["is_last"]
-    return returns
+class BCAgent:
+    """:class:`~worldmodels.rl.protocols.Agent` view of a :class:`BCPolicy` (stateless,
+    always greedy), in the agent's action form (``mse`` actions are mapped from the
+    env's units back to ``[-1, 1]``)."""
+
+    def __init__(self, model: BCPolicy, act_space: Any):
+        self.model, self.act_space = model, act_space
+
+    def init_policy_state(self, num_envs: int) -> None:
+        return None
+
+    def policy(self, obs: dict[str, np.ndarray], state: None, mode: str = "greedy", **kwargs: Any):
+        action = self.model.act(obs)
+        if not self.model.discrete and self.model.loss_kind == "mse":
+            action = from_env_action(self.act_space, action)
+        return action, None
 
 
-class BCEvaluator:
+class BCEvaluator(Evaluator):
     """Greedy episodes of the BC policy, a random baseline and held-out metrics (module docstring)."""
 
     def __init__(self, env: VectorEnv, keys: list[str], obs_space: ObsSpace, held_out: StepData | None = None,
                  seed: int = 0, batch_size: int = 1024):
         check_keys(obs_space, keys, env.obs_space, "env")
-        self.env, self.held_out, self.batch_size = env, held_out, int(batch_size)
-        self._rng = np.random.default_rng(seed)
+        self.runner = EpisodeEvaluator(env, env.num_envs, mode="greedy", seed=seed)
+        self.held_out, self.batch_size = held_out, int(batch_size)
         self.random_returns: np.ndarray | None = None
 
-    def _env_action(self, action: np.ndarray, model: BCPolicy) -> np.ndarray:
-        if model.discrete or model.loss_kind == "mse":
-            return action
-        return to_env_action(self.env.act_space, action)
+    @property
+    def env(self) -> VectorEnv:
+        return self.runner.env
 
     def evaluate(self, model: BCPolicy) -> dict[str, float]:
-        returns = rollout(self.env, lambda obs: self._env_action(model.act(obs), model))
+        returns = self.runner.run(BCAgent(model, self.env.act_space)).returns
         if self.random_returns is None:
-            space, n = self.env.act_space, self.env.num_envs
-            self.random_returns = rollout(self.env, lambda obs: random_actions(space, n, self._rng))
+            self.random_returns = self.runner.run(None).returns
         metrics = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
                    "eval/neg_return": -float(returns.mean()),
                    "eval/random_return_mean": float(self.random_returns.mean())}
@@ -299,11 +307,8 @@ class BCEvaluator:
                 sums[name] = sums.get(name, 0.0) + float(value.float().sum())
         return {f"eval/{name}": value / len(self.held_out) for name, value in sums.items()}
 
-    def write_media(self, model: BCPolicy, directory: Path, step: int) -> list[Path]:
-        return []
-
     def close(self) -> None:
-        self.env.close()
+        self.runner.close()
 
 
 def load_agent(path: str | Path) -> tuple[DreamerAgent, ObsSpace]:
@@ -355,7 +360,7 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> BCEvaluator:
     eval_dir = cfg.data.get("eval_dir")
     held_out = None if eval_dir is None else _steps(cfg, eval_dir, "data.eval_dir")
     seed = int(cfg.seed) + EVAL_SEED_OFFSET
-    env = make_env(env_spec(cfg, seed=seed, num_envs=int(cfg.algo.eval_episodes)))
+    env = make_env(spec_from_config(eval_env_config(cfg), seed=seed, num_envs=int(cfg.algo.eval_episodes)))
     try:
         return BCEvaluator(env, keys, obs_space, held_out, seed)
     except BaseException:

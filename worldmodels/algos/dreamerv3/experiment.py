@@ -1,40 +1,56 @@
 """Factories that let :func:`worldmodels.training.loop.fit` train DreamerV3 online.
 
 The model is :class:`DreamerAgent` built from ``cfg.model`` (:class:`DreamerConfig`
-fields) and the spaces of ``cfg.env``; the data is :class:`OnlineData` (the agent
-collects its own experience; ``algo.train_ratio`` replayed steps per env step); the
-evaluator runs greedy episodes in a separate env. One Adam serves the world model,
-actor and critic with their own learning rates and epsilons
-(:meth:`DreamerAgent.param_groups`); ``train.lr`` and ``train.weight_decay`` are unused.
+fields) and the spaces of ``cfg.env`` (:func:`~worldmodels.envs.factory.infer_spaces`;
+checkpoints record them); the data is :class:`OnlineData` (the agent collects its own
+experience; ``algo.train_ratio`` replayed steps per env step); the evaluator runs
+greedy episodes in a separate env. One Adam serves the world model, actor and critic
+with their own learning rates and epsilons (:meth:`DreamerAgent.param_groups`);
+``train.lr`` and ``train.weight_decay`` are unused.
 
     python -m worldmodels.train +exp=dreamer_cartpole
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from ...envs.factory import ActionSpace, EnvSpec, ObsSpace, make_env
+from ...envs.factory import infer_spaces, spec_from_config
+from ...envs.spaces import EnvSpaces
+from ...rl.protocols import rebuild_agent
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from .agent import DreamerAgent, DreamerConfig
-from .collect import build_online_data, env_spec
+from .collect import build_online_data
 from .evaluate import build_evaluator
 
 
-def spaces_for(spec: EnvSpec) -> tuple[ObsSpace, ActionSpace]:
-    """``(obs_space, act_space)`` of the env ``spec`` names, read from a throwaway copy."""
-    with make_env(dataclasses.replace(spec, num_envs=1)) as env:
-        return dict(env.obs_space), env.act_space
+def agent_from_spaces(cfg: DictConfig, spaces: EnvSpaces) -> DreamerAgent:
+    """The :class:`DreamerAgent` of ``cfg.model`` for ``spaces`` (no env opened)."""
+    agent = DreamerAgent(dataclass_from_config(DreamerConfig, cfg.model), spaces.obs, spaces.act)
+    agent.env_spaces = spaces
+    return agent
 
 
 def build_model(cfg: DictConfig) -> DreamerAgent:
-    obs_space, act_space = spaces_for(env_spec(cfg, seed=int(cfg.seed), num_envs=1))
-    return DreamerAgent(dataclass_from_config(DreamerConfig, cfg.model), obs_space, act_space)
+    return agent_from_spaces(cfg, infer_spaces(spec_from_config(cfg.env, seed=int(cfg.seed), num_envs=1)))
+
+
+def load_agent(state: dict) -> DreamerAgent:
+    """The agent of an online or offline DreamerV3 checkpoint (the registry's
+    ``agent_loader``); checkpoints of offline runs that predate recorded env spaces get
+    theirs from the data state."""
+    spaces = None
+    saved = (state.get("data") or {}).get("spaces")
+    if not state.get("env_spaces") and saved:
+        from .offline import spaces_from_state
+
+        obs, act, _ = spaces_from_state(saved)
+        spaces = EnvSpaces(obs, act)
+    return rebuild_agent(state, agent_from_spaces, spaces)
 
 
 def build_optimizer(cfg: DictConfig, model: Any) -> torch.optim.Optimizer:

@@ -47,7 +47,9 @@ from omegaconf import DictConfig
 from ...data.episodes import EPISODE_SUFFIXES, EpisodeError, list_episodes, load_episode
 from ...data.offline import OfflineDataset
 from ...envs.factory import ActionSpace, ObsSpace
+from ...envs.spaces import EnvSpaces
 from ...nn.multi_io import is_bookkeeping, select_keys
+from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from .agent import BATCH_KEYS, DreamerAgent, DreamerConfig
@@ -170,7 +172,7 @@ def step_losses(wm: WorldModel, batch: dict[str, Tensor], *, state: tuple[Tensor
     return terms, post
 
 
-class OfflineData:
+class OfflineData(TrainData):
     """``TrainData`` over :meth:`OfflineDataset.sample`: ``{key: [B, L, ...]}`` tensors
     on ``device`` (images uint8, flags bool). Its state is the dataset's sampling RNG
     (restored on resume) and ``spaces`` (see :func:`spaces_state`)."""
@@ -190,7 +192,7 @@ class OfflineData:
         self.dataset.load_state_dict(state["dataset"])
 
 
-class OfflineEvaluator:
+class OfflineEvaluator(Evaluator):
     """World-model losses on held-out episodes and an open-loop GIF (module docstring).
 
     Args:
@@ -322,7 +324,9 @@ def _dataset(cfg: DictConfig, directory: Path, keys: list[str], crop_mode: str) 
 
 def build_model(cfg: DictConfig) -> DreamerAgent:
     obs_space, act_space = offline_spaces(cfg)
-    return DreamerAgent(dataclass_from_config(DreamerConfig, cfg.model), obs_space, act_space)
+    agent = DreamerAgent(dataclass_from_config(DreamerConfig, cfg.model), obs_space, act_space)
+    agent.env_spaces = EnvSpaces(obs_space, act_space)
+    return agent
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> OfflineData:

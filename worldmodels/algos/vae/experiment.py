@@ -4,38 +4,23 @@ frames from the C++ bouncing-balls renderer."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set
+from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set, renderer_kwargs
 from ...nn.vae import ConvVAE, ConvVAEConfig
+from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from ...utils.images import image_grid, save_png
+
 
 def build_model(cfg: DictConfig) -> ConvVAE:
     return ConvVAE(dataclass_from_config(ConvVAEConfig, cfg.model))
 
 
-def renderer_kwargs(env: DictConfig) -> dict[str, Any]:
-    """The keyword arguments of the renderer's ``generate`` taken from ``env``."""
-    return {
-        "num_balls": int(env.num_balls),
-        "size": int(env.size),
-        "radius": _scalar_or_range(env.radius),
-        "speed": _scalar_or_range(env.speed),
-        "channels": int(env.channels),
-        "recolor_on_wall_hit": bool(env.get("recolor_on_wall_hit", False)),
-    }
-
-
-def _scalar_or_range(value):
-    return tuple(float(v) for v in value) if not isinstance(value, (int, float)) else float(value)
-
-
-class FrameBatches:
+class FrameBatches(TrainData):
     """Batches of single frames ``{"image": [B*T, C, H, W]}`` from the sequence provider."""
 
     def __init__(self, provider: BouncingBallsProvider):
@@ -61,7 +46,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> FrameBatches:
     return FrameBatches(provider)
 
 
-class VAEEvaluator:
+class VAEEvaluator(Evaluator):
     """ELBO terms and reconstruction PSNR on a fixed held-out set of frames, with the
     PSNR of predicting the held-out mean frame as a baseline; reconstruction grids
     (truth above reconstruction, then prior samples) as PNG."""

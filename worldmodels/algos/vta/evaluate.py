@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ...training.contract import Evaluator
 from .metrics import boundary_scores, periodic_boundaries, random_boundaries
 from .model import VTA, detector_health
 from .visualize import save_visualization
@@ -40,7 +41,7 @@ def foreground_error(reconstruction: torch.Tensor, truth: torch.Tensor, threshol
     return error[foreground].mean().item() if foreground.any() else 0.0
 
 
-class VTAEvaluator:
+class VTAEvaluator(Evaluator):
     """Scores a VTA on a fixed held-out batch ``{"frames", "actions"?, "events"}``.
 
     ``events`` (bool ``[B, T]``) are the ground-truth boundaries of the whole

@@ -8,11 +8,10 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
-from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set
+from ...data.bouncing_balls import BouncingBallsProvider, make_eval_set, renderer_kwargs
 from ...data.stream import StepStream
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
-from ..vae.experiment import renderer_kwargs
 from .evaluate import VTAEvaluator
 from .model import VTA, VTAConfig
 

@@ -1,0 +1,124 @@
+"""The shared collector and episode evaluator on a deterministic env."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import CountingEnv
+
+from worldmodels.rl.collector import Collector
+from worldmodels.rl.evaluator import EpisodeEvaluator
+from worldmodels.rl.replay import Replay
+
+
+class ConstantAgent:
+    """Acts ``action``; its state counts the calls since each env's last ``is_first``."""
+
+    def __init__(self, action=1):
+        self.action, self.calls = action, 0
+
+    def init_policy_state(self, num_envs):
+        return np.zeros(num_envs, np.int64)
+
+    def policy(self, obs, state, mode="explore", **kwargs):
+        self.calls += 1
+        self.mode, self.kwargs = mode, kwargs
+        state = np.where(obs["is_first"], 1, state + 1)
+        return np.full(len(state), self.action), state
+
+
+def test_stored_steps_follow_the_episode_convention(counting_env):
+    collector = Collector(counting_env, seed=0)
+    steps = []
+    collector.on_step.append(steps.append)
+    collector.collect(8, ConstantAgent(1))
+    assert collector.env_steps == 8 and len(steps) == 4
+    vectors = np.stack([s["vector"][:, 0] for s in steps])        # [T, N]: t within the episode
+    np.testing.assert_array_equal(vectors[:, 0], [0, 1, 2, 3])
+    assert steps[0]["is_first"].all() and steps[3]["is_last"][0] and not steps[3]["is_last"][1]
+    np.testing.assert_array_equal(steps[1]["action"], [[0, 1], [0, 1]])  # one-hot of the action taken
+    np.testing.assert_array_equal(steps[3]["action"][0], [0, 0])        # a last step's action: zeros
+    np.testing.assert_array_equal(steps[1]["reward"], [2, 2])           # 1 + previous action
+
+
+def test_policy_state_is_carried_between_calls(counting_env):
+    agent, collector = ConstantAgent(), Collector(counting_env)
+    collector.collect(4, agent, "sample", temperature=0.5)
+    collector.collect(8, agent, "sample", temperature=0.5)
+    assert agent.calls == 6 and agent.mode == "sample" and agent.kwargs == {"temperature": 0.5}
+    np.testing.assert_array_equal(collector._state, [2, 6])            # env 0 restarted at call 5
+
+
+def test_episode_bookkeeping_and_metrics(counting_env):
+    collector, finished = Collector(counting_env), []
+    collector.on_episode.append(lambda i, ret, length: finished.append((i, ret, length)))
+    collector.collect(2 * 12, ConstantAgent(0))
+    assert finished[:2] == [(0, 3.0, 3), (1, 5.0, 5)]
+    metrics = collector.metrics()
+    assert metrics["collect/episodes"] == len(finished) and metrics["collect/env_steps"] == 24
+    assert metrics["perf/collect_steps_per_s"] > 0 and "collect/return_mean" in metrics
+    assert collector.metrics()["collect/episodes"] == len(finished)      # totals stay, the window clears
+    with pytest.raises(ValueError, match="policy mode 'fast'"):
+        collector.collect(2, None, "fast")
+
+
+def test_random_actions_are_seeded_and_restored(counting_env):
+    def actions(collector, steps):
+        got = []
+        collector.on_step[:] = [lambda s: got.append(np.where(s["is_last"], -1, s["action"].argmax(-1)))]
+        collector.collect(steps)
+        return np.stack(got)
+
+    a = Collector(CountingEnv(), seed=3)
+    actions(a, 10)
+    state = a.state_dict()
+    first = actions(a, 10)
+    b = Collector(CountingEnv(), seed=0)
+    b.load_state_dict(state)
+    assert b.env_steps == a.env_steps - 10
+    again = actions(b, 10)
+    taken = (again >= 0) & (first >= 0)             # a last step's action is not stored
+    assert taken.sum() >= 6
+    np.testing.assert_array_equal(again[taken], first[taken])
+
+
+def test_a_collector_feeds_the_replay_unfinished_episodes(counting_env):
+    replay, collector = Replay(100), Collector(CountingEnv(lengths=(50,)))
+    collector.on_step.append(replay.add)
+    collector.collect(10)
+    assert replay.episode_lengths(finished_only=True) == {} and replay.can_sample(8, align="start")
+    window = replay.sample(4, 8, align="start", margin=1)
+    assert window["mask"].any(axis=1).all()
+
+
+def test_evaluator_counts_the_first_episodes_to_start():
+    env = CountingEnv(lengths=(1, 6))
+    result = EpisodeEvaluator(env, episodes=3, mode="greedy").run(ConstantAgent(0))
+    # env 0 finishes every 2 calls, env 1 once in 7: the third episode to start is env 0's
+    # second, though env 0 also finished a third before env 1 ended
+    np.testing.assert_array_equal(result.lengths, [1, 6, 1])
+    np.testing.assert_array_equal(result.returns, [1.0, 6.0, 1.0])
+    assert result.metrics()["eval/neg_return"] == pytest.approx(-8 / 3)
+
+
+def test_evaluator_records_the_first_episode_with_its_last_step():
+    env = CountingEnv(lengths=(4, 2))
+    evaluator = EpisodeEvaluator(env, episodes=2, record_envs=2, record_steps=100)
+    result = evaluator.run(ConstantAgent(1))
+    first, second = result.recorded
+    np.testing.assert_array_equal(first["vector"][:, 0], [0, 1, 2, 3, 4])
+    assert first["is_last"][-1] and not first["is_last"][:-1].any()
+    np.testing.assert_array_equal(second["vector"][:, 0], [0, 1, 2])
+    evaluator.close()
+    assert env.closed
+
+
+def test_evaluator_with_a_torch_agent_in_greedy_mode():
+    class TorchAgent(ConstantAgent):
+        def policy(self, obs, state, mode="explore", **kwargs):
+            assert mode == "greedy"
+            return torch.zeros(len(obs["is_first"]), dtype=torch.int64).numpy(), state
+
+    result = EpisodeEvaluator(CountingEnv(lengths=(2, 2)), episodes=4).run(TorchAgent())
+    assert (result.lengths == 2).all()

@@ -1,0 +1,96 @@
+"""The family registry: every entry point (``train``, ``play``, ``record``,
+``visualize``) asks it, none imports a family's internals.
+
+Each ``algo.name`` maps to where its factories live and what else the family offers:
+
+- ``factories``: ``"module:attribute"`` of its :class:`~worldmodels.training.loop.Factories`
+  (imported only when that algorithm is chosen);
+- ``agent_loader``: ``"module:function"``, ``load_agent(state) -> agent`` that rebuilds
+  the agent of a checkpoint (its ``config`` and ``env_spaces``) with its weights, for
+  ``record --checkpoint`` and ``play``; None when the family has no agent;
+- ``playable``: ``play``'s world-model modes work with it (an
+  :class:`~worldmodels.rl.imagination_agent.ImaginationAgent`);
+- ``visualizer``: ``python -m worldmodels.visualize`` can draw its checkpoints.
+
+Adding a family: one folder ``worldmodels/algos/<family>/`` with its model, losses and
+factories, its configs (``configs/algo/<name>.yaml``, ``configs/model/...``,
+``configs/exp/...``), and one line in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import WorldModelsError
+
+
+class UnknownAlgorithmError(WorldModelsError, ValueError):
+    """``algo.name`` (or a checkpoint's) names no registered family."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One registry entry (see the module docstring)."""
+
+    factories: str
+    agent_loader: str | None = None
+    playable: bool = False
+    visualizer: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "vae": Family("worldmodels.algos.vae:FACTORIES", visualizer=True),
+    "vta": Family("worldmodels.algos.vta.experiment:FACTORIES", visualizer=True),
+    "dreamerv3": Family("worldmodels.algos.dreamerv3.experiment:FACTORIES",
+                        agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True),
+    "dreamer_offline": Family("worldmodels.algos.dreamerv3.offline:FACTORIES",
+                              agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True),
+    "dreamer_bc": Family("worldmodels.algos.dreamerv3.bc:FACTORIES"),
+    "iris": Family("worldmodels.algos.iris.experiment:FACTORIES", agent_loader="worldmodels.algos.iris.experiment:load_agent",
+                   playable=True, visualizer=True),
+    "delta_iris": Family("worldmodels.algos.delta_iris.experiment:FACTORIES",
+                         agent_loader="worldmodels.algos.delta_iris.experiment:load_agent", playable=True,
+                         visualizer=True),
+}
+
+
+def family(name: str) -> Family:
+    """The entry of ``algo.name``; an unknown name lists the known ones."""
+    if name not in FAMILIES:
+        raise UnknownAlgorithmError(f"algo.name={name!r} is not one of {', '.join(sorted(FAMILIES))}.")
+    return FAMILIES[name]
+
+
+def _resolve(target: str) -> Any:
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def factories(name: str) -> Any:
+    """The :class:`~worldmodels.training.loop.Factories` of ``algo.name``."""
+    return _resolve(family(name).factories)
+
+
+def algo_name(state: dict[str, Any]) -> str:
+    """The ``algo.name`` recorded in a checkpoint's config."""
+    name = ((state.get("config") or {}).get("algo") or {}).get("name")
+    if not name:
+        raise UnknownAlgorithmError("the checkpoint records no config with algo.name; was it written by "
+                                    "python -m worldmodels.train?")
+    return str(name)
+
+
+def load_agent(state: dict[str, Any]) -> Any:
+    """The agent of a checkpoint ``state`` (``torch.load`` of ``last.pt``/``best.pt``),
+    rebuilt from its recorded config and env spaces, weights loaded, in eval mode."""
+    name = algo_name(state)
+    loader = family(name).agent_loader
+    if loader is None:
+        raise UnknownAlgorithmError(f"algo.name={name!r} has no agent to act with; runs of "
+                                    f"{', '.join(n for n, f in FAMILIES.items() if f.agent_loader)} do.")
+    return _resolve(loader)(state)
+
+
+__all__ = ["FAMILIES", "Family", "UnknownAlgorithmError", "algo_name", "factories", "family", "load_agent"]

@@ -1,0 +1,183 @@
+"""One driver for every online loop: steps a vector env with an agent's policy.
+
+:class:`Collector` owns the env's current observation and the agent's policy state
+between calls, turns each vectorised step into a *stored step* (observations, the
+reward and flags the env returned, the action then taken in its stored form: one-hot
+for discrete actions, the agent's ``[-1, 1]`` values for continuous ones, zeros at an
+episode's last step, whose action the env ignores) and hands it to its hooks: a replay's ``add``, an
+:class:`~worldmodels.data.episodes.EpisodeBuilder` that saves whole episodes, a
+recorder of frames. It counts env steps and episodes and measures throughput.
+
+    collector = Collector(make_env(spec), seed=0)
+    collector.on_step.append(replay.add)
+    collector.collect(1000)                                  # uniform random actions
+    collector.collect(64, agent=agent, mode="explore")       # the agent's policy
+    collector.metrics()                                      # collect/..., perf/...
+
+Env steps count every env: one vectorised step of ``N`` envs is ``N`` env steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..envs.spaces import VectorEnv
+from .actions import random_policy, stored_action, to_env_action
+from .protocols import Agent, check_mode
+
+RANDOM_BLOCK = 256   # calls of random actions drawn at once
+StepHook = Callable[[dict[str, np.ndarray]], None]
+EpisodeHook = Callable[[int, float, int], None]   # (env index, return, length)
+
+
+class Collector:
+    """Steps ``env`` (see the module docstring).
+
+    Args:
+        env: the vector env, closed by :meth:`close`.
+        seed: seed of the random-action RNG.
+        keys: observation keys to store (default: every key the env gives).
+    Hooks (lists, append to them): ``on_step(step)`` with each stored step
+    ``{key: [N, ...]}``; ``on_episode(env_index, return, length)`` when an episode ends.
+    """
+
+    def __init__(self, env: VectorEnv, *, seed: int = 0, keys: list[str] | None = None):
+        self.env, self.num_envs, self.act_space = env, env.num_envs, env.act_space
+        self.keys = list(env.obs_space) if keys is None else [*keys, "reward", "is_first", "is_last", "is_terminal"]
+        self.on_step: list[StepHook] = []
+        self.on_episode: list[EpisodeHook] = []
+        self._rng = np.random.default_rng(seed)
+        self._block: np.ndarray | None = None       # random actions drawn RANDOM_BLOCK calls at a time
+        self._block_pos, self._block_state = 0, copy.deepcopy(self._rng.bit_generator.state)
+        self._obs: dict[str, np.ndarray] | None = None
+        self._state: Any = None
+        self._agent: Any = None
+        self._returns = np.zeros(self.num_envs, np.float64)
+        self._lengths = np.zeros(self.num_envs, np.int64)
+        self.env_steps, self.episodes = 0, 0
+        self._window = self._fresh_window()
+
+    # ---------------------------------------------------------------- acting
+    def _random(self) -> np.ndarray:
+        """Uniform actions for one call, drawn in blocks (one RNG call per block)."""
+        if self._block is None or self._block_pos == len(self._block):
+            self._block_state = copy.deepcopy(self._rng.bit_generator.state)
+            self._block = random_policy(self.act_space, RANDOM_BLOCK * self.num_envs, self._rng)
+            self._block = self._block.reshape(RANDOM_BLOCK, self.num_envs, *self._block.shape[1:])
+            self._block_pos = 0
+        self._block_pos += 1
+        return self._block[self._block_pos - 1]
+
+    def _actions(self, obs: dict[str, np.ndarray], agent: Agent | None, mode: str, kwargs: dict) -> np.ndarray:
+        if agent is None:
+            return self._random()
+        if self._state is None or agent is not self._agent:
+            self._state, self._agent = agent.init_policy_state(self.num_envs), agent
+        action, self._state = agent.policy(obs, self._state, mode, **kwargs)
+        return action
+
+    def step(self, agent: Agent | None = None, mode: str = "explore", **policy_kwargs: Any) -> dict[str, np.ndarray]:
+        """One vectorised step: act on the current observation (uniformly at random when
+        ``agent`` is None), store it with its action, step the env. Returns the stored step."""
+        if self._obs is None:
+            self._obs, self._state = self.env.reset(), None
+            self._returns[:], self._lengths[:] = 0.0, 0
+        obs = self._obs
+        action = self._actions(obs, agent, mode, policy_kwargs)
+        stored = {key: obs[key] for key in self.keys}
+        stored["action"] = stored_action(self.act_space, action)
+        if np.count_nonzero(obs["is_last"]):        # np.count_nonzero: 5x cheaper than .any() here
+            stored["action"][obs["is_last"]] = 0.0   # never taken: the env resets instead
+        for hook in self.on_step:
+            hook(stored)
+        self._obs = self.env.step(to_env_action(self.act_space, action))
+        self._book(self._obs)
+        return stored
+
+    @property
+    def last_obs(self) -> dict[str, np.ndarray] | None:
+        """The env's latest observation (what the next step acts on)."""
+        return self._obs
+
+    def reset(self) -> None:
+        """Start new episodes in every env at the next step (and a fresh policy state)."""
+        self._obs, self._state = None, None
+
+    def _book(self, obs: dict[str, np.ndarray]) -> None:
+        self.env_steps += self.num_envs
+        self._window["env_steps"] += self.num_envs
+        first, last = obs["is_first"], obs["is_last"]
+        if np.count_nonzero(first):
+            self._returns[first], self._lengths[first] = 0.0, -1
+        self._returns += obs["reward"]
+        self._lengths += 1
+        if np.count_nonzero(last):
+            for index in np.flatnonzero(last).tolist():
+                ret, length = float(self._returns[index]), int(self._lengths[index])
+                self.episodes += 1
+                self._window["returns"].append(ret)
+                self._window["lengths"].append(length)
+                for hook in self.on_episode:
+                    hook(index, ret, length)
+
+    def collect(self, steps: int, agent: Agent | None = None, mode: str = "explore", **policy_kwargs: Any) -> int:
+        """``ceil(steps / N)`` vectorised steps; returns the env steps taken."""
+        check_mode(mode)
+        start, calls = time.perf_counter(), -(-int(steps) // self.num_envs)
+        for _ in range(calls):
+            self.step(agent, mode, **policy_kwargs)
+        self._window["seconds"] += time.perf_counter() - start
+        return calls * self.num_envs
+
+    # ------------------------------------------------------------- metrics
+    @staticmethod
+    def _fresh_window() -> dict[str, Any]:
+        return {"returns": [], "lengths": [], "env_steps": 0, "seconds": 0.0, "start": time.perf_counter()}
+
+    def metrics(self) -> dict[str, float]:
+        """Since the last call (then cleared): ``collect/return_{mean,std,min,max}`` and
+        ``collect/length_mean`` (when episodes ended), totals ``collect/{env_steps,episodes}``,
+        ``perf/env_steps_per_s`` (over wall time, training included) and
+        ``perf/collect_steps_per_s`` (over the time spent collecting)."""
+        window, now = self._window, time.perf_counter()
+        metrics = {"collect/env_steps": float(self.env_steps), "collect/episodes": float(self.episodes),
+                   "perf/env_steps_per_s": window["env_steps"] / max(now - window["start"], 1e-9)}
+        if window["env_steps"] and window["seconds"] > 0:
+            metrics["perf/collect_steps_per_s"] = window["env_steps"] / window["seconds"]
+        if window["returns"]:
+            returns = np.asarray(window["returns"])
+            metrics.update({"collect/return_mean": float(returns.mean()), "collect/return_std": float(returns.std()),
+                            "collect/return_min": float(returns.min()), "collect/return_max": float(returns.max()),
+                            "collect/length_mean": float(np.mean(window["lengths"]))})
+        self._window = self._fresh_window()
+        return metrics
+
+    # -------------------------------------------------------- save, restore
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and the random-action RNG. The envs' own state cannot be saved (envpool
+        and most simulators have no snapshot): after :meth:`load_state_dict` the next step
+        resets them and new episodes begin."""
+        drawn = self._block is not None
+        return {"env_steps": self.env_steps, "episodes": self.episodes,
+                "rng": copy.deepcopy(self._block_state if drawn else self._rng.bit_generator.state),
+                "block_pos": self._block_pos if drawn else -1}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.env_steps, self.episodes = int(state["env_steps"]), int(state["episodes"])
+        self._rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self._block, self._block_pos = None, 0
+        if int(state.get("block_pos", -1)) >= 0:      # redraw the block in use and go on from the same call
+            self._random()
+            self._block_pos = int(state["block_pos"])
+        self._obs, self._state, self._window = None, None, self._fresh_window()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+__all__ = ["Collector", "EpisodeHook", "StepHook"]

@@ -1,0 +1,108 @@
+"""Evaluation of the component agents (IRIS, Δ-IRIS): episodes in a separate env, the
+first one kept for held-out model scores and media.
+
+:class:`ImaginationEvaluator` plays ``algo.eval_episodes`` episodes
+(:class:`~worldmodels.rl.evaluator.EpisodeEvaluator`, seeded ``seed + 10_000``, in
+``cfg.env`` updated by ``cfg.eval_env``) at ``algo.eval_temperature`` (0: greedy), keeps
+up to ``algo.held_out_frames`` frames of the first in IRIS's layout, and writes
+``reconstruction_step*.png`` (frames | reconstructions) and ``imagination_step*.gif``
+(truth | imagined | error: the world model replays the episode's actions from its first
+frame). A family subclasses it for its held-out scores (:meth:`held_out_metrics`) and
+its reconstructions (:meth:`reconstructions`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..envs.factory import VectorEnv, make_env, spec_from_config
+from ..training.contract import Evaluator
+from ..utils.images import image_grid, openloop_frames, save_png, write_gif
+from .evaluator import EVAL_SEED_OFFSET, EpisodeEvaluator, eval_env_config
+from .imagination_agent import ImaginationAgent, frames_first
+
+
+class ImaginationEvaluator(Evaluator):
+    """See the module docstring. ``self.episode`` holds the kept frames: ``image`` uint8
+    ``[T, H, W, C]``, ``action`` int64 ``[T]``, ``reward`` float ``[T]`` and ``end`` bool
+    ``[T]`` (what followed each action)."""
+
+    def __init__(self, cfg: Any, device: torch.device | str = "cpu", env: VectorEnv | None = None):
+        algo = cfg.algo
+        self.episodes, self.temperature = int(algo.eval_episodes), float(algo.eval_temperature)
+        self.length, self.device = int(algo.media_length), torch.device(device)
+        self.held_out_frames = max(int(algo.held_out_frames), self.length)
+        if self.episodes < 1 or self.length < 2:
+            raise ValueError(f"algo.eval_episodes={self.episodes} must be >= 1 and media_length={self.length} >= 2.")
+        env = env or make_env(spec_from_config(eval_env_config(cfg), seed=int(cfg.seed) + EVAL_SEED_OFFSET,
+                                               num_envs=self.episodes))
+        mode = "greedy" if self.temperature <= 0 else "sample"
+        kwargs = {} if mode == "greedy" else {"temperature": self.temperature}
+        self.runner = EpisodeEvaluator(env, self.episodes, mode=mode, record_envs=1,
+                                       record_steps=self.held_out_frames + 1, seed=int(cfg.seed), **kwargs)
+        self.episode: dict[str, np.ndarray] = {}
+
+    @property
+    def env(self) -> VectorEnv:
+        return self.runner.env
+
+    def evaluate(self, model: ImaginationAgent) -> dict[str, float]:
+        """``eval/return_{mean,std,min,max}``, ``eval/length_mean``, ``eval/neg_return`` and
+        the family's :meth:`held_out_metrics`."""
+        result = self.runner.run(model)
+        steps = result.recorded[0]
+        self.episode = {"image": steps["image"][:-1], "action": steps["action"][:-1].argmax(-1).astype(np.int64),
+                        "reward": steps["reward"][1:].astype(np.float32), "end": steps["is_terminal"][1:].astype(bool)}
+        return {**result.metrics(), **self.held_out_metrics(model)}
+
+    def held_out_metrics(self, model: ImaginationAgent) -> dict[str, float]:
+        """The family's scores of its models on :attr:`episode` (``eval/...``)."""
+        return {}
+
+    def reconstructions(self, model: ImaginationAgent, frames: torch.Tensor,
+                        actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(frames uint8 [N, C, R, R], their reconstructions in [0, 1])`` for the media."""
+        raise NotImplementedError
+
+    def write_media(self, model: ImaginationAgent, directory: Path, step: int) -> list[Path]:
+        """``reconstruction_step{step:06d}.png`` and ``imagination_step{step:06d}.gif``."""
+        if not self.episode:
+            self.evaluate(model)
+        device = next(model.parameters()).device
+        frames = frames_first(torch.from_numpy(self.episode["image"][:self.length]).to(device))
+        actions = torch.from_numpy(self.episode["action"][:self.length]).to(device)
+        directory = Path(directory)
+        with torch.no_grad():
+            truth, recon = self.reconstructions(model, frames[:9], actions[:9])
+        grid = image_grid([truth.float().div(255.0).cpu(), recon.float().cpu()], scale=2)
+        paths = [save_png(directory / f"reconstruction_step{step:06d}.png", grid)]
+        gif = self._imagination_gif(model, frames, actions, directory / f"imagination_step{step:06d}.gif")
+        return paths + ([gif] if gif is not None else [])
+
+    @torch.no_grad()
+    def _imagination_gif(self, model: ImaginationAgent, frames: torch.Tensor, actions: torch.Tensor,
+                         path: Path) -> Path | None:
+        steps = min(len(frames), model.world_model.config.max_blocks)
+        if steps < 2:
+            return None
+        dream = model.dream()
+        start = {"observations": frames[None, :1], "actions": actions[None, :1],
+                 "mask_padding": torch.ones(1, 1, dtype=torch.bool, device=frames.device)}
+        _, frame = dream.start(start)
+        imagined = [frame]
+        for t in range(steps - 1):
+            frame, _, _ = dream.step(actions[t:t + 1])
+            imagined.append(frame)
+        truth = frames[:steps].movedim(1, -1).unsqueeze(0)
+        prediction = (torch.cat(imagined).clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).unsqueeze(0)
+        return write_gif(path, openloop_frames(truth, prediction, None, context=1), duration=150)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+__all__ = ["ImaginationEvaluator"]
