@@ -22,6 +22,7 @@ from .data.episodes import EpisodeError
 from .data.maze import MazeDataError
 from .envs.factory import MissingEnvPackageError
 from .training.checkpoint import CheckpointError
+from .training.interrupt import TrainingInterrupted
 from .training.loop import Factories, NonFiniteLossError, fit
 from .training.overrides import config_for_resume, explain_bad_override
 
@@ -29,6 +30,8 @@ from .training.overrides import config_for_resume, explain_bad_override
 # one-paragraph message instead of a traceback.
 USER_ERRORS = (FileNotFoundError, CheckpointError, MazeDataError, EpisodeError, MissingEnvPackageError,
                NonFiniteLossError)
+
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C, as shells report SIGINT
 
 # algo.name -> "module:attribute" of its Factories; imported only when chosen.
 ALGORITHMS = {
@@ -66,6 +69,12 @@ def main(cfg: DictConfig) -> dict:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except TrainingInterrupted as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
 
 
 def run(cfg: DictConfig) -> dict:

@@ -92,9 +92,19 @@ class NoEval:
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
     factories = Factories(model=lambda cfg: Exploding(), data=lambda cfg, d: Counter(), evaluator=lambda cfg, d: NoEval())
     cfg = tiny_config("train.max_steps=10", "train.checkpoint_every=2", "train.eval_every=100")
-    with pytest.raises(NonFiniteLossError, match=r"at step 3.*last\.pt"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 3.*last\.pt holds step 2.*\+resume="):
         fit(cfg, factories, tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+
+
+def test_nan_before_the_first_checkpoint_says_none_exists(tiny_config, tmp_path):
+    factories = Factories(model=lambda cfg: Exploding(), data=lambda cfg, d: Counter(), evaluator=lambda cfg, d: NoEval())
+    cfg = tiny_config("train.max_steps=10", "train.checkpoint_every=5", "train.eval_every=100")
+    with pytest.raises(NonFiniteLossError, match="at step 3") as error:
+        fit(cfg, factories, tmp_path)
+    assert "no checkpoint was written yet" in str(error.value) and "start a new run" in str(error.value)
+    assert "+resume" not in str(error.value) and "last.pt" not in str(error.value)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
 def test_unknown_best_metric_is_reported(tiny_config, tmp_path):
