@@ -218,15 +218,7 @@ class OnlineData:
 
 def env_spec(cfg: Any, *, seed: int, num_envs: int | None = None) -> EnvSpec:
     """The :class:`EnvSpec` of ``cfg.env`` (a ``configs/env/gym.yaml`` node) with ``seed``."""
-    env = cfg.env
-    repeat = env.get("action_repeat")
-    steps = env.get("max_episode_steps")
-    return EnvSpec(
-        suite=str(env.suite), task=str(env.task), num_envs=int(num_envs or env.num_envs), seed=int(seed),
-        size=tuple(int(s) for s in env.size), action_repeat=None if repeat is None else int(repeat),
-        sticky_actions=float(env.sticky_actions), max_episode_steps=None if steps is None else int(steps),
-        backend=str(env.backend), render_image=bool(env.render_image), noop_max=int(env.noop_max),
-    )
+    return EnvSpec.from_config(cfg.env, seed=seed, num_envs=num_envs)
 
 
 def build_online_data(cfg: Any, device: torch.device) -> OnlineData:
