@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .train import factories_for
+from .train import INTERRUPTED, USER_ERRORS, factories_for
 from .training.checkpoint import load_checkpoint
 from .training.precision import resolve_device
 
@@ -31,9 +31,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> list[Path]:
+    """Draw the pictures; a user mistake or a run with nothing to draw ends with one ``error:`` line."""
     args = parse_args(argv)
+    try:
+        paths = draw(args)
+    except (*USER_ERRORS, ValueError) as error:
+        raise SystemExit(f"error: {' '.join(str(error).split())}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(INTERRUPTED) from None
+    for path in paths:
+        print(path)
+    return paths
+
+
+def draw(args: argparse.Namespace) -> list[Path]:
+    """Rebuild the checkpoint's model and evaluator and write its pictures; ValueError when
+    the run's family has nothing to draw."""
     if args.num_samples < 0:
-        raise SystemExit(f"error: --num_samples {args.num_samples} must be >= 0")
+        raise ValueError(f"--num_samples {args.num_samples} must be >= 0")
     state = load_checkpoint(args.checkpoint)
     cfg = OmegaConf.create(state["config"])
     device = resolve_device(args.device)
@@ -43,6 +58,7 @@ def main(argv=None) -> list[Path]:
     model.eval()
     evaluator = factories.evaluator(cfg, device)
     out = args.out or args.checkpoint.resolve().parent.parent / "media"
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     with torch.no_grad():
@@ -50,8 +66,14 @@ def main(argv=None) -> list[Path]:
             paths = evaluator.visualize(model, out, args.idx, args.num_samples)
         else:
             paths = evaluator.write_media(model, out, int(state["step"]))
-    for path in paths:
-        print(path)
+    if not paths:
+        if made:
+            out.rmdir()
+        raise ValueError(
+            f"{args.checkpoint} is a {cfg.algo.name} run with nothing to draw (its evaluator makes no pictures of "
+            "this run, e.g. one on vector observations); visualize draws VTA boundaries, VAE reconstructions "
+            "and image rollouts."
+        )
     return paths
 
 
