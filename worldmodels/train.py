@@ -137,7 +137,7 @@ def precheck(args: list[str]) -> str | None:
     each job of a sweep checks its settings when it starts."""
     if any(arg.startswith("-") for arg in args):
         return None
-    overrides = [arg for arg in args if "=" in arg]
+    overrides = [arg for arg in args if "=" in arg and not arg.lstrip("+~").startswith("hydra")]
     resume = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("resume=")), None)
     try:
         cfg = config_for_resume(Path(resume), overrides) if resume else compose_overrides(overrides)
