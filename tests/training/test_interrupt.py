@@ -132,6 +132,18 @@ def test_handlers_are_restored_and_deferral_without_a_signal_is_silent():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_an_ignored_sigint_stays_ignored():
+    """A run a script started in the background (SIGINT ignored) is not made stoppable by it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        with sigint_deferred():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_the_command_line_prints_one_line_on_ctrl_c(tmp_path, tiny_overrides):
     """SIGINT to ``python -m worldmodels.train``: exit 130, no traceback, the resume hint."""
     proc = subprocess.Popen(

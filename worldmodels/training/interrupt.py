@@ -6,7 +6,8 @@ resumed run continues exactly); a second SIGINT while the step still runs quits 
 once, without saving. :func:`sigint_deferred` holds SIGINT back while a block runs
 (an atomic checkpoint write) and delivers it when the block ends.
 
-Both only act in the main thread, where Python runs signal handlers; elsewhere they do
+Both only act in the main thread, where Python runs signal handlers, and leave an
+ignored SIGINT ignored (a job a script started in the background); elsewhere they do
 nothing.
 """
 
@@ -22,8 +23,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     """The run stopped on Ctrl-C; the message says what was saved and how to resume."""
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+def _handles_sigint() -> bool:
+    """Whether this thread may take over SIGINT: the main thread, SIGINT not ignored."""
+    in_main = threading.current_thread() is threading.main_thread()
+    return in_main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def _restore(previous) -> None:
@@ -45,7 +48,7 @@ class StopRequest:
 
     def install(self) -> StopRequest:
         """Take over SIGINT (main thread only); returns self."""
-        if _in_main_thread() and not self._installed:
+        if not self._installed and _handles_sigint():
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
         return self
@@ -79,7 +82,7 @@ class StopRequest:
 def sigint_deferred() -> Iterator[None]:
     """Run the block with SIGINT held back; a SIGINT that arrived meanwhile is raised
     again, to whichever handler was installed before, once the block has finished."""
-    if not _in_main_thread():
+    if not _handles_sigint():
         yield
         return
     pending: list[int] = []
