@@ -30,6 +30,19 @@ def sigint() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler, also when pytest itself was started with SIGINT ignored
+    (a job in the background of a script), which the loop leaves ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class InterruptingData:
     """The VAE's data, sending SIGINT from inside the step that draws batch ``at``
     (after the batch and its random draws are consumed)."""
@@ -122,6 +135,7 @@ def test_a_second_ctrl_c_quits_at_once_and_says_what_is_saved(tiny_config, tmp_p
 
 def test_handlers_are_restored_and_deferral_without_a_signal_is_silent():
     before = signal.getsignal(signal.SIGINT)
+    assert before is signal.default_int_handler
     with StopRequest() as stop:
         assert signal.getsignal(signal.SIGINT) is not before
         sigint()
@@ -149,7 +163,7 @@ def test_the_command_line_prints_one_line_on_ctrl_c(tmp_path, tiny_overrides):
     proc = subprocess.Popen(
         [sys.executable, "-m", "worldmodels.train", *tiny_overrides, "train.max_steps=100000",
          "train.checkpoint_every=100000", "train.eval_every=100000", "train.log_every=1"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
     )
     deadline = time.time() + 300
     while time.time() < deadline and not list(tmp_path.glob("runs/*/*/metrics.csv")):
