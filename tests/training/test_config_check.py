@@ -67,7 +67,8 @@ ISSUE_PROBES = [
     (["+train.max_stepz=5"], "train.max_stepz=5 is not a setting of this experiment"),
     (["model.seg_len=1"], "model.seg_len=1 x model.seg_num=5 = 5 < model.seq_size=20"),
     (["+exp=iris_tiny", "env.task=nope"], "env.suite=classic env.task=nope: unknown classic task 'nope'"),
-    (["+exp=dreamer_bc"], "checkpoint must be set"),
+    (["+exp=dreamer_bc"], "checkpoint must be set: the path of a DreamerV3 checkpoint"),
+    (["+exp=dreamer_offline", "data.eval_dir=null"], "data.eval_dir=null is not allowed: expected the folder of"),
     (["train.lr=[1,"], "cannot read the command's overrides"),
     (["+exp=vae_bals"], "Unknown experiment 'vae_bals'"),
 ]

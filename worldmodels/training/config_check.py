@@ -123,12 +123,6 @@ def _transformer(values: Values) -> str | None:
             or _ordered(values, "algo.sequence_length", "model.world_model.max_blocks"))
 
 
-def _offline_eval_dir(values: Values) -> str | None:
-    if _get(values, "algo.name") == "dreamer_offline" and _get(values, "data.eval_dir") is None:
-        return "data.eval_dir=null is not allowed: expected the folder of held-out episodes (a non-empty string)."
-    return None
-
-
 def _env(values: Values) -> str | None:
     """The env a ``gym`` config describes exists as a spec (suite, task, combinations)."""
     if _get(values, "env.name") != "gym":
@@ -144,5 +138,5 @@ def _env(values: Values) -> str | None:
 
 
 CROSS_CHECKS: tuple[Callable[[Values], str | None], ...] = (
-    _best_metric, _device, _vta, _dreamer, _transformer, _offline_eval_dir, _env,
+    _best_metric, _device, _vta, _dreamer, _transformer, _env,
 )

@@ -156,6 +156,7 @@ ALGOS: dict[str, dict[str, Rule]] = {
         "algo.eval_max_episodes": OPTIONAL_COUNT,
         **_OPENLOOP,
         **_OFFLINE_DATA,
+        "data.eval_dir": Rule("the folder of held-out episodes", PATH.accepts),
         "data.discrete": choice("auto", True, False),
         "data.crop_mode": choice("center", "random"),
         "data.standardize": Rule("null (DreamerV3's encoder takes uint8 images and symlogs vectors)",
@@ -164,7 +165,8 @@ ALGOS: dict[str, dict[str, Rule]] = {
     "dreamer_bc": {
         "algo.name": text(),
         "algo.eval_episodes": COUNT,
-        "checkpoint": PATH,
+        "checkpoint": Rule("the path of a DreamerV3 checkpoint, e.g. runs/<date>/<time>_dreamer_offline/"
+                           "checkpoints/best.pt", PATH.accepts),
         **_OFFLINE_DATA,
         "bc.key_order": list_of(text(), min_len=1).or_null(),
         "bc.units": COUNT,
