@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace wm {
 namespace gru {
@@ -19,10 +20,13 @@ namespace gru {
 // ---------------------------------------------------------------- activations
 
 // exp(x) for float: x = k ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6 Taylor
-// polynomial, 2^k by building the exponent bits. Inputs are clamped to the range
-// where the result is a finite normal float.
-inline float exp_fast(float x) {
-  x = x < -87.0f ? -87.0f : x;
+// polynomial, 2^k by building the exponent bits. Finite inputs are clamped to the
+// range where the result is a finite normal float; exp(+inf) = +inf, exp(-inf) = 0
+// and exp(NaN) = NaN, as std::exp, so that non-finite values propagate through the
+// gates exactly as in the PyTorch reference (sigmoid(-inf) = 0, then 0 * inf = NaN).
+inline float exp_fast(float x_in) {
+  const float inf = std::numeric_limits<float>::infinity();
+  float x = x_in < -87.0f ? -87.0f : x_in;
   x = x > 88.0f ? 88.0f : x;
   const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float k = (x * 1.44269504088896341f + shift) - shift;
@@ -38,7 +42,10 @@ inline float exp_fast(float x) {
   const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  float y = p * scale;
+  y = x_in == inf ? inf : y;
+  y = x_in == -inf ? 0.0f : y;
+  return x_in != x_in ? x_in : y;
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }

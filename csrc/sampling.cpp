@@ -130,7 +130,7 @@ void forward_row(const ForwardArgs& a, int64_t b) {
     const bool boundary = forced || (free && shifted > 0.0f);
     const float hard = boundary ? 1.0f : 0.0f;
     const float soft = free ? sigmoid(shifted / a.beta) : hard;  // probs in float32
-    a.mask[i] = hard;
+    a.mask[i] = std::isnan(x) ? x : hard;  // a NaN logit stays visible, as in the reference
     a.probs[i] = soft;
     if (free) {
       log_sigmoid_pair(x, a.log_probs + 2 * i);

@@ -84,9 +84,12 @@ def _st_categorical_fwd_kernel(
     offsets = row[:, None] * K + col[None, :]
     probs = keep * _softmax_rows(logits_ptr, offsets, valid, in_class) + floor
     u = _uniform(noise_ptr, seed, offsets, valid, HAS_NOISE)
-    score = tl.where(in_class, tl.log(probs) - tl.log(-tl.log(u)), float("-inf"))
+    score = tl.log(probs) - tl.log(-tl.log(u))
+    # NaN/inf logits make the row's probs NaN: its argmax is then arbitrary, its sample NaN
+    score = tl.where(in_class & (score == score), score, float("-inf"))
     index = tl.argmax(score, axis=1, tie_break_left=True)
     hard = (col[None, :] == index[:, None]).to(tl.float32)
+    hard = tl.where(probs == probs, hard, probs)
     tl.store(sample_ptr + offsets, hard.to(sample_ptr.dtype.element_ty), mask=valid)
     tl.store(probs_ptr + offsets, probs.to(probs_ptr.dtype.element_ty), mask=valid)
 
@@ -188,10 +191,11 @@ def _boundary_fwd_kernel(
         boundary = forced | (free & (shifted > 0))
         hard = boundary.to(tl.float32)
         probs = tl.where(free, soft, hard)
+        mask = tl.where(x != x, x, hard)  # a NaN logit stays visible, as in the reference
         c = tl.where(free, x, tl.where(forced, _FIXED_LOGIT, -_FIXED_LOGIT))
         lp_no, lp_yes = _log_sigmoid_pair(c)
         out_ty = mask_ptr.dtype.element_ty
-        tl.store(mask_ptr + offsets, hard.to(out_ty), mask=valid)
+        tl.store(mask_ptr + offsets, mask.to(out_ty), mask=valid)
         tl.store(probs_ptr + offsets, probs.to(out_ty), mask=valid)
         tl.store(log_probs_ptr + 2 * offsets, lp_no.to(out_ty), mask=valid)
         tl.store(log_probs_ptr + 2 * offsets + 1, lp_yes.to(out_ty), mask=valid)

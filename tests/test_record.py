@@ -123,7 +123,7 @@ def test_cli_summary_and_images(tmp_path, capsys):
     paths = record.main(["--suite", "gym", "--task", ECHO_ID, "--episodes", "3", "--out", str(out),
                          "--num-envs", "2", "--render-image", "--no-progress"])
     assert capsys.readouterr().out == f"recorded 3 episodes, 15 steps, return mean 4.00 min 4.00 max 4.00 to {out}\n"
-    assert sorted(p.name for p in out.iterdir()) == ["000000-5.npz", "000001-5.npz", "000002-5.npz"]
+    assert sorted(p.name for p in out.glob("*.npz")) == ["000000-5.npz", "000001-5.npz", "000002-5.npz"]
     ep = _check_episode(paths[0], ["vector", "image"])
     assert ep["image"].dtype == np.uint8 and ep["image"].shape == (5, 64, 64, 3)
     np.testing.assert_array_equal(ep["image"][:, 0, 0, 0], [0, 10, 20, 30, 40])
@@ -137,3 +137,46 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         record.main([*base, "--episodes", "2", "--num-envs", "0"])
     assert "error: num_envs must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def _cli(out, *extra):
+    return record.main(["--suite", "gym", "--task", ECHO_ID, "--episodes", "2", "--out", str(out), "--no-progress",
+                        *extra])
+
+
+def test_a_folder_with_episodes_is_refused_unless_appending(tmp_path, capsys):
+    out = tmp_path / "echo"
+    _cli(out, "--seed", "0", "--num-envs", "2")
+    with pytest.raises(SystemExit):
+        _cli(out, "--seed", "5")
+    assert f"error: --out {out} already holds 2 episodes; pass --append" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.npz")) == ["000000-5.npz", "000001-5.npz"]
+
+
+@pytest.mark.parametrize("seed,num_envs", [(0, 1), (1, 1), (1, 3)])
+def test_an_append_never_records_a_seed_twice(tmp_path, capsys, seed, num_envs):
+    out = tmp_path / "echo"
+    _cli(out, "--seed", "0", "--num-envs", "2")
+    with pytest.raises(SystemExit):
+        _cli(out, "--append", "--seed", str(seed), "--num-envs", str(num_envs))
+    assert "already holds the episodes of env seeds 0..1; pass --seed 2 or more" in capsys.readouterr().err
+    assert len(list(out.glob("*.npz"))) == 2
+
+
+def test_an_append_with_new_seeds_adds_and_lists_them(tmp_path):
+    out = tmp_path / "echo"
+    _cli(out, "--seed", "0", "--num-envs", "2")
+    added = _cli(out, "--append", "--seed", "2")
+    assert [p.name for p in added] == ["000002-5.npz", "000003-5.npz"]
+    recordings = record.read_manifest(out)
+    assert [(r["seed"], r["num_envs"], r["episodes"]) for r in recordings] == [
+        (0, 2, ["000000-5.npz", "000001-5.npz"]), (2, 1, ["000002-5.npz", "000003-5.npz"])]
+
+
+def test_an_append_to_episodes_from_elsewhere_notes_it_cannot_check(tmp_path, capsys):
+    out = tmp_path / "echo"
+    _cli(out)
+    (out / record.MANIFEST).unlink()
+    _cli(out, "--append", "--seed", "0")
+    assert "holds 2 episodes without a record.json; their seeds cannot be checked" in capsys.readouterr().out
+    assert len(list(out.glob("*.npz"))) == 4

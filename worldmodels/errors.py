@@ -6,8 +6,11 @@ each family's own user errors derive from it too."""
 from __future__ import annotations
 
 
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C, as shells report SIGINT
+
+
 class WorldModelsError(Exception):
     """A problem with what the user gave; the message says what and how to fix it."""
 
 
-__all__ = ["WorldModelsError"]
+__all__ = ["INTERRUPTED", "WorldModelsError"]

@@ -9,32 +9,40 @@ Command line::
         --out data/cartpole_agent --checkpoint runs/<date>/<time>_dreamer_cartpole/checkpoints/best.pt [--explore]
 
 Each finished episode is written with :func:`worldmodels.data.episodes.save_episode`
-as ``{index:06d}-{length}.npz`` in the output folder (numbering continues after the
-files already there). An episode holds, for ``T`` steps: the observation keys
-(``image`` uint8 ``(T, H, W, C)``, ``vector`` float32 ``(T, D)``), ``action`` float32
-``(T, A)`` (one-hot for discrete actions, the agent's ``[-1, 1]`` values for continuous
-ones; ``action[t]`` is taken after observing step ``t``; zeros at the last step), ``reward`` float32 ``(T,)`` (0 at ``t = 0``),
-``discount`` float32 (``1 - is_terminal``) and the bool flags ``is_first``,
-``is_last`` and ``is_terminal``. Episodes still running when enough have finished are
-dropped.
+as ``{index:06d}-{length}.npz`` in the output folder. A folder that already holds
+episodes is refused unless ``--append`` is given; ``record.json`` in the folder lists
+each recording (suite, task, env seeds, episode files), and an append whose env seeds
+(``--seed`` .. ``--seed + --num-envs - 1``) were already recorded there is refused, so a
+seed's episodes are never written twice. Appended files are numbered after those there.
+
+An episode holds, for ``T`` steps: the observation keys (``image`` uint8
+``(T, H, W, C)``, ``vector`` float32 ``(T, D)``), ``action`` float32 ``(T, A)``
+(one-hot for discrete actions, the agent's ``[-1, 1]`` values for continuous ones;
+``action[t]`` is taken after observing step ``t``; zeros at the last step), ``reward``
+float32 ``(T,)`` (0 at ``t = 0``), ``discount`` float32 (``1 - is_terminal``) and the bool
+flags ``is_first``, ``is_last`` and ``is_terminal``. Episodes still running when enough
+have finished are dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worldmodels.data.episodes import EpisodeWriter, load_episode
+from worldmodels.data.episodes import EPISODE_SUFFIXES, EpisodeWriter, load_episode
 from worldmodels.envs.factory import SUITES, EnvSpec, VectorEnv, make_env
 from worldmodels.errors import WorldModelsError
 from worldmodels.rl.actions import from_env_action
 from worldmodels.rl.collector import Collector
 from worldmodels.rl.protocols import Agent
 
+MANIFEST = "record.json"
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
@@ -104,7 +112,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explore", action="store_true",
                         help="with --checkpoint: sample the agent's actions instead of taking their mode")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--append", action="store_true",
+                        help="add to a folder that already holds episodes (with env seeds not recorded there)")
     return parser
+
+
+def episode_files(out_dir: Path) -> list[Path]:
+    """The episode files already in ``out_dir`` (none when it does not exist)."""
+    if not out_dir.is_dir():
+        return []
+    return sorted(p for p in out_dir.iterdir() if p.suffix in EPISODE_SUFFIXES and not p.name.startswith("."))
+
+
+def read_manifest(out_dir: Path) -> list[dict]:
+    """The recordings listed in ``out_dir/record.json`` (``[]`` without one)."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text())["recordings"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a record.json written by worldmodels.record ({error})") from None
+
+
+def check_destination(out_dir: Path, append: bool, seed: int, num_envs: int) -> str | None:
+    """Why recording into ``out_dir`` is refused, or None; prints a note when an append
+    cannot be checked (episodes there without a record.json)."""
+    existing = episode_files(out_dir)
+    if not existing:
+        return None
+    if not append:
+        return (f"--out {out_dir} already holds {len(existing)} episodes; pass --append to add to them "
+                "(with a --seed not recorded there) or choose another folder")
+    recordings = read_manifest(out_dir)
+    if not recordings:
+        print(f"note: {out_dir} holds {len(existing)} episodes without a {MANIFEST}; their seeds cannot be checked")
+        return None
+    wanted = set(range(seed, seed + num_envs))
+    for earlier in recordings:
+        used = set(range(int(earlier["seed"]), int(earlier["seed"]) + int(earlier["num_envs"])))
+        if wanted & used:
+            free = max(int(r["seed"]) + int(r["num_envs"]) for r in recordings)
+            return (f"--seed {seed} --num-envs {num_envs} uses env seeds {seed}..{seed + num_envs - 1}, but "
+                    f"{out_dir} already holds the episodes of env seeds {min(used)}..{max(used)}; "
+                    f"pass --seed {free} or more")
+    return None
+
+
+def add_to_manifest(out_dir: Path, args: argparse.Namespace, paths: Sequence[Path]) -> Path:
+    """Append this recording to ``out_dir/record.json`` (written atomically)."""
+    recordings = read_manifest(out_dir)
+    checkpoint = None if args.checkpoint is None else str(args.checkpoint)
+    recordings.append({"suite": args.suite, "task": args.task, "seed": args.seed, "num_envs": args.num_envs,
+                       "max_steps": args.max_steps, "checkpoint": checkpoint, "explore": args.explore,
+                       "episodes": [p.name for p in paths]})
+    path = out_dir / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"recordings": recordings}, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def checkpoint_agent(checkpoint: Path, env: VectorEnv) -> Agent:
@@ -135,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         parser.error(str(error))
     if args.explore and args.checkpoint is None:
         parser.error("--explore needs --checkpoint")
+    try:
+        refused = check_destination(args.out, args.append, args.seed, args.num_envs)
+    except ValueError as error:
+        refused = str(error)
+    if refused:
+        parser.error(refused)
     with make_env(spec) as env:
         agent = None
         if args.checkpoint is not None:
@@ -147,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             torch.manual_seed(args.seed)
         paths = record_episodes(env, agent, args.episodes, args.out, progress=not args.no_progress,
                                 mode="explore" if args.explore else "greedy", seed=args.seed)
+    add_to_manifest(args.out, args, paths)
     print(f"recorded {summarize(paths)} to {args.out}")
     return paths
 

@@ -10,21 +10,33 @@ Each run writes ``runs/<date>/<time>_<name>/`` with ``resolved_config.yaml``,
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .algos import registry
-from .errors import WorldModelsError
+from .envs.factory import backend_name, spec_from_config
+from .errors import INTERRUPTED, WorldModelsError
+from .training.config_check import check_config
+from .training.interrupt import TrainingInterrupted
 from .training.loop import Factories, fit
-from .training.overrides import config_for_resume, explain_bad_override
+from .training.overrides import compose_overrides, config_for_resume
+from .training.rundir import best_summary, discard_failed_start, hydra_subdir, write_resolved_config
+from .training.validation import ConfigError
 
-# Failures caused by what the user gave (data, checkpoints, diverging settings): a
-# one-paragraph message instead of a traceback.
+log = logging.getLogger(__name__)
+
+# Failures caused by what the user gave (settings, data, checkpoints, packages, diverging
+# settings): a one-paragraph message instead of a traceback.
 USER_ERRORS = (WorldModelsError, FileNotFoundError)
+
+BAD_COMMAND = 2    # the exit status when the command's settings are refused before the run starts
+
+OmegaConf.register_new_resolver("wm_hydra_subdir", hydra_subdir, use_cache=True, replace=True)
 
 
 def factories_for(name: str) -> Factories:
@@ -33,13 +45,27 @@ def factories_for(name: str) -> Factories:
     return registry.factories(name)
 
 
-def write_resolved_config(cfg: DictConfig, run_dir: Path) -> Path:
-    path = run_dir / "resolved_config.yaml"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
-    return path
+def env_backend(cfg: DictConfig) -> str | None:
+    """The backend the run's env is stepped on (``envpool``, ``gymnasium``, ...); None
+    when the run steps no env. A missing package or task is reported as make_env would."""
+    env = cfg.get("env")
+    if env is None or env.get("name") != "gym" or not registry.family(str(cfg.algo.name)).steps_env:
+        return None
+    try:
+        return backend_name(spec_from_config(env, seed=int(cfg.seed)))
+    except ValueError as error:
+        raise ConfigError(f"env.suite={env.suite} env.task={env.task}: {error}") from None
+
+
+def prepare(cfg: DictConfig) -> DictConfig:
+    """``cfg`` checked (:class:`ConfigError` on a bad setting) with the env backend the run
+    will use recorded as ``env.backend_used``."""
+    check_config(cfg)
+    backend = env_backend(cfg)
+    if backend is not None:
+        with open_dict(cfg):
+            cfg.env.backend_used = backend
+    return cfg
 
 
 @hydra.main(version_base=None, config_path="pkg://worldmodels.configs", config_name="config")
@@ -47,41 +73,73 @@ def main(cfg: DictConfig) -> dict:
     try:
         return run(cfg)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _stop(f"error: {error}", 1)
+    except TrainingInterrupted as error:
+        _stop(str(error), INTERRUPTED)
+    except KeyboardInterrupt:
+        _stop("interrupted before training started; nothing was saved", INTERRUPTED)
+
+
+def _stop(message: str, status: int) -> None:
+    """Print ``message`` as the run's last line (and keep it in train.log), then exit."""
+    print(message, file=sys.stderr, flush=True)
+    logging.getLogger("worldmodels.file").error(message)
+    raise SystemExit(status)
 
 
 def run(cfg: DictConfig) -> dict:
     """Train the configured experiment in a new run directory, or resume one."""
     hydra_cfg = HydraConfig.get()
     resume = cfg.get("resume")
-    if resume:
-        run_dir = Path(str(resume))
-        cfg = config_for_resume(run_dir, hydra_cfg.overrides.task)
-    else:
-        run_dir = Path(hydra_cfg.runtime.output_dir)
-    write_resolved_config(cfg, run_dir)
-    print(f"run directory: {run_dir}", flush=True)
-    summary = fit(cfg, factories_for(str(cfg.algo.name)), run_dir, resume=bool(resume))
-    print(
-        f"done: step {summary['step']}, best {cfg.train.best_metric} {summary['best']:.4f}; "
-        f"see {run_dir}/metrics.csv, {run_dir}/media and `tensorboard --logdir {run_dir}`",
-        flush=True,
+    run_dir = Path(str(resume)) if resume else Path(hydra_cfg.runtime.output_dir)
+    try:
+        if resume:
+            cfg = config_for_resume(run_dir, hydra_cfg.overrides.task)
+        cfg = prepare(cfg)
+        write_resolved_config(cfg, run_dir)
+        log.info(f"run directory: {run_dir}")
+        if "backend_used" in cfg.get("env", {}):
+            log.info(f"env backend: {cfg.env.backend_used} ({cfg.env.suite} {cfg.env.task})")
+        summary = fit(cfg, factories_for(str(cfg.algo.name)), run_dir, resume=bool(resume))
+    except BaseException:
+        if not resume:
+            discard_failed_start(run_dir)
+        raise
+    log.info(
+        f"done: step {summary['step']}, {best_summary(str(cfg.train.best_metric), summary['best'])}; "
+        f"see {run_dir}/metrics.csv, {run_dir}/media and `tensorboard --logdir {run_dir}`"
     )
     return summary
 
 
+def precheck(args: list[str]) -> str | None:
+    """What is wrong with the settings of this command line, in one line, or None; nothing
+    is written. Hydra's own modes (``--cfg``, ``--help``, ``-m``) are left to Hydra, and
+    each job of a sweep checks its settings when it starts."""
+    if any(arg.startswith("-") for arg in args):
+        return None
+    overrides = [arg for arg in args if "=" in arg and not arg.lstrip("+~").startswith("hydra")]
+    resume = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("resume=")), None)
+    try:
+        cfg = config_for_resume(Path(resume), overrides) if resume else compose_overrides(overrides)
+        if cfg is not None:
+            prepare(cfg)
+    except USER_ERRORS as error:
+        return str(error)
+    return None
+
+
 def cli() -> None:
-    """Check the overrides for a readable error, then hand over to Hydra."""
-    args = sys.argv[1:]
-    overrides = [a for a in args if "=" in a and not a.startswith("-")]
-    resuming = any(a.lstrip("+").startswith("resume=") for a in overrides)
-    if overrides and not resuming:
-        problem = explain_bad_override(overrides)
+    """Check the command's settings for a one-line error, then hand over to Hydra."""
+    try:
+        problem = precheck(sys.argv[1:])
         if problem:
             print(f"error: {problem}", file=sys.stderr)
-            raise SystemExit(2)
-    main()
+            raise SystemExit(BAD_COMMAND)
+        main()
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
 
 
 if __name__ == "__main__":

@@ -342,6 +342,9 @@ def test_cli_trains_on_cartpole_then_resumes(tmp_path):
     assert len(list((run_dir / "replay").glob("replay_*.npz"))) in (1, 2)   # exact replay snapshots
     saved = OmegaConf.load(run_dir / "resolved_config.yaml")
     assert saved.algo.name == "dreamerv3"
+    assert f"env backend: {saved.env.backend_used} (classic cartpole)" in run.stdout
+    assert saved.env.backend_used in ("envpool", "gymnasium")
+    assert "best eval/return_mean " in resumed.stdout and "neg_return" not in resumed.stdout
 
     recorded = subprocess.run(
         [sys.executable, "-m", "worldmodels.record", "--suite", "classic", "--task", "cartpole", "--episodes", "2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -267,6 +268,27 @@ def test_eval_dir_that_disagrees_names_file_and_key(synthetic, tmp_path):
     three = write_episode(tmp_path / "three", 0, 4, actions=3)
     with pytest.raises(EpisodeError, match=rf"{three}: key 'action': has 3 dimensions"):
         offline.build_evaluator(offline_config(synthetic, tmp_path / "three"), CPU)
+
+
+@pytest.mark.parametrize("where", ["train", "eval"])
+def test_on_error_skip_passes_over_a_bad_file_that_sorts_first(tmp_path, where):
+    """The spaces are read from the first readable episode, honouring data.on_error."""
+    dirs = {name: tmp_path / name for name in ("train", "eval")}
+    for directory in dirs.values():
+        for index, length in ((1, 6), (2, 7)):
+            write_episode(directory, index, length, seed=index)
+    bad = dirs[where] / episode_name(0, 5)
+    bad.write_bytes(b"not an npz")
+    with pytest.raises(EpisodeError, match=re.escape(str(bad))):
+        offline.build_evaluator(offline_config(dirs["train"], dirs["eval"]), CPU)
+    cfg = offline_config(dirs["train"], dirs["eval"], "data.on_error=skip")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        data, evaluator = offline.build_data(cfg, CPU), offline.build_evaluator(cfg, CPU)
+    assert offline.build_model(cfg) is not None and data is not None and evaluator is not None
+    if where == "train":
+        with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+            steps = bc.StepData(dirs["train"], *offline.offline_spaces(cfg), ["vector"], on_error="skip")
+        assert len(steps) == 5 + 6
 
 
 def test_discrete_is_decided_from_one_hot_rows(tmp_path):

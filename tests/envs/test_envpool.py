@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worldmodels.envs.factory import EnvpoolVectorEnv, EnvSpec, backend_of, infer_spaces, make_env
+from worldmodels.envs.factory import EnvpoolVectorEnv, EnvSpec, backend_name, infer_spaces, make_env
 from worldmodels.envs.spaces import EnvSpaces
 from worldmodels.rl.collector import Collector
 
@@ -15,7 +15,7 @@ envpool = pytest.importorskip("envpool", reason="envpool is a Linux install depe
 
 def test_classic_cartpole_runs_on_envpool_with_the_package_conventions():
     spec = EnvSpec("classic", "cartpole", num_envs=3, seed=1)
-    assert backend_of(spec) == "envpool"
+    assert backend_name(spec) == "envpool"
     with make_env(spec) as env:
         assert isinstance(env, EnvpoolVectorEnv)
         assert env.obs_space["vector"] == ((4,), np.dtype(np.float32)) and env.act_space.size == 2

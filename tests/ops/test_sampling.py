@@ -338,6 +338,34 @@ def test_torch_compile_traces_boundary(impl):
                                torch.autograd.grad(loss(logits), logits)[0])
 
 
+@pytest.mark.parametrize("impl,draws", [
+    ("ref", "noise"),
+    pytest.param("cpp", "noise", marks=needs_cpp), pytest.param("triton", "noise", marks=needs_triton),
+    pytest.param("cpp", "seed", marks=needs_cpp), pytest.param("triton", "seed", marks=needs_triton),
+])
+def test_samplers_compile_without_graph_breaks_given_noise_or_seed(impl, draws):
+    """Without ``noise`` or ``seed`` the op draws a seed with ``.item()``: a graph break.
+    With noise, no path breaks; with a seed, the fast paths do not (the reference makes a
+    ``torch.Generator``, which dynamo does not trace)."""
+    logits = torch.randn(4, 9)
+    given = {"noise": torch.rand(4, 9)} if draws == "noise" else {"seed": 7}
+
+    def boundary(x):
+        out = boundary_sample(x, 0.5, 3, 3, impl=impl, **given)
+        return out.mask.sum() + out.log_probs.sum()
+
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(boundary)(logits).graph_break_count == 0
+    if impl == "cpp":
+        return
+
+    def categorical(x):
+        return st_categorical(x, impl=impl, **given).sample.sum()
+
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(categorical)(logits).graph_break_count == 0
+
+
 @needs_triton
 def test_torch_compile_traces_st_categorical():
     logits, noise = torch.randn(4, 3, 6, requires_grad=True), torch.rand(4, 3, 6)

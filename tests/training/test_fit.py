@@ -43,6 +43,19 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path):
         assert torch.equal(a[name], b[name]), name
 
 
+def test_a_resumed_vta_run_matches_an_uninterrupted_one(config_from, smoke_overrides, tmp_path):
+    from worldmodels.algos.vta.experiment import FACTORIES as VTA
+
+    small = [*smoke_overrides, "model.feat_size=16", "model.belief_size=16", "model.state_size=4",
+             "model.widths=[8,8,8]", "model.seq_size=8", "model.init_size=2", "model.seg_len=4", "model.seg_num=3",
+             "env.chunk_sequences=8", "env.refresh_steps=3", "train.max_steps=4", "train.eval_every=100"]
+    straight, paused = tmp_path / "straight", tmp_path / "paused"
+    fit(config_from(small), VTA, straight)
+    fit(config_from([*small, "train.stop_at=2"]), VTA, paused)
+    fit(config_from([*small, "train.stop_at=2"]), VTA, paused, resume=True)
+    assert train_losses(paused) == train_losses(straight)
+
+
 def test_the_vae_learns_to_reconstruct(tiny_config, tmp_path):
     cfg = tiny_config("size=small", "train.max_steps=300", "train.eval_every=300", "train.log_every=50",
                       "train.batch_size=8", "env.seq_len=8", "env.eval_sequences=8")
@@ -93,9 +106,19 @@ class NoEval(Evaluator):
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
     factories = Factories(model=lambda cfg: Exploding(), data=lambda cfg, d: Counter(), evaluator=lambda cfg, d: NoEval())
     cfg = tiny_config("train.max_steps=10", "train.checkpoint_every=2", "train.eval_every=100")
-    with pytest.raises(NonFiniteLossError, match=r"at step 3.*last\.pt"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 3.*last\.pt holds step 2.*\+resume="):
         fit(cfg, factories, tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+
+
+def test_nan_before_the_first_checkpoint_says_none_exists(tiny_config, tmp_path):
+    factories = Factories(model=lambda cfg: Exploding(), data=lambda cfg, d: Counter(), evaluator=lambda cfg, d: NoEval())
+    cfg = tiny_config("train.max_steps=10", "train.checkpoint_every=5", "train.eval_every=100")
+    with pytest.raises(NonFiniteLossError, match="at step 3") as error:
+        fit(cfg, factories, tmp_path)
+    assert "no checkpoint was written yet" in str(error.value) and "start a new run" in str(error.value)
+    assert "+resume" not in str(error.value) and "last.pt" not in str(error.value)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
 def test_unknown_best_metric_is_reported(tiny_config, tmp_path):

@@ -22,6 +22,7 @@ def only_run_dir(root: Path) -> Path:
 
 
 def test_run_then_resume_from_the_command_line(tmp_path, tiny_overrides):
+    """A stopped run resumes in its own directory; its log and command records are kept."""
     first = train(*tiny_overrides, "train.max_steps=6", "train.stop_at=3", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run_dir = only_run_dir(tmp_path)
@@ -29,14 +30,25 @@ def test_run_then_resume_from_the_command_line(tmp_path, tiny_overrides):
     assert "stopped at step 3" in first.stdout + first.stderr
     for name in ["resolved_config.yaml", "metrics.csv", "checkpoints/last.pt", "train.log"]:
         assert (run_dir / name).is_file(), name
-    resumed = train(f"+resume={run_dir}", cwd=tmp_path)
+    assert "done: step 3, no evaluation of eval/loss yet" in first.stdout
+    resumed = train(f"+resume={run_dir}", "train.log_every=2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert only_run_dir(tmp_path) == run_dir  # no second run directory
     with (run_dir / "metrics.csv").open(newline="") as handle:
         steps = [int(r["step"]) for r in csv.DictReader(handle) if r["train/loss"]]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [1, 2, 3, 4, 6]
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     assert list((run_dir / "media").glob("*.png"))
+    assert "done: step 6, best eval/loss " in resumed.stdout
+    # train.log holds both sessions' lines and metrics; .hydra/ keeps the original command
+    # and each resume adds its own record beside it
+    log = (run_dir / "train.log").read_text()
+    assert log.count("run directory: ") == 2 and "step 2: train/loss=" in log and "step 6: eval/loss=" in log
+    assert "done: step 6, best eval/loss" in log
+    original = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "train.stop_at=3" in original and "resume" not in original
+    (resume,) = (run_dir / ".hydra").glob("resume_*/overrides.yaml")
+    assert "+resume=" in resume.read_text() and "train.log_every=2" in resume.read_text()
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,10 @@ Each ``algo.name`` maps to where its factories live and what else the family off
   ``record --checkpoint`` and ``play``; None when the family has no agent;
 - ``playable``: ``play``'s world-model modes work with it (an
   :class:`~worldmodels.rl.imagination_agent.ImaginationAgent`);
-- ``visualizer``: ``python -m worldmodels.visualize`` can draw its checkpoints.
+- ``visualizer``: ``python -m worldmodels.visualize`` can draw its checkpoints;
+- ``steps_env``: it steps the env of its config (an offline family's env config only
+  describes its data, so no env package is checked for it);
+- ``best_metrics``: the lower-is-better evaluation metrics ``train.best_metric`` may name.
 
 Adding a family: one folder ``worldmodels/algos/<family>/`` with its model, losses and
 factories, its configs (``configs/algo/<name>.yaml``, ``configs/model/...``,
@@ -38,21 +41,30 @@ class Family:
     agent_loader: str | None = None
     playable: bool = False
     visualizer: bool = False
+    steps_env: bool = True
+    best_metrics: tuple[str, ...] = ()
 
+
+_VAE = ("eval/loss", "eval/recon", "eval/kl")
+_VTA = ("eval/loss", "eval/obs_cost", "eval/kl_abs", "eval/kl_obs", "eval/kl_mask")
+_OFFLINE = ("eval/loss", "eval/episode_loss", "eval/kl", "eval/reward", "eval/cont")
+_RETURN = ("eval/neg_return",)
 
 FAMILIES: dict[str, Family] = {
-    "vae": Family("worldmodels.algos.vae:FACTORIES", visualizer=True),
-    "vta": Family("worldmodels.algos.vta.experiment:FACTORIES", visualizer=True),
+    "vae": Family("worldmodels.algos.vae:FACTORIES", visualizer=True, best_metrics=_VAE),
+    "vta": Family("worldmodels.algos.vta.experiment:FACTORIES", visualizer=True, best_metrics=_VTA),
     "dreamerv3": Family("worldmodels.algos.dreamerv3.experiment:FACTORIES",
-                        agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True),
+                        agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
+                        best_metrics=_RETURN),
     "dreamer_offline": Family("worldmodels.algos.dreamerv3.offline:FACTORIES",
-                              agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True),
-    "dreamer_bc": Family("worldmodels.algos.dreamerv3.bc:FACTORIES"),
+                              agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
+                              steps_env=False, best_metrics=_OFFLINE),
+    "dreamer_bc": Family("worldmodels.algos.dreamerv3.bc:FACTORIES", best_metrics=_RETURN),
     "iris": Family("worldmodels.algos.iris.experiment:FACTORIES", agent_loader="worldmodels.algos.iris.experiment:load_agent",
-                   playable=True, visualizer=True),
+                   playable=True, visualizer=True, best_metrics=_RETURN),
     "delta_iris": Family("worldmodels.algos.delta_iris.experiment:FACTORIES",
                          agent_loader="worldmodels.algos.delta_iris.experiment:load_agent", playable=True,
-                         visualizer=True),
+                         visualizer=True, best_metrics=_RETURN),
 }
 
 

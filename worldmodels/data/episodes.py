@@ -261,6 +261,24 @@ def list_episodes(directory: str | os.PathLike) -> list[Path]:
     return paths
 
 
+def first_readable_episode(directory: str | os.PathLike,
+                           on_error: str = "raise") -> tuple[Path, dict[str, np.ndarray]]:
+    """``(path, episode)`` of the first episode of ``directory`` (by name) that loads.
+
+    With ``on_error="raise"`` an unreadable first file raises :class:`EpisodeError`; with
+    ``"skip"`` unreadable files are passed over (the dataset that reads the folder lists
+    them), and only a folder without one readable episode raises.
+    """
+    paths = list_episodes(directory)
+    for path in paths:
+        try:
+            return path, load_episode(path)
+        except EpisodeError:
+            if on_error != "skip":
+                raise
+    raise EpisodeError(directory, None, f"none of the {len(paths)} episode files could be read")
+
+
 def episode_name(index: int, length: int) -> str:
     """File name ``"{index:06d}-{length}.npz"`` (e.g. ``"000042-250.npz"``); names sort by index up to 999999."""
     for name, value, low in (("index", index, 0), ("length", length, 1)):

@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -178,47 +179,87 @@ def _import(name: str) -> Any:
         return None
 
 
-def _choose_backend(spec: EnvSpec, envpool_id: str | None) -> tuple[str, Any]:
-    """``("envpool", module)`` or ``("gymnasium", None)`` for ``spec``."""
+def _choose_backend(spec: EnvSpec, envpool_id: str | None) -> tuple[str, Any, str | None]:
+    """``("envpool", module, None)`` or ``("gymnasium", None, note)`` for ``spec``; the note
+    says why an Atari task falls back to gymnasium (None otherwise)."""
     if envpool_id is None or spec.render_image:
         if spec.backend == "envpool":
             why = "render_image" if spec.render_image else f"suite {spec.suite!r}"
             raise ValueError(f"backend 'envpool' does not support {why}; use backend 'auto' or 'gymnasium'")
-        return "gymnasium", None
+        return "gymnasium", None, None
     if spec.backend == "gymnasium":
-        return "gymnasium", None
+        return "gymnasium", None, None
     envpool = _import("envpool")
+    atari = spec.suite == "atari"
     if envpool is None:
         if spec.backend == "envpool" or spec.suite == "dmc":
             raise MissingEnvPackageError(f"{spec.suite} task {spec.task!r} needs envpool here: {ENVS_HINT}")
-        if spec.suite == "atari":
-            print(f"worldmodels: envpool not installed, running {envpool_id} on gymnasium + ale-py "
-                  f"(slower; {ENVS_HINT})")
-        return "gymnasium", None
+        note = f"envpool not installed, running {envpool_id} on gymnasium + ale-py (slower; {ENVS_HINT})"
+        return "gymnasium", None, note if atari else None
     if envpool_id in envpool.list_all_envs():
-        return "envpool", envpool
+        return "envpool", envpool, None
     if spec.backend == "envpool" or spec.suite == "dmc":
         raise ValueError(f"envpool has no task {envpool_id!r} (from {spec.suite} task {spec.task!r})")
-    if spec.suite == "atari":
-        print(f"worldmodels: envpool has no {envpool_id}, running it on gymnasium + ale-py")
-    return "gymnasium", None
+    return "gymnasium", None, f"envpool has no {envpool_id}, running it on gymnasium + ale-py" if atari else None
+
+
+def _installed(name: str) -> bool:
+    """Whether module ``name`` is imported or can be (without importing it, so nothing
+    it prints on import, such as pygame's banner, shows up)."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_packages(spec: EnvSpec) -> None:
+    """Raise :class:`MissingEnvPackageError` when a package the non-envpool backend of ``spec`` needs is missing."""
+    if spec.suite == "crafter" and not _installed("crafter"):
+        raise MissingEnvPackageError("suite 'crafter' needs the crafter package: pip install crafter")
+    if spec.suite == "atari" and not (_installed("ale_py") and _installed("cv2")):
+        raise MissingEnvPackageError("atari without envpool needs ale-py and OpenCV: pip install ale-py opencv-python "
+                                     f"(or envpool: {ENVS_HINT})")
+    if spec.render_image and spec.suite == "classic" and not _installed("pygame"):
+        raise MissingEnvPackageError(f"render_image on classic task {spec.task!r} needs pygame: pip install pygame "
+                                     f"(or {ENVS_HINT})")
+
+
+def backend_name(spec: EnvSpec) -> str:
+    """What :func:`make_env` runs ``spec`` on, without building it: ``envpool``,
+    ``gymnasium``, ``gymnasium+ale-py`` (Atari) or ``crafter``. Raises as :func:`make_env`
+    would for a missing package or a task the backend lacks."""
+    _, envpool_id = resolve_task(spec.suite, spec.task)
+    backend, _, _ = _choose_backend(spec, envpool_id)
+    if backend == "envpool":
+        return "envpool"
+    _check_packages(spec)
+    return {"crafter": "crafter", "atari": "gymnasium+ale-py"}.get(spec.suite, "gymnasium")
+
+
+def _offscreen_rendering() -> None:
+    """Without a display no window can open: let pygame's SDL use its dummy video driver
+    (unless the user chose one), so it does not print an XDG_RUNTIME_DIR error while
+    classic-control tasks render frames off screen."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 def _gymnasium_envs(spec: EnvSpec, gym_id: str) -> list:
     """``num_envs`` gymnasium envs; Atari through ale-py with AtariPreprocessing."""
     import gymnasium
 
+    _check_packages(spec)
     if spec.suite == "atari":
-        ale_py = _import("ale_py")
-        if ale_py is None or _import("cv2") is None:
-            raise MissingEnvPackageError("atari without envpool needs ale-py and OpenCV: pip install ale-py opencv-python "
-                              f"(or envpool: {ENVS_HINT})")
-        gymnasium.register_envs(ale_py)
+        gymnasium.register_envs(_import("ale_py"))
     if gym_id not in gymnasium.registry:
         raise ValueError(f"unknown gymnasium task {gym_id!r} (suite {spec.suite!r}, task {spec.task!r})")
-    if spec.render_image and spec.suite == "classic" and _import("pygame") is None:
-        raise MissingEnvPackageError(f"render_image on classic task {spec.task!r} needs pygame: pip install pygame "
-                                     f"(or {ENVS_HINT})")
+    if spec.render_image:
+        _offscreen_rendering()
     repeat = spec.action_repeat
     kwargs: dict[str, Any] = {"render_mode": "rgb_array"} if spec.render_image else {}
     if spec.max_episode_steps is not None:  # raw steps: every agent step but the last is `repeat` of them
@@ -237,9 +278,8 @@ def _gymnasium_envs(spec: EnvSpec, gym_id: str) -> list:
 
 
 def _crafter_envs(spec: EnvSpec) -> list:
+    _check_packages(spec)
     crafter = _import("crafter")
-    if crafter is None:
-        raise MissingEnvPackageError("suite 'crafter' needs the crafter package: pip install crafter")
     length = 10000 if spec.max_episode_steps is None else spec.max_episode_steps * spec.action_repeat
     return [CrafterAdapter(crafter.Env(size=spec.size, length=length, reward=spec.task == "reward", seed=spec.seed + i))
             for i in range(spec.num_envs)]
@@ -253,7 +293,9 @@ def make_env(spec: EnvSpec) -> VectorEnv:
         MissingEnvPackageError: a missing optional package, with the ``pip install`` command.
     """
     gym_id, envpool_id = resolve_task(spec.suite, spec.task)
-    backend, envpool = _choose_backend(spec, envpool_id)
+    backend, envpool, note = _choose_backend(spec, envpool_id)
+    if note:
+        print(f"worldmodels: {note}")
     if backend == "envpool":
         return EnvpoolVectorEnv(spec, envpool_id, envpool)
     if spec.suite == "crafter":
@@ -272,12 +314,6 @@ def spec_from_config(env: Any, *, seed: int, num_envs: int | None = None) -> Env
     if "size" in given:
         given["size"] = tuple(int(s) for s in given["size"])
     return EnvSpec(num_envs=int(num_envs or env.get("num_envs", 1)), seed=int(seed), **given)
-
-
-def backend_of(spec: EnvSpec) -> str:
-    """``"envpool"`` or ``"gymnasium"``: the backend :func:`make_env` picks for ``spec``."""
-    _, envpool_id = resolve_task(spec.suite, spec.task)
-    return _choose_backend(spec, envpool_id)[0]
 
 
 _SPACES: dict[tuple, EnvSpaces] = {}

@@ -8,6 +8,8 @@ and no Triton kernel is compiled before it is first called.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 _EXPORTS = {
     # recurrent core
@@ -47,11 +49,30 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+class _OpsPackage(types.ModuleType):
+    """The package as a module whose exported ops cannot be shadowed by submodules.
+
+    Importing ``worldmodels.ops.vq`` makes Python set the package attribute ``vq`` to
+    that submodule, hiding the op of the same name (``vq``, ``attention``); this class
+    ignores such assignments, so ``from worldmodels.ops import vq`` is always the op.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _OpsPackage
+
+
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'worldmodels.ops' has no attribute {name!r}")
     module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-    return getattr(module, name)
+    value = getattr(module, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
 
 def __dir__():

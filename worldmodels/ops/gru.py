@@ -36,6 +36,8 @@ the references' arguments plus ``impl="auto" | "triton" | "cpp" | "ref"``:
   traces through them. The cells run the scan ops with ``T = 1``.
 - bf16/fp16 inputs are computed in float32 by the fused paths (states are returned in
   the input dtype); float64 is computed in float64. No double backward through them.
+- NaN and inf inputs are not checked; every path propagates them as the reference does
+  (NaN where the gate maths meets NaN, ``inf - inf`` or ``0 * inf``).
 """
 
 from __future__ import annotations

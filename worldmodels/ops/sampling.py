@@ -4,6 +4,13 @@ Gumbel-sigmoid boundary sampler under segment constraints.
 Every sampler takes either ``noise`` (uniform in [0, 1), the shape of the draws)
 or a ``seed``; with the same noise tensor every implementation returns the same
 samples. References (``*_ref``) are the specification.
+
+Non-finite logits are not checked (that would synchronise the GPU); every path
+propagates them as the reference does. ``st_categorical``: a row with a NaN or +inf
+logit has NaN probabilities and a NaN sample; a -inf logit is a class of probability
+``unimix / K``. ``boundary_sample``: a NaN logit gives a NaN mask at its step (and NaN
+probs and log_probs there unless a segment limit fixed the step) and counts as no
+boundary for the limits; +-inf logits are certain decisions.
 """
 
 from __future__ import annotations
@@ -234,11 +241,14 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
-def _kernel_seed(seed: int | None) -> int:
+def _kernel_seed(seed: int | None, noise: Tensor | None) -> int:
     """The Philox seed: ``seed``, or one drawn from torch's global CPU generator (so
-    ``torch.manual_seed`` makes the draw reproducible)."""
+    ``torch.manual_seed`` makes the draw reproducible); 0, unused and without a draw,
+    when ``noise`` is given (so ``torch.compile`` traces the call without a graph break)."""
     if seed is not None:
         return seed
+    if noise is not None:
+        return 0
     return int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
 
 
@@ -277,7 +287,7 @@ def st_categorical(
         return st_categorical_ref(logits, unimix, noise, _generator(seed, logits.device))
     from . import _sampling_custom as custom
 
-    sample, probs = custom.st_categorical_fwd(logits, float(unimix), noise, _kernel_seed(seed))
+    sample, probs = custom.st_categorical_fwd(logits, float(unimix), noise, _kernel_seed(seed, noise))
     return CategoricalSample(sample, probs)
 
 
@@ -319,6 +329,6 @@ def boundary_sample(
     from . import _sampling_custom as custom
 
     op = custom.BOUNDARY_OPS[path]
-    mask, probs, log_probs, _u, _free = op(logits, noise, _kernel_seed(seed), float(beta),
+    mask, probs, log_probs, _u, _free = op(logits, noise, _kernel_seed(seed, noise), float(beta),
                                            seg_len, seg_num)
     return BoundarySample(mask, probs, log_probs)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import WorldModelsError
+from .interrupt import sigint_deferred
 
 FORMAT = "worldmodels-checkpoint"
 VERSION = 1
@@ -26,20 +27,22 @@ class CheckpointError(WorldModelsError, RuntimeError):
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync,
-    then ``os.replace``; a crash mid-write never leaves a half-written ``path``."""
+    then ``os.replace``; a crash mid-write never leaves a half-written ``path``, and a
+    Ctrl-C during the write takes effect once the file is in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with sigint_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 

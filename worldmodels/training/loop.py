@@ -27,6 +27,7 @@ from ..utils.seeding import capture_rng_state, restore_rng_state, seed_everythin
 from .checkpoint import load_checkpoint, save_checkpoint
 from .components import load_initial_weights, save_components
 from .contract import Evaluator, HasEnvSpaces, TrainData, check_contract
+from .interrupt import StopRequest, TrainingInterrupted
 from .metrics_log import MetricsLogger
 from .precision import Precision, resolve_device, resolve_precision
 from .step import StepResult, train_step
@@ -67,6 +68,7 @@ class Run:
     grad_clip: float | None = None
     step: int = 0
     best: float = float("inf")
+    saved_step: int | None = None  # the step checkpoints/last.pt holds; None before the first
 
     def state_dict(self, cfg: DictConfig) -> dict[str, Any]:
         return {
@@ -89,6 +91,7 @@ class Run:
         self.data.load_state_dict(state["data"])
         restore_rng_state(state["rng"])
         self.step, self.best = int(state["step"]), float(state["best"])
+        self.saved_step = self.step
 
 
 def build_run(cfg: DictConfig, factories: Factories) -> Run:
@@ -148,15 +151,16 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
         mininterval=0.1 if sys.stderr.isatty() else 10.0,  # sparse lines in CI logs
     )
     window_start, window_steps = time.perf_counter(), 0
+    stop = StopRequest(lambda: bar.write("Ctrl-C: stopping after the current step and saving last.pt "
+                                         "(Ctrl-C again quits without saving)")).install()
     try:
         while run.step < max_steps:
             run.model.train()
             result = run.step_fn(run)
             if not result.finite:
                 raise NonFiniteLossError(
-                    f"loss became {result.loss} at step {run.step + 1}; stopped without saving. "
-                    f"The last good checkpoint is {ckpt_dir / 'last.pt'}; lower train.lr or "
-                    "check the data, then resume with +resume=<run dir>."
+                    f"loss became {result.loss} at step {run.step + 1}; stopped without saving; "
+                    f"{_what_is_saved(run, ckpt_dir, 'lower train.lr or check the data')}"
                 )
             run.step += 1
             window_steps += 1
@@ -176,12 +180,28 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
                 _checkpoint(cfg, run, ckpt_dir)
                 bar.write(f"stopped at step {run.step} (train.stop_at); resume with +resume={ckpt_dir.parent}")
                 break
-    except KeyboardInterrupt:
-        _checkpoint(cfg, run, ckpt_dir)
-        bar.write(f"interrupted at step {run.step}; saved {ckpt_dir / 'last.pt'}; resume with +resume={ckpt_dir.parent}")
-        raise
+            if stop.requested and run.step < max_steps:
+                stop.finishing()
+                if run.saved_step != run.step:
+                    _checkpoint(cfg, run, ckpt_dir)
+                raise TrainingInterrupted(f"interrupted at step {run.step}; {_what_is_saved(run, ckpt_dir)}")
+    except KeyboardInterrupt as error:
+        if isinstance(error, TrainingInterrupted):
+            raise
+        saved = _what_is_saved(run, ckpt_dir)
+        raise TrainingInterrupted(f"interrupted again before the step was saved; {saved}") from None
     finally:
+        stop.uninstall()
         bar.close()
+
+
+def _what_is_saved(run: Run, ckpt_dir: Path, advice: str = "") -> str:
+    """Which checkpoint exists and the command that continues from it (or that none does)."""
+    advice = f"{advice}, then " if advice else ""
+    if run.saved_step is None:
+        return f"no checkpoint was written yet (train.checkpoint_every); {advice}start a new run."
+    return (f"{ckpt_dir / 'last.pt'} holds step {run.saved_step}; "
+            f"{advice}resume with +resume={ckpt_dir.parent}")
 
 
 def _checkpoint(cfg: DictConfig, run: Run, ckpt_dir: Path) -> None:
@@ -189,6 +209,7 @@ def _checkpoint(cfg: DictConfig, run: Run, ckpt_dir: Path) -> None:
     ``train.snapshot_every`` steps) for models made of components."""
     state = run.state_dict(cfg)
     save_checkpoint(ckpt_dir / "last.pt", state)
+    run.saved_step = run.step
     every = cfg.train.get("snapshot_every")
     snapshot = bool(every) and run.step % int(every) == 0
     save_components(ckpt_dir, run.model, run.step, state["config"], snapshot=snapshot)

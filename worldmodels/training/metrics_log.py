@@ -8,6 +8,7 @@ past the checkpoint's step are dropped so the file reads as one unbroken run.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import uuid
 from collections.abc import Mapping
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 WANDB_MODES = ("disabled", "online", "offline")
+# Each row also goes to this logger: the train.log of a command-line run (see
+# configs/hydra/job_logging/worldmodels.yaml), silent elsewhere.
+FILE_LOG = logging.getLogger("worldmodels.file")
 
 
 class CsvLog:
@@ -68,6 +72,7 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self.csv.write(step, metrics)
+        FILE_LOG.info("step %d: %s", step, " ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()))
         for key, value in metrics.items():
             self.tensorboard.add_scalar(key, value, step)
         if self.wandb is not None:

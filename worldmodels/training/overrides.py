@@ -1,8 +1,9 @@
 """Command-line overrides: early, readable errors and resuming a run's config.
 
 Hydra's own errors for an unknown key or option do not always say what exists;
-:func:`explain_bad_override` composes the config one override at a time and,
-for the first that fails, lists the experiments/options or keys that do exist.
+:func:`compose_overrides` composes the config and, when that fails, composes it again
+one override at a time to name the first bad one and list the experiments/options or
+keys that do exist.
 """
 
 from __future__ import annotations
@@ -12,37 +13,44 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .validation import ConfigError
+
 CONFIG_MODULE = "worldmodels.configs"
 GROUP_NOUNS = {"exp": "experiment"}
 
 
 def _parse(overrides: Sequence[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
-    return OverridesParser.create().parse_overrides(list(overrides))
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"cannot read the command's overrides: {first}") from None
 
 
-def explain_bad_override(overrides: Sequence[str]) -> str | None:
-    """None when ``overrides`` compose; else a message naming the bad one and what exists."""
+def compose_overrides(overrides: Sequence[str]) -> DictConfig | None:
+    """The job config ``overrides`` compose to (None for a multirun sweep, which Hydra
+    checks itself); :class:`ConfigError` naming the bad override and what exists."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     parsed = _parse(overrides)
     if any(o.is_sweep_override() for o in parsed):
-        return None  # multirun sweeps are checked by Hydra itself
+        return None
     GlobalHydra.instance().clear()
     with initialize_config_module(CONFIG_MODULE, version_base=None):
         try:
-            compose("config", overrides)
-            return None
+            return compose("config", overrides)
         except Exception as full_error:  # Hydra raises several exception types here
             for index, override in enumerate(parsed):
                 try:
                     compose("config", overrides[: index + 1])
                 except Exception as error:
-                    return _explain(override, overrides[:index], error)
-            return str(full_error)
+                    raise ConfigError(_explain(override, overrides[:index], error)) from None
+            raise ConfigError(str(full_error)) from None
 
 
 def _explain(override, previous: Sequence[str], error: Exception) -> str:
@@ -92,9 +100,9 @@ def config_for_resume(run_dir: Path, task_overrides: Sequence[str]) -> DictConfi
     for override in _parse([o for o in task_overrides if not o.lstrip("+~").startswith("resume=")]):
         key = override.key_or_group
         if isinstance(OmegaConf.select(cfg, key), DictConfig) or key in ("exp",):
-            raise ValueError(f"cannot change the config group '{key}' when resuming {run_dir}; start a new run.")
+            raise ConfigError(f"cannot change the config group '{key}' when resuming {run_dir}; start a new run.")
         if not override.is_add() and (message := unknown_key_message(cfg, key)):
-            raise KeyError(message)
+            raise ConfigError(message)
         OmegaConf.update(cfg, key, override.value(), force_add=override.is_add())
     cfg.resume = str(run_dir)
     return cfg

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ...data.episodes import EpisodeError, list_episodes, load_episode
+from ...data.episodes import EpisodeError, first_readable_episode
 from ...data.offline import OfflineDataset
 from ...envs.factory import ActionSpace, ObsSpace, VectorEnv, infer_spaces, make_env, spec_from_config
 from ...envs.spaces import EnvSpaces
@@ -217,8 +217,7 @@ class StepData:
 
     def __init__(self, directory: Path, obs_space: ObsSpace, act_space: Any, keys: list[str],
                  crop: int | None = None, on_error: str = "raise"):
-        first = list_episodes(directory)[0]
-        episode = load_episode(first)
+        first, episode = first_readable_episode(directory, on_error)
         check_keys(obs_space, keys, episode_obs_space(episode, crop), str(first))
         if episode["action"].shape[-1] != act_space.size:
             raise EpisodeError(first, "action", f"has {episode['action'].shape[-1]} dimensions, the checkpoint's "

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ...data.episodes import EPISODE_SUFFIXES, EpisodeError, list_episodes, load_episode
+from ...data.episodes import EPISODE_SUFFIXES, EpisodeError, first_readable_episode
 from ...data.offline import OfflineDataset
 from ...envs.factory import ActionSpace, ObsSpace
 from ...envs.spaces import EnvSpaces
@@ -111,8 +111,7 @@ def decide_discrete(episode: dict[str, np.ndarray], mode: Any, source: str) -> b
 
 def offline_spaces(cfg: DictConfig) -> tuple[ObsSpace, ActionSpace]:
     """``(obs_space, act_space)`` read from the first episode of ``cfg.data.train_dir``."""
-    path = list_episodes(episode_dir(cfg.data.train_dir, "data.train_dir"))[0]
-    episode = load_episode(path)
+    path, episode = first_readable_episode(episode_dir(cfg.data.train_dir, "data.train_dir"), _on_error(cfg))
     crop = cfg.data.get("crop")
     discrete = decide_discrete(episode, cfg.data.get("discrete", "auto"), str(path))
     return episode_obs_space(episode, crop), ActionSpace(discrete, int(episode["action"].shape[-1]))
@@ -319,7 +318,12 @@ def _dataset(cfg: DictConfig, directory: Path, keys: list[str], crop_mode: str) 
     crop = data.get("crop")
     return OfflineDataset(directory, int(cfg.algo.batch_length), keys=[*keys, *BATCH_KEYS],
                           crop=None if crop is None else int(crop), crop_mode=crop_mode, standardize=None,
-                          seed=int(cfg.seed), on_error=str(data.get("on_error", "raise")))
+                          seed=int(cfg.seed), on_error=_on_error(cfg))
+
+
+def _on_error(cfg: DictConfig) -> str:
+    """``data.on_error``: ``raise`` or ``skip`` unreadable episode files."""
+    return str(cfg.data.get("on_error", "raise"))
 
 
 def build_model(cfg: DictConfig) -> DreamerAgent:
@@ -343,8 +347,7 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> OfflineEvaluator:
     obs_space, act_space = offline_spaces(cfg)
     keys = input_keys(cfg, obs_space)
     directory = episode_dir(cfg.data.eval_dir, "data.eval_dir")
-    first = list_episodes(directory)[0]
-    episode = load_episode(first)
+    first, episode = first_readable_episode(directory, _on_error(cfg))
     check_same_space(obs_space, episode, keys, cfg.data.get("crop"), str(first))
     if episode["action"].shape[-1] != act_space.size:
         raise EpisodeError(first, "action", f"has {episode['action'].shape[-1]} dimensions, "
