@@ -16,6 +16,7 @@ import torch
 from worldmodels.algos.vae import FACTORIES
 from worldmodels.training import checkpoint as checkpoint_module
 from worldmodels.training.checkpoint import load_checkpoint, save_checkpoint
+from worldmodels.training.contract import TrainData
 from worldmodels.training.interrupt import StopRequest, TrainingInterrupted, sigint_deferred
 from worldmodels.training.loop import Factories, fit
 
@@ -43,7 +44,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-class InterruptingData:
+class InterruptingData(TrainData):
     """The VAE's data, sending SIGINT from inside the step that draws batch ``at``
     (after the batch and its random draws are consumed)."""
 
