@@ -114,7 +114,8 @@ class HierarchicalRSSM(nn.Module):
         super().__init__()
         self.config = c = config
         feat, belief, state, act = c.feat_size, c.belief_size, c.state_size, c.action_size
-        self.post_boundary = BoundaryDetector(feat + act, feat, c.boundary_layers, c.detector_norm)
+        self.post_boundary = BoundaryDetector(feat + act, feat, c.boundary_layers, c.detector_norm,
+                                              init_rate=1 / max(c.seg_len, 2))
         self.prior_boundary = nn.Linear(feat, 1)
         self.past_summary = GRU(feat, belief)                 # forward over every frame
         self.segment_summary = GRUCell(feat, belief)          # backward, reset at segment ends
@@ -159,8 +160,8 @@ class HierarchicalRSSM(nn.Module):
     # ------------------------------------------------------------ inference
 
     def forward(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
-                beta: float, noise: Tensor | None = None, freeze_boundaries: bool = False,
-                boundaries: Tensor | None = None, boundary_logits: Tensor | None = None) -> HRSSMOutput:
+                beta: float, noise: Tensor | None = None, boundaries: Tensor | None = None,
+                boundary_logits: Tensor | None = None) -> HRSSMOutput:
         """Infer both levels over the window ``[init_size, init_size + seq_size)``.
 
         Args:
@@ -170,7 +171,6 @@ class HierarchicalRSSM(nn.Module):
             action: ``[B, L, A]``; ``action[:, t]`` is the action taken after frame ``t``.
             beta: Gumbel-sigmoid temperature of the boundary sampler.
             noise: optional uniform noise ``[B, seq_size]`` for the boundary draws.
-            freeze_boundaries: keep the boundary detector out of the gradient.
             boundaries: optional bool ``[B, seq_size]``: use these boundaries (under
                 the segment limits, see :meth:`given_boundaries`) instead of the detector's.
             boundary_logits: with ``boundaries``, the detector's log-odds ``[B, seq_size]``
@@ -187,8 +187,6 @@ class HierarchicalRSSM(nn.Module):
             boundary = self.given_boundaries(boundaries)
         else:
             logits = self.boundary_logits(embed, action)[:, window]
-            if freeze_boundaries:
-                logits = logits.detach()
             boundary = self.sample_boundaries(logits, beta, noise)
         inputs = self._window(embed, action, init_size, boundary.mask)
         _, records = self._filter(inputs)

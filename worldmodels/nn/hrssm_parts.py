@@ -3,6 +3,8 @@ latent heads, the bounded log-odds and the Bernoulli KL."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,22 +50,33 @@ class BoundaryDetector(nn.Module):
     the batch and makes it compare frames from the first update, so the log-odds differ
     between frames and the shared boundary rate cannot race to -30 on its own (what an
     un-normalised stack does within ~20 Adam steps, freezing the detector).
-    ``norm="none"``: plain Conv1d layers with biases.
+    ``norm="none"``: plain Conv1d layers with biases. The output bias starts at the
+    log-odds of ``init_rate``, the boundary rate the detector starts from.
+
+    The convolutions pad by repeating the end frames, not with zeros: zero padding
+    marks the frames near either end of the sequence, and a detector that can tell
+    where it is fires by position (a boundary on the window's first frames) instead
+    of by content. With ``layers`` hidden layers a frame sees ``layers + 1`` frames on
+    each side, so VTA keeps at least that many frames before (``init_size``) and after
+    (``algo.margin``) the modelled window.
     """
 
-    def __init__(self, in_size: int, hidden: int, layers: int, norm: str = "group"):
+    def __init__(self, in_size: int, hidden: int, layers: int, norm: str = "group", init_rate: float = 0.5):
         super().__init__()
+        if not 0 < init_rate < 1:
+            raise ValueError(f"the detector's initial boundary rate {init_rate} must lie in (0, 1).")
         if norm not in DETECTOR_NORMS:
             raise ValueError(f"detector norm={norm!r} is not one of {DETECTOR_NORMS}.")
         blocks: list[nn.Module] = []
         for index in range(layers):
             width_in = in_size if index == 0 else hidden
-            blocks.append(nn.Conv1d(width_in, hidden, 3, padding=1, bias=norm == "none"))
+            blocks.append(nn.Conv1d(width_in, hidden, 3, padding=1, bias=norm == "none", padding_mode="replicate"))
             if norm == "group":
                 blocks.append(nn.GroupNorm(hidden, hidden))
             blocks.append(nn.ELU())
         self.hidden = nn.Sequential(*blocks)
-        self.out = nn.Conv1d(hidden, 1, 3, padding=1)
+        self.out = nn.Conv1d(hidden, 1, 3, padding=1, padding_mode="replicate")
+        nn.init.constant_(self.out.bias, math.log(init_rate / (1 - init_rate)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.hidden(x.transpose(1, 2))).squeeze(1)
