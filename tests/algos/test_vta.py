@@ -166,21 +166,18 @@ def test_training_only_options_keep_the_reported_elbo():
         VTAConfig(mask_kl_balance=1.5)
 
 
-def test_boundary_warmup_places_only_the_forced_boundaries():
-    model = make(boundary_warmup=1, seg_len=3, seg_num=4)
-    batch = {"frames": frames()}
-    loss, _ = model.compute_loss(batch)
-    loss.backward()
-    detector = list(model.hrssm.post_boundary.parameters())
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in detector)
-    model.zero_grad()
-    torch.manual_seed(0)
-    out = model(frames(), torch.zeros(3, 12, 0), 8, 2)            # step 1: warm-up over
-    out.train_loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector)
-    warm = make(boundary_warmup=5, seg_len=3, seg_num=4)
-    mask = warm(frames(), torch.zeros(3, 12, 0), 8, 2).mask > 0.5
-    assert mask.nonzero()[:, 1].unique().tolist() == [0, 3, 6]    # only where seg_len forces one
+def test_boundary_warmup_keeps_the_detector_out_of_the_gradient():
+    for grad in ("st", "disarm"):
+        model = make(boundary_warmup=1, boundary_grad=grad)
+        batch = {"frames": frames()}
+        loss, _ = model.compute_loss(batch)
+        loss.backward()
+        detector = list(model.hrssm.post_boundary.parameters())
+        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in detector)
+        model.zero_grad()
+        loss, _ = model.compute_loss(batch)   # step 1: warm-up over
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector)
 
 
 def test_the_detector_starts_at_one_boundary_per_segment_length():

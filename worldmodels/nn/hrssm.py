@@ -161,7 +161,7 @@ class HierarchicalRSSM(nn.Module):
 
     def forward(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
                 beta: float, noise: Tensor | None = None, boundaries: Tensor | None = None,
-                boundary_logits: Tensor | None = None) -> HRSSMOutput:
+                boundary_logits: Tensor | None = None, freeze_boundaries: bool = False) -> HRSSMOutput:
         """Infer both levels over the window ``[init_size, init_size + seq_size)``.
 
         Args:
@@ -176,6 +176,7 @@ class HierarchicalRSSM(nn.Module):
             boundary_logits: with ``boundaries``, the detector's log-odds ``[B, seq_size]``
                 that drew them (a score-function estimator's draws): ``KL_mask`` charges
                 them instead of the point mass on the given boundaries.
+            freeze_boundaries: keep the boundary detector out of the gradient.
         """
         self._check(embed, action, init_size, seq_size)
         window = slice(init_size, init_size + seq_size)
@@ -187,6 +188,8 @@ class HierarchicalRSSM(nn.Module):
             boundary = self.given_boundaries(boundaries)
         else:
             logits = self.boundary_logits(embed, action)[:, window]
+            if freeze_boundaries:
+                logits = logits.detach()
             boundary = self.sample_boundaries(logits, beta, noise)
         inputs = self._window(embed, action, init_size, boundary.mask)
         _, records = self._filter(inputs)

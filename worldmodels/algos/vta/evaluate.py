@@ -41,6 +41,11 @@ def foreground_error(reconstruction: torch.Tensor, truth: torch.Tensor, threshol
     return error[foreground].mean().item() if foreground.any() else 0.0
 
 
+def _cost_per_frame(out) -> float:
+    """Reconstruction plus latent KL (no ``KL_mask``) per frame, averaged over the batch."""
+    return (out.obs_cost + out.kl_abs + out.kl_obs).mean().item()
+
+
 class VTAEvaluator(Evaluator):
     """Scores a VTA on a fixed held-out batch ``{"frames", "actions"?, "events"}``.
 
@@ -80,26 +85,29 @@ class VTAEvaluator(Evaluator):
         metrics["eval/foreground_error"] = foreground_error(out.reconstruction, target)
         metrics.update(self._scores(predicted.cpu(), truth.cpu()))
         metrics.update(cost_split(out, predicted, truth))
-        metrics.update(self._loss_with(model, frames, actions, truth, predicted))
+        metrics.update(self._loss_with(model, frames, actions, truth, predicted, out))
         return metrics
 
     def _loss_with(self, model: VTA, frames: torch.Tensor, actions: torch.Tensor, truth: torch.Tensor,
-                   predicted: torch.Tensor) -> dict[str, float]:
+                   predicted: torch.Tensor, own) -> dict[str, float]:
         """The held-out loss of the same model with its boundaries replaced by the true
         events (``eval/loss_true_boundaries``) and by as many random ones
         (``eval/loss_random_boundaries``), under the same segment limits: whether the
-        ELBO prefers the events (then finding them is the detector's job) or not."""
+        ELBO prefers the events (then finding them is the detector's job) or not. The
+        ``eval/cost_*_boundaries`` are the same without ``KL_mask`` (reconstruction and
+        latent KL only), which a boundary prior trained on other boundaries would bias."""
         c = model.config
         generator = torch.Generator().manual_seed(EVAL_SEED)
         rate = predicted[:, 1:].float().mean().item()
         placements = {"true": truth.bool(),
                       "random": random_boundaries(truth.shape, rate, generator).to(truth.device)}
-        metrics = {}
+        metrics = {"eval/cost_own_boundaries": _cost_per_frame(own)}
         for name, boundaries in placements.items():
             with torch.random.fork_rng(devices=[frames.device] if frames.is_cuda else []):
                 torch.manual_seed(EVAL_SEED)
                 out = model(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type, boundaries=boundaries)
             metrics[f"eval/loss_{name}_boundaries"] = out.train_loss.item()
+            metrics[f"eval/cost_{name}_boundaries"] = _cost_per_frame(out)
         return metrics
 
     def _scores(self, predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:

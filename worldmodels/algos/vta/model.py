@@ -55,7 +55,7 @@ class VTAConfig:
     max_beta: float = 1.0
     abs_free_nats: float = 0.0   # training only: KL_abs below this many nats per boundary is free
     mask_kl_balance: float | None = None  # training only: weight of KL(sg(q) || p) in KL_mask (rest on q)
-    boundary_warmup: int = 0     # training steps with boundaries only where seg_len/seg_num force them
+    boundary_warmup: int = 0     # training steps with the detector frozen at its start (boundaries at its initial rate)
     boundary_source: str = "learned"  # learned | events (ground truth) | random (at the events' rate)
     detector_norm: str = "group"  # group | none: normalised hidden layers of the boundary detector
     limits_in_kl: str = "prior"   # prior: KL_mask charges the detector where the segment limits decide
@@ -171,12 +171,11 @@ class VTA(nn.Module):
         inputs = quantize(obs, self.config.obs_bit, dequantize=self.training)
         given = boundaries if boundaries is not None else self.given_boundaries(events, init_size, seq_size,
                                                                                 obs.shape[:2])
-        if given is None and self.training and int(self.step) < self.config.boundary_warmup:
-            given = torch.zeros(obs.shape[0], seq_size, dtype=torch.bool, device=obs.device)  # the limits' only
+        frozen = self.training and int(self.step) < self.config.boundary_warmup
         embed, target = self.embed(inputs), inputs[:, init_size : init_size + seq_size]
-        if given is None and self.training and self.config.boundary_grad == "disarm":
+        if given is None and self.training and not frozen and self.config.boundary_grad == "disarm":
             return self._disarm_forward(embed, act, target, init_size, seq_size, obs_std, loss_type)
-        out = self.hrssm(embed, act, init_size, seq_size, self.mask_beta(), noise, given)
+        out = self.hrssm(embed, act, init_size, seq_size, self.mask_beta(), noise, given, freeze_boundaries=frozen)
         return self._decode_and_score(out, target, loss_type, obs_std)
 
     def _decode_and_score(self, out: HRSSMOutput, target: Tensor, loss_type: str, obs_std: float) -> VTAOutput:
