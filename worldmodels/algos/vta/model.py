@@ -190,10 +190,10 @@ class VTA(nn.Module):
         output holds the ``2B`` rows (the first ``B`` are the first draw)."""
         logits = self.hrssm.boundary_logits(embed, act)[:, init_size : init_size + seq_size]
         first, second = antithetic_pair(logits)
-        twice = lambda x: torch.cat([x, x])  # noqa: E731
-        out = self.hrssm(twice(embed), twice(act), init_size, seq_size, self.mask_beta(),
-                         boundaries=torch.cat([first, second]), boundary_logits=twice(logits))
-        scored = self._decode_and_score(out, twice(target), loss_type, obs_std)
+        embed, act, target, pair_logits = (torch.cat([x, x]) for x in (embed, act, target, logits))
+        out = self.hrssm(embed, act, init_size, seq_size, self.mask_beta(),
+                         boundaries=torch.cat([first, second]), boundary_logits=pair_logits)
+        scored = self._decode_and_score(out, target, loss_type, obs_std)
         f_first, f_second = scored.sequence_loss.detach().chunk(2)
         score = disarm_surrogate(logits, first, second, f_first, f_second) / logits.numel()
         return replace(scored, train_loss=scored.train_loss + score)
