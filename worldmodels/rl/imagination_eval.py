@@ -26,6 +26,46 @@ from .evaluator import EVAL_SEED_OFFSET, EpisodeEvaluator, eval_env_config
 from .imagination_agent import ImaginationAgent, frames_first
 
 
+def next_frame_scores(predicted: torch.Tensor, copy: torch.Tensor, truth: torch.Tensor, changed: torch.Tensor,
+                      space: str) -> dict[str, float]:
+    """The world model's one-step predictions against a copy of the last frame.
+
+    ``predicted``, ``copy``, ``truth`` ``[N, C, H, W]`` (uint8 or [0, 1]): the frame decoded
+    from the world model's most likely tokens (teacher forced on the real past), the
+    copy baseline and the target; ``changed [N]`` bool marks the frames where something
+    changes (the real frame differs from the previous one). ``space`` names the
+    comparison: ``frame`` (target: the real frame; copy: the real previous frame) or
+    ``recon`` (target: the tokenizer's reconstruction of the real frame; copy: the
+    decoded tokens of "nothing changed", so the tokenizer's own error cancels). Returns
+    PSNR (dB, mean over frames) of the prediction and of the copy, on every frame and
+    on the changed ones: ``eval/{space}_wm_psnr``, ``eval/{space}_copy_psnr``, the same
+    with ``_changed``, and ``eval/changed_frames`` (their fraction).
+    """
+    truth, copy, predicted = as_unit(truth), as_unit(copy), as_unit(predicted).clamp(0, 1)
+
+    def mean_psnr(images: torch.Tensor, mask: torch.Tensor) -> float:
+        if not bool(mask.any()):
+            return float("nan")
+        mse = (images[mask] - truth[mask]).square().flatten(1).mean(1)
+        return float((-10 * torch.log10(mse.clamp_min(1e-10))).mean())
+
+    out = {"eval/changed_frames": float(changed.float().mean())}
+    for suffix, mask in (("", torch.ones_like(changed)), ("_changed", changed)):
+        out[f"eval/{space}_wm_psnr{suffix}"] = mean_psnr(predicted, mask)
+        out[f"eval/{space}_copy_psnr{suffix}"] = mean_psnr(copy, mask)
+    return out
+
+
+def frames_changed(frames: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: frame ``n`` differs from ``previous[n]`` in at least one pixel value."""
+    return (frames != previous).flatten(1).any(1)
+
+
+def as_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float in [0, 1]; float frames unchanged (as float32)."""
+    return frames.float().div(255.0) if frames.dtype == torch.uint8 else frames.float()
+
+
 class ImaginationEvaluator(Evaluator):
     """See the module docstring. ``self.episode`` holds the kept frames: ``image`` uint8
     ``[T, H, W, C]``, ``action`` int64 ``[T]``, ``reward`` float ``[T]`` and ``end`` bool
@@ -105,4 +145,4 @@ class ImaginationEvaluator(Evaluator):
         self.runner.close()
 
 
-__all__ = ["ImaginationEvaluator"]
+__all__ = ["ImaginationEvaluator", "as_unit", "frames_changed", "next_frame_scores"]

@@ -38,7 +38,8 @@ from ...nn.token_heads import (
     REWARD_CLASSES,
     causal_transformer_config,
     reward_sign_labels,
-    rewards_from_logits,
+    sample_ends,
+    sample_rewards,
     sample_tokens,
 )
 from ...nn.tokenizer import as_unit_frames
@@ -103,8 +104,8 @@ class StepOutput(NamedTuple):
     """What one imagined step predicts."""
 
     tokens: Tensor   # [B, K] int64: the delta tokens of the next frame
-    reward: Tensor   # [B] float: two-hot mean, or the argmax sign in {-1, 0, 1}
-    done: Tensor     # [B] bool: argmax of the end logits
+    reward: Tensor   # [B] float: the two-hot mean, or a sampled sign in {-1, 0, 1} (as Δ-IRIS)
+    done: Tensor     # [B] bool: sampled from the end head (argmax when greedy)
 
 
 def _head(embed_dim: int, out_dim: int) -> nn.Sequential:
@@ -145,7 +146,7 @@ class DeltaWorldModel(nn.Module):
             raise ValueError(f"frames must be [B, T, {c.in_channels}, {c.resolution}, {c.resolution}], "
                              f"got {list(frames.shape)}.")
         unit = as_unit_frames(frames).flatten(0, 1)
-        return self.frame_embedding(unit * 2 - 1).unflatten(0, frames.shape[:2])
+        return self.frame_embedding(unit).unflatten(0, frames.shape[:2])   # [0, 1] in, as Δ-IRIS
 
     def sequence(self, frames: Tensor, actions: Tensor, latent_tokens: Tensor) -> Tensor:
         """Inputs ``[B, T * (K + 2), E]`` (positions not added): ``frames [B, T, ...]``,
@@ -296,8 +297,8 @@ class DeltaWorldModel(nn.Module):
         if self.config.reward_bins:
             reward = TwoHotSymlog(logits_rewards).mean()
         else:
-            reward = rewards_from_logits(logits_rewards)
-        done = self.head_ends(hidden).argmax(-1).bool()
+            reward = sample_rewards(logits_rewards, greedy, generator)
+        done = sample_ends(self.head_ends(hidden).float(), greedy, generator)
         tokens = []
         for index in range(self.config.tokens_per_frame):
             token = sample_tokens(self.head_latents(hidden), temperature, greedy, generator)
