@@ -6,8 +6,8 @@ first one kept for held-out model scores and media.
 ``cfg.env`` updated by ``cfg.eval_env``) at ``algo.eval_temperature`` (0: greedy), keeps
 up to ``algo.held_out_frames`` frames of the first in IRIS's layout, and writes
 ``reconstruction_step*.png`` (frames | reconstructions) and ``imagination_step*.gif``
-(truth | imagined | error: the world model replays the episode's actions from its first
-frame). A family subclasses it for its held-out scores (:meth:`held_out_metrics`) and
+(real | tokenizer reconstruction | imagined, side by side: the world model replays the
+episode's actions from its first frame). A family subclasses it for its held-out scores (:meth:`held_out_metrics`) and
 its reconstructions (:meth:`reconstructions`).
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from ..envs.factory import VectorEnv, make_env, spec_from_config
 from ..training.contract import Evaluator
-from ..utils.images import image_grid, openloop_frames, save_png, write_gif
+from ..utils.images import image_grid, save_png, write_gif
 from .evaluator import EVAL_SEED_OFFSET, EpisodeEvaluator, eval_env_config
 from .imagination_agent import ImaginationAgent, frames_first
 
@@ -64,6 +64,19 @@ def frames_changed(frames: torch.Tensor, previous: torch.Tensor) -> torch.Tensor
 def as_unit(frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames -> float in [0, 1]; float frames unchanged (as float32)."""
     return frames.float().div(255.0) if frames.dtype == torch.uint8 else frames.float()
+
+
+def imagination_frames(real: torch.Tensor, recon: torch.Tensor, imagined: torch.Tensor, context: int = 1,
+                       scale: int = 3, bar: int = 3) -> np.ndarray:
+    """``[T, C, H, W]`` in [0, 1] each -> ``[T, H', W', 3]`` uint8 GIF frames: real |
+    reconstruction | imagined side by side, under a bar that is green for the ``context``
+    frames the world model was given and red for those it imagined."""
+    frames = []
+    for t in range(len(real)):
+        grid = image_grid([torch.stack([real[t], recon[t], imagined[t]])], scale=scale)
+        colour = np.array([0, 200, 0] if t < context else [220, 0, 0], np.uint8)
+        frames.append(np.concatenate([np.broadcast_to(colour, (bar, grid.shape[1], 3)), grid], 0))
+    return np.stack(frames)
 
 
 class ImaginationEvaluator(Evaluator):
@@ -123,9 +136,18 @@ class ImaginationEvaluator(Evaluator):
         gif = self._imagination_gif(model, frames, actions, directory / f"imagination_step{step:06d}.gif")
         return paths + ([gif] if gif is not None else [])
 
+    def reconstruct_sequence(self, model: ImaginationAgent, frames: torch.Tensor,
+                             actions: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's reconstruction of each of ``frames [T, C, R, R]`` uint8 (with the
+        actions taken there), ``[T, C, R, R]`` in [0, 1]."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def _imagination_gif(self, model: ImaginationAgent, frames: torch.Tensor, actions: torch.Tensor,
                          path: Path) -> Path | None:
+        """``real | tokenizer reconstruction | imagined`` side by side, frame by frame: the
+        world model starts from the first real frame and replays the episode's actions
+        (green bar: the frame it was given; red: imagined)."""
         steps = min(len(frames), model.world_model.config.max_blocks)
         if steps < 2:
             return None
@@ -137,12 +159,13 @@ class ImaginationEvaluator(Evaluator):
         for t in range(steps - 1):
             frame, _, _ = dream.step(actions[t:t + 1])
             imagined.append(frame)
-        truth = frames[:steps].movedim(1, -1).unsqueeze(0)
-        prediction = (torch.cat(imagined).clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).unsqueeze(0)
-        return write_gif(path, openloop_frames(truth, prediction, None, context=1), duration=150)
+        real = frames[:steps].float().div(255.0).cpu()
+        recon = self.reconstruct_sequence(model, frames[:steps], actions[:steps]).float().clamp(0, 1).cpu()
+        dreamt = torch.cat(imagined).float().clamp(0, 1).cpu()
+        return write_gif(path, imagination_frames(real, recon, dreamt, context=1), duration=150)
 
     def close(self) -> None:
         self.runner.close()
 
 
-__all__ = ["ImaginationEvaluator", "as_unit", "frames_changed", "next_frame_scores"]
+__all__ = ["ImaginationEvaluator", "as_unit", "frames_changed", "imagination_frames", "next_frame_scores"]

@@ -88,6 +88,13 @@ class DeltaIrisEvaluator(ImaginationEvaluator):
         recon = model.tokenizer.encode_decode(frames[None, :-1], actions[None, :-1], frames[None, 1:])[0]
         return frames[1:], recon
 
+    def reconstruct_sequence(self, model: DeltaIrisAgent, frames: torch.Tensor,
+                             actions: torch.Tensor) -> torch.Tensor:
+        """Frame 0 as it is (it has no predecessor), then each frame from its delta tokens
+        given the previous real frame and action."""
+        _, recon = self.reconstructions(model, frames, actions)
+        return torch.cat([as_unit_frames(frames[:1]), recon])
+
     @torch.no_grad()
     def held_out_metrics(self, model: DeltaIrisAgent) -> dict[str, float]:
         """Scores on the kept frames of the first evaluation episode:

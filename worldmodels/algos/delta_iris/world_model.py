@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops.layers.torch import Rearrange
 from torch import nn
 
 from ...nn.delta_tokenizer import valid_pairs
@@ -125,7 +126,8 @@ class DeltaWorldModel(nn.Module):
         cnn = frame_encoder(config.in_channels, config.frame_latent_dim, config.frame_channels,
                             config.frame_mult, config.frame_down)
         project = nn.Identity() if config.frame_features == embed else nn.Linear(config.frame_features, embed)
-        self.frame_embedding = nn.Sequential(cnn, nn.Flatten(), project, nn.LayerNorm(embed))
+        flatten = Rearrange("n c h w -> n (h w c)")   # Δ-IRIS's order, so its weights import as they are
+        self.frame_embedding = nn.Sequential(cnn, flatten, project, nn.LayerNorm(embed))
         self.action_embedding = nn.Embedding(config.num_actions, embed)
         self.latent_embedding = nn.Embedding(config.vocab_size, embed)
         self.pos_embedding = nn.Embedding(tconfig.max_tokens, embed)

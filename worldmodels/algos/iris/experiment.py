@@ -152,6 +152,10 @@ class IrisEvaluator(ImaginationEvaluator):
         IRIS reconstructs up to 8 frames on their own."""
         return frames[:8], model.tokenizer.encode_decode(frames[:8])
 
+    def reconstruct_sequence(self, model: IrisAgent, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Each frame through the tokenizer on its own."""
+        return model.tokenizer.encode_decode(frames)
+
 
 def build_evaluator(cfg: DictConfig, device: torch.device) -> IrisEvaluator:
     return IrisEvaluator(cfg, device)
