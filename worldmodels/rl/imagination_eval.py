@@ -79,6 +79,57 @@ def imagination_frames(real: torch.Tensor, recon: torch.Tensor, imagined: torch.
     return np.stack(frames)
 
 
+@torch.no_grad()
+def imagination_gap(model: ImaginationAgent, episode: dict[str, np.ndarray], horizon: int, gamma: float,
+                    context: int, max_starts: int = 64) -> dict[str, float]:
+    """Imagined against real along a real episode's own actions: from up to ``max_starts``
+    frames ``t`` (with ``context`` real frames before, where there are), the world model
+    replays the episode's next ``horizon`` actions; the imagined discounted return and
+    whether an end was sampled are compared with what really followed. Starts whose real
+    continuation is cut by the recording are left out. Returns
+    ``eval/imagined_return_h`` beside ``eval/real_return_h`` and
+    ``eval/imagined_end_rate_h`` beside ``eval/real_end_rate_h`` (fraction of starts
+    where the episode ends within ``horizon`` steps); ``{}`` without a usable start.
+
+    ``episode``: ``image`` uint8 ``[T, H, W, C]``, ``action`` int64 ``[T]``, ``reward`` and
+    ``end`` ``[T]`` (what followed each action), as :class:`ImaginationEvaluator` keeps it.
+    """
+    ends, rewards = episode["end"].astype(bool), episode["reward"].astype(np.float64)
+    steps = len(ends)
+    starts = [t for t in range(steps) if t + horizon <= steps or ends[t:].any()]
+    if not starts or horizon < 1:
+        return {}
+    starts = [starts[i] for i in np.linspace(0, len(starts) - 1, min(max_starts, len(starts))).round().astype(int)]
+    device = next(model.parameters()).device
+    frames = frames_first(torch.from_numpy(episode["image"]).to(device))
+    actions = torch.from_numpy(episode["action"]).to(device)
+    index = torch.tensor([[t - context + j for j in range(context + 1)] for t in starts], device=device)
+    mask = index >= 0
+    index = index.clamp(min=0)
+    batch = {"observations": frames[index], "actions": actions[index], "mask_padding": mask}
+    dream = model.dream()
+    dream.start(batch)
+    alive = torch.ones(len(starts), dtype=torch.bool, device=device)
+    imagined_return = torch.zeros(len(starts), device=device)
+    for k in range(horizon):
+        step_actions = actions[torch.tensor([min(t + k, steps - 1) for t in starts], device=device)]
+        _, reward, done = dream.step(step_actions)
+        imagined_return += alive.float() * gamma**k * reward.float()
+        alive &= ~done.bool()
+    real_return, real_end = [], []
+    for t in starts:
+        total, ended = 0.0, False
+        for k in range(min(horizon, steps - t)):
+            total += gamma**k * rewards[t + k]
+            if ends[t + k]:
+                ended = True
+                break
+        real_return.append(total)
+        real_end.append(ended)
+    return {"eval/imagined_return_h": float(imagined_return.mean()), "eval/real_return_h": float(np.mean(real_return)),
+            "eval/imagined_end_rate_h": float((~alive).float().mean()), "eval/real_end_rate_h": float(np.mean(real_end))}
+
+
 class ImaginationEvaluator(Evaluator):
     """See the module docstring. ``self.episode`` holds the kept frames: ``image`` uint8
     ``[T, H, W, C]``, ``action`` int64 ``[T]``, ``reward`` float ``[T]`` and ``end`` bool
@@ -104,13 +155,16 @@ class ImaginationEvaluator(Evaluator):
         return self.runner.env
 
     def evaluate(self, model: ImaginationAgent) -> dict[str, float]:
-        """``eval/return_{mean,std,min,max}``, ``eval/length_mean``, ``eval/neg_return`` and
-        the family's :meth:`held_out_metrics`."""
+        """``eval/return_{mean,std,min,max}``, ``eval/length_mean``, ``eval/neg_return``, the
+        family's :meth:`held_out_metrics` and :func:`imagination_gap` on the kept episode
+        (``imagine_horizon - 1`` steps, the actor-critic's discount and burn-in)."""
         result = self.runner.run(model)
         steps = result.recorded[0]
         self.episode = {"image": steps["image"][:-1], "action": steps["action"][:-1].argmax(-1).astype(np.int64),
                         "reward": steps["reward"][1:].astype(np.float32), "end": steps["is_terminal"][1:].astype(bool)}
-        return {**result.metrics(), **self.held_out_metrics(model)}
+        ac = model.actor_critic.config
+        gap = imagination_gap(model, self.episode, ac.imagine_horizon - 1, ac.gamma, ac.burn_in)
+        return {**result.metrics(), **self.held_out_metrics(model), **gap}
 
     def held_out_metrics(self, model: ImaginationAgent) -> dict[str, float]:
         """The family's scores of its models on :attr:`episode` (``eval/...``)."""
@@ -168,4 +222,5 @@ class ImaginationEvaluator(Evaluator):
         self.runner.close()
 
 
-__all__ = ["ImaginationEvaluator", "as_unit", "frames_changed", "imagination_frames", "next_frame_scores"]
+__all__ = ["ImaginationEvaluator", "as_unit", "frames_changed", "imagination_frames", "imagination_gap",
+           "next_frame_scores"]
