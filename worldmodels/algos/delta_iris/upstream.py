@@ -36,7 +36,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..iris.upstream import UpstreamImportError, load_upstream_state_dict
+from ...utils.upstream import UpstreamImportError, load_upstream_state_dict
 
 Tensor = torch.Tensor
 

@@ -30,23 +30,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
+from ...utils.upstream import UpstreamImportError, load_upstream_state_dict
+
 Tensor = torch.Tensor
-
-
-class UpstreamImportError(ValueError):
-    """An upstream state dict that does not have the layout this importer knows."""
-
-
-def load_upstream_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """An official checkpoint file (a plain state dict), read with ``weights_only=True``."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise UpstreamImportError(f"{path} is not a state dict of tensors (an upstream `last.pt`).")
-    return dict(state)
 
 
 def _level_layout(keys: list[str], prefix: str, part: str) -> dict[int, tuple[int, int]]:
