@@ -248,8 +248,8 @@ def component_step(run: Any) -> Any:
     """One update of an :class:`ImaginationAgent` (the loop's ``step``; see the module
     docstring): the data collects when its schedule says so, then each component that
     trains at this update does ``train.accum_steps`` micro-batches of forward and
-    backward, clips its gradients to its ``max_grad_norm`` and steps its optimiser
-    groups, one component after another. Accumulation repeats only the micro-batches:
+    backward, clips its gradients to its ``max_grad_norm`` (then to ``train.grad_clip``
+    when set) and steps its optimiser groups, one component after another. Accumulation repeats only the micro-batches:
     the collection schedule and the starts advance once per update, so halving the
     batch and doubling ``accum_steps`` trains the same schedule."""
     from ..training.step import StepResult, clip_groups_
@@ -280,8 +280,11 @@ def component_step(run: Any) -> Any:
             optimizer.zero_grad(set_to_none=True)
             return StepResult(loss_sum, float("nan"), False, metrics)
         scaler.unscale_(optimizer)
-        norms.append(_grad_norm(model.component_parameters(name)))
+        params = model.component_parameters(name)
+        norms.append(_grad_norm(params))
         clip_groups_(optimizer)
+        if getattr(run, "grad_clip", None):
+            nn.utils.clip_grad_norm_(params, float(run.grad_clip))
         scaler.step(optimizer)
         scaler.update()
         model.after_update(name)
