@@ -23,13 +23,13 @@ from worldmodels.algos.delta_iris.world_model import (
     DeltaWorldModel,
     DeltaWorldModelConfig,
 )
-from worldmodels.algos.iris.actor_critic import IrisActorCriticConfig
+from worldmodels.algos.delta_iris.actor_critic import DeltaActorCriticConfig
 from worldmodels.algos.iris.agent import COMPONENTS
 from worldmodels.nn.delta_tokenizer import DeltaTokenizer, DeltaTokenizerConfig
 from worldmodels.nn.frame_cnn import check_levels, frame_decoder, frame_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_iris_agent import TOY_ID, grads_by_component, train_stop_resume
+from test_iris_agent import TOY_ID, check_evaluation_protocol, grads_by_component, train_stop_resume
 
 R, A, K, V = 16, 3, 4, 16
 
@@ -48,10 +48,10 @@ def wm_config(**overrides) -> DeltaWorldModelConfig:
     return DeltaWorldModelConfig(**{**base, **overrides})
 
 
-def ac_config(**overrides) -> IrisActorCriticConfig:
-    base = {"num_actions": A, "resolution": R, "conv_channels": (4, 4), "lstm_dim": 8, "imagine_horizon": 4,
-            "burn_in": 2}
-    return IrisActorCriticConfig(**{**base, **overrides})
+def ac_config(**overrides) -> DeltaActorCriticConfig:
+    base = {"num_actions": A, "resolution": R, "frame_channels": 4, "frame_latent_dim": 2, "frame_mult": (1, 1),
+            "frame_down": (1, 1), "lstm_dim": 8, "imagine_horizon": 3, "burn_in": 2, "two_hot_returns": False}
+    return DeltaActorCriticConfig(**{**base, **overrides})
 
 
 def sequences(batch=2, steps=5, seed=0) -> dict[str, torch.Tensor]:
@@ -282,13 +282,13 @@ def test_components_must_agree():
     with pytest.raises(ValueError, match="disagree on num_actions"):
         check_compatible(tok_config(), wm_config(), ac_config(num_actions=4))
     with pytest.raises(ValueError, match="max_blocks"):
-        check_compatible(tok_config(), wm_config(), ac_config(burn_in=3, imagine_horizon=4))
-    check_compatible(tok_config(), wm_config(), ac_config(burn_in=2, imagine_horizon=4))
+        check_compatible(tok_config(), wm_config(), ac_config(burn_in=2, imagine_horizon=4))
+    check_compatible(tok_config(), wm_config(), ac_config(burn_in=2, imagine_horizon=3))
 
 
 def test_each_component_trains_alone_and_the_dream_fills_the_context_exactly():
     torch.manual_seed(3)
-    agent = tiny_agent(burn_in=2, imagine_horizon=4)  # 2 + 4 = max_blocks 6: the context is used up
+    agent = tiny_agent(burn_in=2, imagine_horizon=3)  # 2 + 3 + 1 = max_blocks 6: the context is used up
     b = sequences(steps=5)
     subs = {"tokenizer": {k: b[k] for k in ("observations", "actions", "mask_padding")},
             "world_model": b,
@@ -300,10 +300,8 @@ def test_each_component_trains_alone_and_the_dream_fills_the_context_exactly():
         assert torch.isfinite(loss) and metrics[f"active/{name}"] == 1.0
         assert grads_by_component(agent) == {other: other == name for other in COMPONENTS}, name
     assert agent.tokenizer.training and agent.world_model.training
-    traj = agent.actor_critic.imagine(subs["actor_critic"], agent.dream())
-    assert traj.frames.shape == (2, 4, 3, R, R) and traj.rewards.shape == (2, 3) and traj.ends.dtype == torch.bool
-    # the dream starts from the last real frame and decodes the next from it
-    torch.testing.assert_close(traj.frames[:, 0], b["observations"][:, 2].float() / 255)
+    # burn-in 2 frames, the start frame, then H = 3 steps of K + 2 positions: the context holds all of them
+    assert agent.world_model._caches[0].length == (2 + 3) * (K + 2) + 1 <= agent.world_model.max_tokens
 
 
 def test_world_model_loss_leaves_the_tokenizer_codebook_alone():
@@ -399,8 +397,9 @@ TINY = ["env.suite=gym", f"env.task={TOY_ID}", "env.size=[16,16]", "env.render_i
         "model.tokenizer.channels=4", "model.tokenizer.frame_channels=4", "model.tokenizer.latent_dim=4",
         "model.tokenizer.code_dim=8", "model.tokenizer.vocab_size=16", "model.world_model.frame_channels=4",
         "model.world_model.max_blocks=6", "model.world_model.num_layers=1", "model.world_model.embed_dim=16",
-        "model.actor_critic.conv_channels=[4,4]", "model.actor_critic.lstm_dim=8",
-        "model.actor_critic.imagine_horizon=4", "model.actor_critic.burn_in=2",
+        "model.actor_critic.frame_channels=4", "model.actor_critic.frame_latent_dim=2",
+        "model.actor_critic.frame_mult=[1,1]", "model.actor_critic.frame_down=[1,1]", "model.actor_critic.lstm_dim=8",
+        "model.actor_critic.imagine_horizon=3", "model.actor_critic.burn_in=2",
         "algo.batch_sizes={tokenizer:2,world_model:2,actor_critic:2}", "algo.sequence_length=5",
         "algo.tokenizer_sequence_length=3", "algo.collect_every=2", "algo.collect_steps=12",
         "algo.initial_collect_steps=12", "algo.eval_episodes=1", "algo.media_length=4"]
@@ -422,14 +421,15 @@ def test_evaluator_scores_delta_reconstructions_against_copying(config_from):
     expected = (-10 * torch.log10((recon - truth).square().flatten(1).mean(1))).mean()
     assert metrics["eval/tokenizer_psnr"] == pytest.approx(float(expected), rel=1e-4)
     copy = (-10 * torch.log10((images[:-1].float() / 255 - truth).square().flatten(1).mean(1))).mean()
-    assert metrics["eval/copy_frame_psnr"] == pytest.approx(float(copy), rel=1e-4)
+    assert metrics["eval/frame_copy_psnr"] == pytest.approx(float(copy), rel=1e-4)
     for name in ("latent_accuracy", "majority_latent_accuracy", "reward_accuracy", "end_accuracy"):
         assert 0.0 <= metrics[f"eval/wm_{name}"] <= 1.0
     evaluator.close()
 
 
 def test_cli_trains_stops_and_resumes(tmp_path):
-    _, rows = train_stop_resume(tmp_path, "delta_iris_tiny", TINY)
+    run_dir, rows = train_stop_resume(tmp_path, "delta_iris_tiny", TINY)
+    check_evaluation_protocol(run_dir, "delta_iris", 1.0)
     train = [r for r in rows if r.get("train/loss")]
     assert 0.0 <= float(train[-1]["train/world_model/latent_accuracy"]) <= 1.0
     assert [r["step"] for r in rows if r.get("eval/tokenizer_psnr")] == ["3", "6"]

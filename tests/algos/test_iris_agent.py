@@ -279,8 +279,26 @@ def train_stop_resume(tmp_path, exp: str, tiny: list[str]) -> tuple[Path, list[d
 
 
 def test_cli_trains_stops_and_resumes(tmp_path):
-    _, rows = train_stop_resume(tmp_path, "iris_tiny", TINY)
+    run_dir, rows = train_stop_resume(tmp_path, "iris_tiny", TINY)
     assert [r["step"] for r in rows if r.get("eval/return_mean")] == ["3", "6"]
+    check_evaluation_protocol(run_dir, "iris", 0.5)
+
+
+def check_evaluation_protocol(run_dir: Path, algo: str, temperature: float) -> None:
+    """``python -m worldmodels.evaluate`` on a finished run: the final checkpoint, the
+    family's test temperature, per-episode returns in JSON; ``--random`` on the same env."""
+    import json
+
+    from worldmodels.evaluate import main
+
+    result = main([str(run_dir), "--episodes", "5", "--num-envs", "2"])
+    saved = json.loads((run_dir / "evaluation.json").read_text())
+    assert saved["algo"] == algo and saved["step"] == 6 and saved["temperature"] == temperature
+    assert saved["checkpoint"].endswith("checkpoints/last.pt") and len(saved["returns"]) == 5
+    assert saved["returns"] == result["returns"] and saved["lengths"] == [6] * 5   # the toy episodes last 6 steps
+    assert saved["return_mean"] == pytest.approx(np.mean(saved["returns"]))
+    random = main([str(run_dir), "--episodes", "4", "--random", "--out", str(run_dir / "random.json")])
+    assert random["policy"] == "random" and random["temperature"] is None and len(random["returns"]) == 4
 
 
 def test_evaluator_scores_the_models_on_a_held_out_episode(config_from):

@@ -6,7 +6,7 @@ Shapes: frames ``[B, T, C, R, R]`` in [0, 1] (or uint8), actions ``[B, T]`` int6
 ``r = R / 2**sum(down)`` is the latent side, ``g = sqrt(K)`` the token grid side and
 ``p = r / g`` the side of the latent patch one token stands for.
 
-* encode: ``E(x_{t-1}, a_{t-1}, x_t)``: the two frames (on the [-1, 1] scale) and a
+* encode: ``E(x_{t-1}, a_{t-1}, x_t)``: the two frames (in [0, 1], as Δ-IRIS) and a
   learned ``R x R`` plane per action are stacked as ``2C + 1`` channels and encoded to
   ``[latent_dim, r, r]``; each of the ``K = g * g`` patches is flattened
   (``latent_dim * p * p``), projected to ``code_dim``, L2-normalised and quantised
@@ -14,10 +14,10 @@ Shapes: frames ``[B, T, C, R, R]`` in [0, 1] (or uint8), actions ``[B, T]`` int6
   codes and dead-code restarts: the fused VQ op), then projected back;
 * decode: ``D(x_{t-1}, a_{t-1}, z_t)``: features of the previous frame
   (``frame_latent_dim`` channels at ``r x r``), ``action_channels`` learned planes of
-  the action and the dequantised patches are stacked and decoded to ``x_t``.
+  the action and the dequantised patches are stacked and decoded to ``x_t`` (in [0, 1]).
 
-Loss over the valid pairs (both frames real), on the [-1, 1] scale as in Δ-IRIS with
-``delta = x_t - D(...)``::
+Loss over the valid pairs (both frames real), on the [0, 1] scale as in Δ-IRIS
+(vmicheli/delta-iris ``Tokenizer.compute_loss``) with ``delta = x_t - D(...)``::
 
     loss = l1_weight * mean |delta| + l2_weight * mean delta^2
          + worst_pixel_weight * mean_frames max_pixels delta^2 + commitment (beta * mean (z - sg(q))^2)
@@ -60,6 +60,8 @@ class DeltaTokenizerConfig:
     beta: float = 0.02                   # commitment weight
     decay: float = 0.99                  # EMA of the codes
     dead_threshold: float = 0.1          # restart codes whose EMA count falls below it (0: never)
+    restart_updates: int | None = 0      # Δ-IRIS: restarts only while usage entropy < log2(K) - 2 and in the
+                                         # first N updates (Crafter 0, Atari 400; None: always)
     impl: str = "auto"                   # of the VQ op
     l1_weight: float = 0.1
     l2_weight: float = 1.0
@@ -100,7 +102,7 @@ class DeltaTokenizerConfig:
 
     def vq_config(self) -> VQConfig:
         return VQConfig(num_codes=self.vocab_size, dim=self.code_dim, beta=self.beta, ema=True, decay=self.decay,
-                        dead_threshold=self.dead_threshold, impl=self.impl)
+                        dead_threshold=self.dead_threshold, impl=self.impl, restart_updates=self.restart_updates)
 
 
 class DeltaEncoding(NamedTuple):
@@ -145,7 +147,7 @@ class DeltaTokenizer(nn.Module):
             raise ValueError(f"prev_frames {list(lead)} and frames {list(lead_new)} differ in [B, T].")
         c = self.config
         plane = self.encoder_action(act).view(-1, 1, c.resolution, c.resolution)
-        z = self.encoder(torch.cat([prev * 2 - 1, plane, new * 2 - 1], dim=1))
+        z = self.encoder(torch.cat([prev, plane, new], dim=1))
         g = c.token_grid
         patches = rearrange(z, "n e (h k) (w l) -> n (h w) (k l e)", h=g, w=g)
         unit = nn.functional.normalize(self.pre_quant(patches), dim=-1)
@@ -163,10 +165,10 @@ class DeltaTokenizer(nn.Module):
         if tuple(q.shape) != (*lead, c.latent_dim, side, side):
             raise ValueError(f"q must be [{', '.join(map(str, lead))}, {c.latent_dim}, {side}, {side}], "
                              f"got {list(q.shape)}.")
-        features = self.frame_cnn(prev * 2 - 1)
+        features = self.frame_cnn(prev)
         planes = self.decoder_action(act).view(-1, c.action_channels, side, side)
         out = self.decoder(torch.cat([features, planes, q.flatten(0, 1).to(features.dtype)], dim=1))
-        return out.add(1.0).div(2.0).unflatten(0, lead)
+        return out.unflatten(0, lead)
 
     def decode_tokens(self, prev_frames: Tensor, actions: Tensor, tokens: Tensor) -> Tensor:
         """``tokens [B, T, K]`` int64 -> frames ``[B, T, C, R, R]`` clamped to [0, 1]."""
@@ -208,7 +210,7 @@ class DeltaTokenizer(nn.Module):
             return zero, {}
         encoding = self.encode(prev, act, target[:, None])
         recon = self.decode(prev, act, encoding.q)[:, 0]
-        delta = (target - recon.float()) * 2.0      # on the [-1, 1] scale
+        delta = target - recon.float()      # on the [0, 1] scale, as Δ-IRIS
         l1, l2 = delta.abs().mean(), delta.square().mean()
         worst = delta.square().flatten(1).amax(1).mean()
         loss = c.l1_weight * l1 + c.l2_weight * l2 + c.worst_pixel_weight * worst + encoding.losses["commitment"]

@@ -33,6 +33,20 @@ def rewards_from_logits(logits: Tensor) -> Tensor:
     return (logits.argmax(-1) - 1).float()
 
 
+def sample_rewards(logits: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """Reward-sign logits ``[B, 3]`` -> float ``[B]`` in ``{-1, 0, 1}``: a sample of the
+    class (IRIS and Δ-IRIS sample imagined rewards: a reward given 30% odds is then drawn
+    30% of the time rather than never), or the argmax when ``greedy``."""
+    return (sample_tokens(logits, 1.0, greedy, generator) - 1).float()
+
+
+def sample_ends(logits: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """End logits ``[B, 2]`` -> bool ``[B]``: a sample (as IRIS and Δ-IRIS draw imagined
+    episode ends, so an end the model gives 20% odds happens in 20% of the rollouts), or
+    the argmax when ``greedy``."""
+    return sample_tokens(logits, 1.0, greedy, generator).bool()
+
+
 def sample_tokens(logits: Tensor, temperature: float = 1.0, greedy: bool = False,
                   generator: torch.Generator | None = None) -> Tensor:
     """``logits [B, C]`` -> int64 ``[B]``: the argmax when ``greedy``, else a sample of
@@ -46,4 +60,4 @@ def sample_tokens(logits: Tensor, temperature: float = 1.0, greedy: bool = False
 
 
 __all__ = ["END_CLASSES", "REWARD_CLASSES", "causal_transformer_config", "reward_sign_labels", "rewards_from_logits",
-           "sample_tokens"]
+           "sample_ends", "sample_rewards", "sample_tokens"]

@@ -49,7 +49,7 @@ class TokenizerConfig:
     attn_resolutions: tuple[int, ...] = (8, 16)
     dropout: float = 0.0
     vocab_size: int = 512
-    beta: float = 0.25             # commitment weight inside the VQ loss
+    beta: float = 1.0              # commitment weight inside the VQ loss (IRIS: 1.0, its `beta = 1.0`)
     ema: bool = False
     dead_threshold: float = 0.0
     impl: str = "auto"             # of the VQ op

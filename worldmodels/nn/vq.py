@@ -36,6 +36,9 @@ class VQConfig:
     decay: float = 0.99          # of the EMA statistics (and of the usage counts for restarts)
     dead_threshold: float = 0.0  # restart codes whose EMA count falls below it (0: never)
     impl: str = "auto"           # of worldmodels.ops.vq.vq
+    restart_updates: int | None = None  # None: restarts all run long; N: as Δ-IRIS, only while the
+                                        # codebook's usage entropy is below log2(K) - 2 bits and
+                                        # within the first N updates (or while it is below 1 bit)
 
     def __post_init__(self) -> None:
         if self.num_codes < 1 or self.dim < 1:
@@ -48,6 +51,8 @@ class VQConfig:
             raise ValueError(f"dead_threshold={self.dead_threshold} must be finite and >= 0.")
         if self.impl not in IMPLS:
             raise ValueError(f"impl={self.impl!r} is not one of {IMPLS}.")
+        if self.restart_updates is not None and self.restart_updates < 0:
+            raise ValueError(f"restart_updates={self.restart_updates} must be >= 0 or None.")
 
 
 class VQModuleOutput(NamedTuple):
@@ -72,6 +77,8 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_count", torch.ones(codes))
         if config.ema:
             self.register_buffer("ema_sum", weight.clone())
+        if config.restart_updates is not None and config.dead_threshold > 0:
+            self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
 
     def forward(self, z: Tensor, channels_last: bool = False) -> VQModuleOutput:
         """Quantise ``z [B, D, *spatial]`` (or ``[..., D]`` with ``channels_last``);
@@ -111,6 +118,25 @@ class VectorQuantizer(nn.Module):
         elif c.dead_threshold > 0:
             counts = torch.bincount(tokens.reshape(-1), minlength=c.num_codes).to(self.ema_count.dtype)
             self.ema_count.mul_(c.decay).add_(counts, alpha=1.0 - c.decay)
-        if c.dead_threshold > 0:
+        if c.dead_threshold > 0 and self._may_restart():
             restart_dead_codes_(self.codebook, self.ema_count, z, c.dead_threshold,
                                 ema_sum=self.ema_sum if c.ema else None)
+        if c.restart_updates is not None and c.dead_threshold > 0:
+            self.num_updates += 1
+
+    def usage_entropy(self) -> float:
+        """Entropy (bits) of the codes' EMA usage frequencies."""
+        probs = self.ema_count / self.ema_count.sum().clamp_min(1e-12)
+        probs = probs[probs > 0]
+        return float(-(probs * probs.log2()).sum())
+
+    def _may_restart(self) -> bool:
+        """Δ-IRIS's gate (with ``restart_updates`` set): restart only while the usage
+        entropy is below ``log2(K) - 2`` bits, and only in the first ``restart_updates``
+        updates unless the entropy has collapsed below 1 bit."""
+        c = self.config
+        if c.restart_updates is None:
+            return True
+        entropy = self.usage_entropy()
+        early = int(self.num_updates) < c.restart_updates or entropy < 1.0
+        return early and entropy < math.log2(c.num_codes) - 2

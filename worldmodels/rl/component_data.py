@@ -3,10 +3,13 @@
 
 IRIS alternates epochs of ``collect 200 env steps`` and ``200 updates of each started
 component``. Here the training loop's step counter replaces epochs: every update trains
-each started component once; ``collect_steps`` env steps are collected every
-``collect_every`` updates (the first collection, before update 0, takes
-``initial_steps``), collection stops at ``max_env_steps``, and a component starts at
-update ``starts[name]``. Until the ``actor`` component starts, actions are uniform;
+each started component once, or ``updates_per_epoch[name]`` times per ``collect_every``
+updates, spread evenly (Δ-IRIS's Atari world model: 120 of 200); ``collect_steps`` env
+steps are collected every ``collect_every`` updates (the first collection, before update
+0, takes ``initial_steps``), collection stops at ``max_env_steps``, and a component
+starts at update ``starts[name]``. :meth:`ComponentData.begin_update` advances this
+schedule once per update and :meth:`ComponentData.sample` draws a component's
+micro-batches, so gradient accumulation does not change the schedule. Until the ``actor`` component starts, actions are uniform;
 then the agent acts with its ``explore`` policy (``policy_kwargs``: IRIS's epsilon and
 temperature) in eval mode.
 
@@ -41,7 +44,8 @@ FRAME_KEYS = ("observations", "actions", "rewards", "ends", "mask_padding")
 class ComponentWindow:
     """How one component samples: ``batch_size`` windows of ``length`` frames aligned
     at their ``"start"`` (padded after the episode) or ``"end"`` (padded before),
-    keeping ``keys`` of :data:`FRAME_KEYS`; the update it starts at; its selector."""
+    keeping ``keys`` of :data:`FRAME_KEYS`; the update it starts at; its selector; how
+    many of each ``collect_every`` updates train it (None: all)."""
 
     batch_size: int
     length: int
@@ -49,6 +53,16 @@ class ComponentWindow:
     keys: tuple[str, ...]
     start: int
     selector: Selector
+    per_epoch: int | None = None
+
+    def trains_at(self, update: int, epoch: int) -> bool:
+        """Whether this component trains at ``update`` (epochs of ``epoch`` updates)."""
+        if update < self.start:
+            return False
+        if self.per_epoch is None or self.per_epoch >= epoch:
+            return True
+        position = update % epoch
+        return (position + 1) * self.per_epoch // epoch > position * self.per_epoch // epoch
 
 
 def transitions(window: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
@@ -120,7 +134,11 @@ class ComponentData(TrainData):
     def active(self, update: int | None = None) -> dict[str, bool]:
         """Which components train at ``update`` (default: the next one)."""
         update = self.updates if update is None else update
-        return {name: update >= window.start for name, window in self.windows.items()}
+        return {name: window.trains_at(update, self.collect_every) for name, window in self.windows.items()}
+
+    def started(self, name: str) -> bool:
+        """Whether component ``name`` has started (at the next update)."""
+        return self.updates >= self.windows[name].start
 
     def _sample_args(self, window: ComponentWindow) -> tuple[int, str, int]:
         steps = window.length + 1 if window.align == "start" else window.length
@@ -131,7 +149,7 @@ class ComponentData(TrainData):
 
     def collect(self, steps: int) -> None:
         """``ceil(steps / num_envs)`` vectorised env steps."""
-        acting = self.model is not None and self.active()[self.actor]
+        acting = self.model is not None and self.started(self.actor)
         if not acting:
             self.collector.collect(steps)
             return
@@ -142,9 +160,9 @@ class ComponentData(TrainData):
         finally:
             self.model.train(was_training)
 
-    def next_batch(self) -> dict[str, dict[str, torch.Tensor] | None]:
-        """Collect when the schedule says so, then one sub-batch per started component
-        (None for the others)."""
+    def begin_update(self) -> list[str]:
+        """Start the next update: collect when the schedule says so, advance the update
+        counter once, and return the components that train in it (in order)."""
         env_steps = self.collector.env_steps
         if self.updates % self.collect_every == 0 and env_steps < self.max_env_steps:
             steps = self.initial_steps if self.updates == 0 else self.collect_steps
@@ -153,16 +171,21 @@ class ComponentData(TrainData):
             self.collect(self.num_envs)
         active = self.active()
         self.updates += 1
-        batch: dict[str, dict[str, torch.Tensor] | None] = {}
-        for name, window in self.windows.items():
-            if not active[name]:
-                batch[name] = None
-                continue
-            steps, align, margin = self._sample_args(window)
-            sample = transitions(self.replay.sample(window.batch_size, steps, selector=name, align=align,
-                                                    margin=margin), window.length)
-            batch[name] = {k: torch.from_numpy(sample[k]).to(self.device) for k in window.keys}
-        return batch
+        return [name for name in self.windows if active[name]]
+
+    def sample(self, name: str) -> dict[str, torch.Tensor]:
+        """One micro-batch of component ``name`` (its window, selector and keys)."""
+        window = self.windows[name]
+        steps, align, margin = self._sample_args(window)
+        sample = transitions(self.replay.sample(window.batch_size, steps, selector=name, align=align,
+                                                margin=margin), window.length)
+        return {k: torch.from_numpy(sample[k]).to(self.device) for k in window.keys}
+
+    def next_batch(self) -> dict[str, dict[str, torch.Tensor] | None]:
+        """:meth:`begin_update`, then one sub-batch per component that trains (None for
+        the others): the whole update as one dict."""
+        active = self.begin_update()
+        return {name: self.sample(name) if name in active else None for name in self.windows}
 
     def log_metrics(self) -> dict[str, float]:
         """The collector's metrics (:meth:`Collector.metrics`) and ``collect/replay_steps``."""
@@ -210,8 +233,13 @@ def build_component_data(cfg: Any, device: torch.device, shapes: dict[str, tuple
     ``capacity``); ``shapes`` gives each component's ``(frames, align, keys)``."""
     algo = cfg.algo
     alpha = float(algo.get("priority_alpha", 1.0))
+    per_epoch = dict(algo.get("updates_per_epoch") or {})
+    unknown = sorted(set(per_epoch) - set(shapes))
+    if unknown:
+        raise ValueError(f"algo.updates_per_epoch names {unknown}; the components are {sorted(shapes)}.")
     windows = {name: ComponentWindow(int(algo.batch_sizes[name]), length, align, keys, int(algo.starts[name]),
-                                     make_selector(str(algo.get("selector", "balanced")), priority_alpha=alpha))
+                                     make_selector(str(algo.get("selector", "balanced")), priority_alpha=alpha),
+                                     None if per_epoch.get(name) is None else int(per_epoch[name]))
                for name, (length, align, keys) in shapes.items()}
     return ComponentData(
         make_env(spec_from_config(cfg.env, seed=int(cfg.seed))), windows, actor="actor_critic",

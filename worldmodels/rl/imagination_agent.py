@@ -1,21 +1,27 @@
-"""The base of agents made of three components trained by one loss (IRIS, Δ-IRIS):
-``tokenizer``, ``world_model`` and an ``actor_critic`` trained in the world model's
-imagination.
+"""The base of agents made of three components (IRIS, Δ-IRIS): ``tokenizer``,
+``world_model`` and an ``actor_critic`` trained in the world model's imagination.
 
-:meth:`ImaginationAgent.compute_loss` takes a dict of per-component sub-batches (any may
-be absent or None while that component has not started) and returns the sum of the
-active components' losses. Their gradients are disjoint: the world model's tokens come
-from the tokenizer under ``torch.no_grad()``, and the actor-critic imagines with the
-tokenizer and the world model frozen, so one backward of the sum equals one backward
-per component. :meth:`ImaginationAgent.param_groups` gives each component its own
-AdamW learning rate, weight decay and ``max_grad_norm``. :meth:`ImaginationAgent.policy`
-follows :class:`~worldmodels.rl.protocols.Agent`.
+Training (:func:`component_step`, the families' loop step) follows IRIS: in each update
+the started components train one after another, tokenizer, world model, actor-critic,
+each with its own forward, backward, clipping and optimiser step, so peak memory is
+the largest component's, not their sum, and the world model reads the tokenizer as
+just updated. :meth:`ImaginationAgent.component_loss` is one component's loss under its
+own precision (:attr:`ImaginationAgent.precision`: ``run`` follows the run's autocast,
+``fp32`` turns autocast off, ``bf16`` turns it on; IRIS trains everything in fp32,
+Δ-IRIS its actor-critic). :meth:`ImaginationAgent.compute_loss` (the sum over a dict of
+sub-batches) is kept for callers that want one number.
+:meth:`ImaginationAgent.param_groups` gives each component its own AdamW learning
+rate, weight decay and ``max_grad_norm``. :meth:`ImaginationAgent.policy` follows
+:class:`~worldmodels.rl.protocols.Agent`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import contextlib
+import math
 
 import numpy as np
 import torch
@@ -38,19 +44,32 @@ class OptimConfig:
     max_grad_norm: float = 10.0
 
 
-DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.LSTMCell, nn.LSTM)
+DECAYED_MODULES = (nn.Linear, nn.Conv1d)
+PRECISIONS = ("run", "fp32", "bf16")
 
 
 def split_weight_decay(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``(decayed, not decayed)`` parameters of ``module``: the weights of linear,
-    convolution and LSTM layers, and everything else (biases, norms, embeddings,
-    positional tables)."""
+    """``(decayed, not decayed)`` trainable parameters of ``module``: the weights of
+    linear (and 1-d convolution) layers, and everything else (biases, 2-d convolutions,
+    norms, embeddings, positional tables), as both IRIS's and Δ-IRIS's
+    ``configure_optimizer`` (minGPT's) split them; parameters without gradient (an EMA
+    target network) are left out."""
     decayed: set[int] = set()
     for sub in module.modules():
         if isinstance(sub, DECAYED_MODULES):
             decayed.update(id(p) for n, p in sub.named_parameters(recurse=False) if n.startswith("weight"))
-    params = list(module.parameters())
+    params = [p for p in module.parameters() if p.requires_grad]
     return [p for p in params if id(p) in decayed], [p for p in params if id(p) not in decayed]
+
+
+def component_autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """The autocast a component runs under: ``run`` keeps the surrounding one (the run's
+    ``precision``), ``fp32`` turns autocast off, ``bf16`` turns bf16 autocast on."""
+    if precision == "run":
+        return contextlib.nullcontext()
+    if precision == "fp32":
+        return torch.autocast(device_type=device_type, enabled=False)
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 def frames_first(images: Tensor) -> Tensor:
@@ -68,6 +87,39 @@ class ImaginationAgent(nn.Module):
     world_model: nn.Module
     actor_critic: IrisActorCritic
     optim: dict[str, OptimConfig]
+    precision: dict[str, str] = {}
+
+    def set_precision(self, precision: dict[str, str] | None) -> None:
+        """Precision per component (``run`` | ``fp32`` | ``bf16``; missing names: ``run``)."""
+        precision = dict(precision or {})
+        unknown = sorted(set(precision) - set(COMPONENTS))
+        bad = {name: value for name, value in precision.items() if value not in PRECISIONS}
+        if unknown or bad:
+            raise ValueError(f"model.precision: components must be among {list(COMPONENTS)} (got {unknown}) and "
+                             f"values among {list(PRECISIONS)} (got {bad}).")
+        self.precision = {name: str(precision.get(name, "run")) for name in COMPONENTS}
+
+    def autocast(self, name: str) -> contextlib.AbstractContextManager:
+        """The autocast component ``name`` runs under (see :func:`component_autocast`)."""
+        device_type = self.actor_critic.actor.weight.device.type
+        return component_autocast(self.precision.get(name, "run"), device_type)
+
+    def component_parameters(self, name: str) -> list[nn.Parameter]:
+        """The trainable parameters of component ``name``."""
+        return [p for p in getattr(self, name).parameters() if p.requires_grad]
+
+    def component_loss(self, name: str, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """``(loss, metrics)`` of component ``name`` on its sub-batch, under its precision."""
+        steps = {"tokenizer": self.tokenizer_loss, "world_model": self.world_model_loss,
+                 "actor_critic": self.actor_critic_loss}
+        if name not in steps:
+            raise KeyError(f"unknown component {name!r}; the components are {list(COMPONENTS)}.")
+        with self.autocast(name):
+            return steps[name](batch)
+
+    def after_update(self, name: str) -> None:
+        """Called once after each optimiser step of component ``name`` (Δ-IRIS moves its
+        target critic here)."""
 
     def components(self) -> dict[str, nn.Module]:
         """The three parts by name; the loop checkpoints each on its own and
@@ -77,9 +129,9 @@ class ImaginationAgent(nn.Module):
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups per component: ``params``, ``lr``, ``weight_decay``,
         ``max_grad_norm``, ``clip_group`` (the component: its groups are clipped as one)
-        and ``name``. As in IRIS, a component with weight decay gets it on the weights of
-        its linear and convolution layers only; biases, norms and embeddings get none
-        (they form the ``<name>/no_decay`` group)."""
+        and ``name``. As in IRIS and Δ-IRIS, a component with weight decay gets it on the
+        weights of its linear layers only; biases, 2-d convolutions, norms and embeddings
+        get none (they form the ``<name>/no_decay`` group)."""
         groups = []
         for name in COMPONENTS:
             opt = self.optim[name]
@@ -98,14 +150,12 @@ class ImaginationAgent(nn.Module):
         :meth:`world_model_loss`, :meth:`actor_critic_loss`) plus ``active/<name>``
         (1 when that component was trained)."""
         losses, metrics = [], {}
-        steps = {"tokenizer": self.tokenizer_loss, "world_model": self.world_model_loss,
-                 "actor_critic": self.actor_critic_loss}
         for name in COMPONENTS:
             sub = batch.get(name)
             metrics[f"active/{name}"] = torch.tensor(float(sub is not None))
             if sub is None:
                 continue
-            loss, parts = steps[name](sub)
+            loss, parts = self.component_loss(name, sub)
             losses.append(loss)
             metrics.update({f"{name}/{key}": value for key, value in parts.items()})
             metrics[f"{name}/loss"] = loss.detach()
@@ -169,7 +219,9 @@ class ImaginationAgent(nn.Module):
         first = torch.as_tensor(np.asarray(obs["is_first"]), device=device).bool().unsqueeze(-1)
         ac = self.actor_critic
         ac.hx, ac.cx = hx.masked_fill(first, 0.0), cx.masked_fill(first, 0.0)
-        logits, _ = ac.act(self.policy_frames(frames_first(image)))
+        frames = self.policy_frames(frames_first(image))
+        with self.autocast("actor_critic"):
+            logits, _ = ac.act(frames)
         if greedy:
             action = logits.argmax(-1)
         else:
@@ -182,10 +234,65 @@ class ImaginationAgent(nn.Module):
         return action.cpu().numpy().astype(np.int64), new_state
 
 
-__all__ = ["COMPONENTS", "ImaginationAgent", "OptimConfig", "build_optimizer", "frames_first", "split_weight_decay"]
+__all__ = ["COMPONENTS", "ImaginationAgent", "OptimConfig", "build_optimizer", "component_autocast", "component_step",
+           "frames_first", "split_weight_decay"]
 
 
 def build_optimizer(cfg: Any, model: ImaginationAgent) -> torch.optim.Optimizer:
     """AdamW over :meth:`ImaginationAgent.param_groups` (lr, weight decay and clip per
     component); ``train.lr`` and ``train.weight_decay`` are unused."""
     return torch.optim.AdamW(model.param_groups())
+
+
+def component_step(run: Any) -> Any:
+    """One update of an :class:`ImaginationAgent` (the loop's ``step``; see the module
+    docstring): the data collects when its schedule says so, then each component that
+    trains at this update does ``train.accum_steps`` micro-batches of forward and
+    backward, clips its gradients to its ``max_grad_norm`` (then to ``train.grad_clip``
+    when set) and steps its optimiser groups, one component after another. Accumulation repeats only the micro-batches:
+    the collection schedule and the starts advance once per update, so halving the
+    batch and doubling ``accum_steps`` trains the same schedule."""
+    from ..training.step import StepResult, clip_groups_
+
+    data, model, optimizer, scaler = run.data, run.model, run.optimizer, run.scaler
+    count = max(1, int(run.accum_steps))
+    active = data.begin_update()
+    metrics: dict[str, float] = {f"active/{name}": float(name in active) for name in COMPONENTS}
+    total, norms = 0.0, []
+    for name in COMPONENTS:
+        if name not in active:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        loss_sum = 0.0
+        for _ in range(count):
+            batch = data.sample(name)
+            with run.precision.autocast():
+                loss, parts = model.component_loss(name, batch)
+            scaler.scale(loss / count).backward()
+            loss_sum += float(loss.detach()) / count
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + float(torch.as_tensor(value).detach().float()) / count
+        metrics.update({f"{name}/{key}": value for key, value in sums.items()})
+        metrics[f"{name}/loss"] = loss_sum
+        total += loss_sum
+        if not math.isfinite(loss_sum):
+            optimizer.zero_grad(set_to_none=True)
+            return StepResult(loss_sum, float("nan"), False, metrics)
+        scaler.unscale_(optimizer)
+        params = model.component_parameters(name)
+        norms.append(_grad_norm(params))
+        clip_groups_(optimizer)
+        if getattr(run, "grad_clip", None):
+            nn.utils.clip_grad_norm_(params, float(run.grad_clip))
+        scaler.step(optimizer)
+        scaler.update()
+        model.after_update(name)
+    optimizer.zero_grad(set_to_none=True)
+    grad_norm = math.sqrt(sum(n * n for n in norms)) if norms else 0.0
+    return StepResult(total, grad_norm, True, metrics)
+
+
+def _grad_norm(params: list[nn.Parameter]) -> float:
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0

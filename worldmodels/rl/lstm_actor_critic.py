@@ -25,8 +25,9 @@ Training (:meth:`IrisActorCritic.compute_loss`) follows IRIS:
        loss = mean (v_t - sg(R_t))^2 - mean log pi(a_t | x_t) sg(R_t - v_t)
               - entropy_weight * mean H(pi(. | x_t))
 
-   (value and policy terms over ``t < H - 1``, entropy over all ``H`` steps; IRIS also
-   keeps steps after an imagined end, whose returns are cut by ``cont``).
+   (value, policy and entropy terms over ``t < H - 1``, as IRIS's ``logits_actions[:, :-1]``;
+   IRIS also keeps steps after an imagined end, whose returns are cut by ``cont``; the
+   world model samples rewards and ends, see :meth:`IrisWorldModel.step`).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class IrisActorCritic(nn.Module):
         """IRIS's actor-critic loss on rollouts imagined in ``dream`` from ``batch`` (see :meth:`imagine`).
         Metrics: ``loss_policy``, ``loss_values``, ``loss_entropy``, ``entropy``,
         ``imagined_return`` (mean lambda-return), ``imagined_reward`` (mean per step),
-        ``imagined_ends`` (fraction), ``value_mean``."""
+        ``imagined_ends`` (fraction), ``value_mean``, ``value_error`` (mean ``|R_t - v_t|``)."""
         c = self.config
         traj = self.imagine(batch, dream)
         values = traj.values.float()
@@ -180,14 +181,15 @@ class IrisActorCritic(nn.Module):
         taken = log_probs.gather(-1, traj.actions.unsqueeze(-1)).squeeze(-1)[:, :-1]
         advantage = (returns - values[:, :-1]).detach()
         loss_policy = -(taken * advantage).mean()
-        entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+        entropy = -(log_probs.exp() * log_probs).sum(-1)[:, :-1].mean()
         loss_entropy = -c.entropy_weight * entropy
         loss_values = F.mse_loss(values[:, :-1], returns)
         loss = loss_policy + loss_entropy + loss_values
         metrics = {"loss_policy": loss_policy.detach(), "loss_values": loss_values.detach(),
                    "loss_entropy": loss_entropy.detach(), "entropy": entropy.detach(),
                    "imagined_return": returns.mean(), "imagined_reward": traj.rewards.float().mean(),
-                   "imagined_ends": traj.ends.float().mean(), "value_mean": values.detach().mean()}
+                   "imagined_ends": traj.ends.float().mean(), "value_mean": values.detach().mean(),
+                   "value_error": advantage.abs().mean()}
         return loss, metrics
 
 

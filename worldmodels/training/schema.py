@@ -143,6 +143,7 @@ _IRIS_FAMILY = {
     "algo.eval_temperature": NON_NEGATIVE,
     "algo.media_length": COUNT,
     "algo.held_out_frames": COUNT,
+    "algo.updates_per_epoch.*": OPTIONAL_COUNT,
 }
 
 ALGOS: dict[str, dict[str, Rule]] = {
@@ -197,7 +198,6 @@ _IMAGE_MODEL = {
     "model.widths": list_of(COUNT, min_len=1),
 }
 _ACTOR_CRITIC = {
-    "model.actor_critic.conv_channels": list_of(COUNT, min_len=1),
     "model.actor_critic.lstm_dim": COUNT,
     "model.actor_critic.gamma": fraction(low_open=True),
     "model.actor_critic.lambda_": fraction(),
@@ -208,6 +208,7 @@ _ACTOR_CRITIC = {
     "model.optim.*.lr": positive(),
     "model.optim.*.weight_decay": NON_NEGATIVE,
     "model.optim.*.max_grad_norm": positive().or_null(),
+    "model.precision.*": choice("run", "fp32", "bf16"),   # worldmodels.rl.imagination_agent.PRECISIONS
 }
 _TRANSFORMER = {
     "model.world_model.max_blocks": COUNT,
@@ -293,6 +294,7 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.tokenizer.perceptual_weights_path": PATH.or_null(),
         **_TRANSFORMER,
         **_ACTOR_CRITIC,
+        "model.actor_critic.conv_channels": list_of(COUNT, min_len=1),
     },
     "delta_iris": {
         "model.name": text(),
@@ -317,5 +319,13 @@ MODELS: dict[str, dict[str, Rule]] = {
                                               lambda v: integer(0).accepts(v) and v != 1),
         "model.world_model.*_weight": NON_NEGATIVE,
         **_ACTOR_CRITIC,
+        "model.actor_critic.frame_channels": COUNT,
+        "model.actor_critic.frame_latent_dim": COUNT,
+        "model.actor_critic.frame_mult": list_of(COUNT, min_len=1),
+        "model.actor_critic.frame_down": list_of(choice(0, 1), min_len=1),
+        "model.actor_critic.two_hot_returns": boolean(),
+        "model.actor_critic.value_bins": integer(2),
+        "model.actor_critic.target_tau": fraction(high_open=True),
+        "model.tokenizer.restart_updates": integer(0).or_null(),
     },
 }

@@ -1,10 +1,13 @@
-"""The Δ-IRIS agent: delta tokenizer, world model and IRIS's CNN-LSTM actor-critic.
+"""The Δ-IRIS agent: delta tokenizer, world model and Δ-IRIS's actor-critic
+(:class:`~worldmodels.algos.delta_iris.actor_critic.DeltaActorCritic`: residual frame
+encoder, EMA target critic, bootstrapped returns, two-hot critic on Crafter).
 
 Unlike IRIS, the policy reads real frames in the env and during burn-in, and decoded
 frames in imagination: each imagined frame is decoded from the previous frame, the
 action and the sampled delta tokens (:class:`DeltaDream`). Training follows
-:class:`~worldmodels.rl.imagination_agent.ImaginationAgent`: one loss with disjoint
-gradients, one AdamW group per component (weight decay on layer weights only).
+:class:`~worldmodels.rl.imagination_agent.ImaginationAgent`: components one after
+another, one AdamW group per component (weight decay on linear weights only), the
+actor-critic in fp32 and the others in the run's precision (Δ-IRIS: bf16 on a GPU).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from ...nn.delta_tokenizer import DeltaTokenizer, DeltaTokenizerConfig
 from ...nn.tokenizer import as_unit_frames
 from ...rl.imagination_agent import ImaginationAgent, OptimConfig
-from ...rl.lstm_actor_critic import IrisActorCritic, IrisActorCriticConfig
+from .actor_critic import DeltaActorCritic, DeltaActorCriticConfig
 from .world_model import DeltaWorldModel, DeltaWorldModelConfig
 
 Tensor = torch.Tensor
@@ -65,18 +68,22 @@ class DeltaIrisAgent(ImaginationAgent):
     Args:
         tokenizer, world_model, actor_critic: the components' configs; vocabulary, tokens
             per frame, frame shape and action count must agree, and the world model's
-            context must hold the actor-critic's burn-in and horizon
-            (``burn_in + imagine_horizon <= max_blocks``).
+            context must hold the actor-critic's burn-in, horizon and the frame that
+            bootstraps (``burn_in + imagine_horizon + 1 <= max_blocks``).
         optim: :class:`OptimConfig` per component (defaults: Δ-IRIS's Crafter settings).
+        precision: per component, ``run`` | ``fp32`` | ``bf16`` (default: the actor-critic
+            in fp32, the others in the run's precision, as Δ-IRIS).
     """
 
     def __init__(self, tokenizer: DeltaTokenizerConfig, world_model: DeltaWorldModelConfig,
-                 actor_critic: IrisActorCriticConfig, optim: dict[str, OptimConfig] | None = None):
+                 actor_critic: DeltaActorCriticConfig, optim: dict[str, OptimConfig] | None = None,
+                 precision: dict[str, str] | None = None):
         super().__init__()
         check_compatible(tokenizer, world_model, actor_critic)
+        self.set_precision({"actor_critic": "fp32"} if precision is None else precision)
         self.tokenizer = DeltaTokenizer(tokenizer)
         self.world_model = DeltaWorldModel(world_model)
-        self.actor_critic = IrisActorCritic(actor_critic)
+        self.actor_critic = DeltaActorCritic(actor_critic)
         defaults = {"tokenizer": OptimConfig(weight_decay=0.01), "world_model": OptimConfig(weight_decay=0.01),
                     "actor_critic": OptimConfig()}
         self.optim = {**defaults, **(optim or {})}
@@ -100,6 +107,11 @@ class DeltaIrisAgent(ImaginationAgent):
             self.tokenizer.train(training)
         return self.world_model.compute_loss({**batch, "latent_tokens": tokens})
 
+    def after_update(self, name: str) -> None:
+        """After each actor-critic update the target critic moves ``1 - tau`` towards it."""
+        if name == "actor_critic":
+            self.actor_critic.update_target()
+
     def dream(self) -> DeltaDream:
         return DeltaDream(self.tokenizer, self.world_model)
 
@@ -108,7 +120,7 @@ class DeltaIrisAgent(ImaginationAgent):
         return as_unit_frames(frames)
 
 
-def check_compatible(tok: DeltaTokenizerConfig, wm: DeltaWorldModelConfig, ac: IrisActorCriticConfig) -> None:
+def check_compatible(tok: DeltaTokenizerConfig, wm: DeltaWorldModelConfig, ac: DeltaActorCriticConfig) -> None:
     """Raise ``ValueError`` when the three configs cannot work together."""
     pairs = {"vocab_size": (tok.vocab_size, wm.vocab_size), "tokens_per_frame": (tok.tokens_per_frame,
                                                                                  wm.tokens_per_frame),
@@ -119,8 +131,8 @@ def check_compatible(tok: DeltaTokenizerConfig, wm: DeltaWorldModelConfig, ac: I
         if len(set(values)) != 1:
             raise ValueError(f"Δ-IRIS components disagree on {name}: tokenizer/world model(/actor-critic) "
                              f"give {list(values)}.")
-    if ac.burn_in + ac.imagine_horizon > wm.max_blocks:
-        raise ValueError(f"burn_in={ac.burn_in} + imagine_horizon={ac.imagine_horizon} frames exceed the world "
+    if ac.burn_in + ac.imagine_horizon + 1 > wm.max_blocks:
+        raise ValueError(f"burn_in={ac.burn_in} + imagine_horizon={ac.imagine_horizon} + 1 frames exceed the world "
                          f"model's context max_blocks={wm.max_blocks}; lower them or raise max_blocks.")
 
 

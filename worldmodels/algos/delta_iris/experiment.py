@@ -19,12 +19,12 @@ from ...envs.spaces import EnvSpaces
 from ...nn.delta_tokenizer import DeltaTokenizerConfig
 from ...nn.tokenizer import as_unit_frames, psnr
 from ...rl.component_data import FRAME_KEYS, ComponentData, build_component_data, frame_spaces
-from ...rl.imagination_agent import COMPONENTS, OptimConfig, build_optimizer, frames_first
-from ...rl.imagination_eval import ImaginationEvaluator
-from ...rl.lstm_actor_critic import IrisActorCriticConfig
+from ...rl.imagination_agent import COMPONENTS, OptimConfig, build_optimizer, component_step, frames_first
+from ...rl.imagination_eval import ImaginationEvaluator, frames_changed, next_frame_scores
 from ...rl.protocols import rebuild_agent
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config, to_dict
+from .actor_critic import DeltaActorCriticConfig
 from .agent import DeltaIrisAgent
 from .world_model import DeltaWorldModelConfig
 
@@ -40,14 +40,16 @@ def agent_configs(cfg: DictConfig, image_shape: tuple[int, int, int], num_action
     wm = dataclass_from_config(DeltaWorldModelConfig, {**to_dict(model.world_model), **frames,
                                                        "vocab_size": tok.vocab_size,
                                                        "tokens_per_frame": tok.tokens_per_frame})
-    ac = dataclass_from_config(IrisActorCriticConfig, {**to_dict(model.actor_critic), **frames})
+    ac = dataclass_from_config(DeltaActorCriticConfig, {**to_dict(model.actor_critic), **frames})
     return tok, wm, ac
 
 
 def agent_from_spaces(cfg: DictConfig, spaces: EnvSpaces) -> DeltaIrisAgent:
     """The :class:`DeltaIrisAgent` of ``cfg.model`` for ``spaces`` (no env opened)."""
     optim = {name: dataclass_from_config(OptimConfig, cfg.model.optim[name]) for name in COMPONENTS}
-    agent = DeltaIrisAgent(*agent_configs(cfg, tuple(spaces.obs["image"][0]), spaces.act.size), optim=optim)
+    precision = cfg.model.get("precision")
+    agent = DeltaIrisAgent(*agent_configs(cfg, tuple(spaces.obs["image"][0]), spaces.act.size), optim=optim,
+                           precision=None if precision is None else to_dict(precision))
     agent.env_spaces = spaces
     return agent
 
@@ -86,13 +88,26 @@ class DeltaIrisEvaluator(ImaginationEvaluator):
         recon = model.tokenizer.encode_decode(frames[None, :-1], actions[None, :-1], frames[None, 1:])[0]
         return frames[1:], recon
 
+    def reconstruct_sequence(self, model: DeltaIrisAgent, frames: torch.Tensor,
+                             actions: torch.Tensor) -> torch.Tensor:
+        """Frame 0 as it is (it has no predecessor), then each frame from its delta tokens
+        given the previous real frame and action."""
+        _, recon = self.reconstructions(model, frames, actions)
+        return torch.cat([as_unit_frames(frames[:1]), recon])
+
     @torch.no_grad()
     def held_out_metrics(self, model: DeltaIrisAgent) -> dict[str, float]:
         """Scores on the kept frames of the first evaluation episode:
 
         * ``eval/tokenizer_psnr`` (dB) of each frame reconstructed from its delta tokens,
-          the previous real frame and the action, beside ``eval/copy_frame_psnr`` (the
-          previous frame as the prediction);
+          the previous real frame and the action;
+        * the frame decoded from the world model's most likely delta tokens (teacher
+          forced) against copying the last frame, on all frames and on the changed ones
+          (:func:`~worldmodels.rl.imagination_eval.next_frame_scores`): against the real
+          frames (``eval/frame_wm_psnr``, ``eval/frame_copy_psnr``) and against the
+          tokenizer's reconstructions (``eval/recon_...``; the copy decodes the tokens of
+          "nothing changed", ``encode(x_{t-1}, a, x_{t-1})``); ``eval/wm_latent_accuracy``
+          beside ``eval/wm_copy_latent_accuracy`` (those copy tokens), also ``_changed``;
         * ``eval/wm_latent_accuracy`` beside ``eval/wm_majority_latent_accuracy`` (the
           most frequent token), ``eval/wm_reward_accuracy``, ``eval/wm_end_accuracy``: the
           world model teacher forced over windows of ``max_blocks`` frames.
@@ -105,18 +120,43 @@ class DeltaIrisEvaluator(ImaginationEvaluator):
         window = model.world_model.config.max_blocks
         starts = range(0, len(frames) - 1, window - 1)
         batches = [self._window(episode, frames, start, window, device) for start in starts]
-        recon_scores, copy_scores, counts, parts = [], [], [], []
+        recon_scores, counts, parts, outputs, token_changed, token_hits, copy_hits, tokens_moved = ([] for _ in range(8))
         for batch in batches:
             unit = as_unit_frames(batch["observations"])
-            recon = model.tokenizer.encode_decode(unit[:, :-1], batch["actions"][:, :-1], unit[:, 1:])
+            actions = batch["actions"][:, :-1]
+            encoding = model.tokenizer.encode(unit[:, :-1], actions, unit[:, 1:])
+            recon = model.tokenizer.decode(unit[:, :-1], actions, encoding.q).clamp(0, 1)
             pairs = batch["mask_padding"][:, 1:] & batch["mask_padding"][:, :-1]
             count = int(pairs.sum())
             recon_scores.append(float(psnr(recon[pairs], unit[:, 1:][pairs])) * count)
-            copy_scores.append(float(psnr(unit[:, :-1][pairs], unit[:, 1:][pairs])) * count)
             counts.append(count)
             parts.append(model.world_model_loss(batch)[1])
+            logits, _ = model.world_model.predict(unit, batch["actions"], encoding.tokens)
+            predicted_tokens = logits.argmax(-1)
+            copy_tokens = model.tokenizer.encode(unit[:, :-1], actions, unit[:, :-1]).tokens   # "nothing changed"
+            decode = model.tokenizer.decode_tokens
+            changed = frames_changed(unit[:, 1:][pairs], unit[:, :-1][pairs])
+            token_changed.append(changed)
+            tokens_moved.append((copy_tokens != encoding.tokens)[pairs].any(-1))
+            token_hits.append((predicted_tokens == encoding.tokens)[pairs].float().mean(-1))
+            copy_hits.append((copy_tokens == encoding.tokens)[pairs].float().mean(-1))
+            outputs.append((decode(unit[:, :-1], actions, predicted_tokens)[pairs], unit[:, :-1][pairs],
+                            unit[:, 1:][pairs], decode(unit[:, :-1], actions, copy_tokens)[pairs], recon[pairs]))
         total = max(sum(counts), 1)
-        metrics = {"eval/tokenizer_psnr": sum(recon_scores) / total, "eval/copy_frame_psnr": sum(copy_scores) / total}
+        predicted, previous, truth, copy, recon = (torch.cat(parts_) for parts_ in zip(*outputs))
+        changed = torch.cat(token_changed)
+        metrics = {"eval/tokenizer_psnr": sum(recon_scores) / total,
+                   **next_frame_scores(predicted, previous, truth, changed, "frame"),
+                   **next_frame_scores(predicted, copy, recon, changed, "recon")}
+        hits, copies = torch.cat(token_hits), torch.cat(copy_hits)
+        metrics["eval/wm_copy_latent_accuracy"] = float(copies.mean())
+        metrics["eval/wm_latent_accuracy_changed"] = float(hits[changed].mean()) if changed.any() else float("nan")
+        metrics["eval/wm_copy_latent_accuracy_changed"] = (float(copies[changed].mean()) if changed.any()
+                                                           else float("nan"))
+        moved = torch.cat(tokens_moved)   # frames whose tokens differ from "nothing changed"
+        metrics["eval/wm_changed_token_frames"] = float(moved.float().mean())
+        for name, values in (("wm_latent_accuracy", hits), ("wm_copy_latent_accuracy", copies)):
+            metrics[f"eval/{name}_token_changed"] = float(values[moved].mean()) if moved.any() else float("nan")
         names = ("latent_accuracy", "majority_latent_accuracy", "reward_accuracy", "end_accuracy")
         for name in names:
             metrics[f"eval/wm_{name}"] = sum(float(p[name]) * c for p, c in zip(parts, counts)) / total
@@ -140,6 +180,7 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> DeltaIrisEvaluator
     return DeltaIrisEvaluator(cfg, device)
 
 
-FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator, optimizer=build_optimizer)
+FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator, optimizer=build_optimizer,
+                      step=component_step)
 
 __all__ = ["FACTORIES", "DeltaIrisEvaluator", "agent_configs", "agent_from_spaces", "build_data", "build_model"]

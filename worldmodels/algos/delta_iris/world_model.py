@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops.layers.torch import Rearrange
 from torch import nn
 
 from ...nn.delta_tokenizer import valid_pairs
@@ -38,7 +39,8 @@ from ...nn.token_heads import (
     REWARD_CLASSES,
     causal_transformer_config,
     reward_sign_labels,
-    rewards_from_logits,
+    sample_ends,
+    sample_rewards,
     sample_tokens,
 )
 from ...nn.tokenizer import as_unit_frames
@@ -103,8 +105,8 @@ class StepOutput(NamedTuple):
     """What one imagined step predicts."""
 
     tokens: Tensor   # [B, K] int64: the delta tokens of the next frame
-    reward: Tensor   # [B] float: two-hot mean, or the argmax sign in {-1, 0, 1}
-    done: Tensor     # [B] bool: argmax of the end logits
+    reward: Tensor   # [B] float: the two-hot mean, or a sampled sign in {-1, 0, 1} (as Δ-IRIS)
+    done: Tensor     # [B] bool: sampled from the end head (argmax when greedy)
 
 
 def _head(embed_dim: int, out_dim: int) -> nn.Sequential:
@@ -124,7 +126,8 @@ class DeltaWorldModel(nn.Module):
         cnn = frame_encoder(config.in_channels, config.frame_latent_dim, config.frame_channels,
                             config.frame_mult, config.frame_down)
         project = nn.Identity() if config.frame_features == embed else nn.Linear(config.frame_features, embed)
-        self.frame_embedding = nn.Sequential(cnn, nn.Flatten(), project, nn.LayerNorm(embed))
+        flatten = Rearrange("n c h w -> n (h w c)")   # Δ-IRIS's order, so its weights import as they are
+        self.frame_embedding = nn.Sequential(cnn, flatten, project, nn.LayerNorm(embed))
         self.action_embedding = nn.Embedding(config.num_actions, embed)
         self.latent_embedding = nn.Embedding(config.vocab_size, embed)
         self.pos_embedding = nn.Embedding(tconfig.max_tokens, embed)
@@ -145,7 +148,7 @@ class DeltaWorldModel(nn.Module):
             raise ValueError(f"frames must be [B, T, {c.in_channels}, {c.resolution}, {c.resolution}], "
                              f"got {list(frames.shape)}.")
         unit = as_unit_frames(frames).flatten(0, 1)
-        return self.frame_embedding(unit * 2 - 1).unflatten(0, frames.shape[:2])
+        return self.frame_embedding(unit).unflatten(0, frames.shape[:2])   # [0, 1] in, as Δ-IRIS
 
     def sequence(self, frames: Tensor, actions: Tensor, latent_tokens: Tensor) -> Tensor:
         """Inputs ``[B, T * (K + 2), E]`` (positions not added): ``frames [B, T, ...]``,
@@ -296,8 +299,8 @@ class DeltaWorldModel(nn.Module):
         if self.config.reward_bins:
             reward = TwoHotSymlog(logits_rewards).mean()
         else:
-            reward = rewards_from_logits(logits_rewards)
-        done = self.head_ends(hidden).argmax(-1).bool()
+            reward = sample_rewards(logits_rewards, greedy, generator)
+        done = sample_ends(self.head_ends(hidden).float(), greedy, generator)
         tokens = []
         for index in range(self.config.tokens_per_frame):
             token = sample_tokens(self.head_latents(hidden), temperature, greedy, generator)

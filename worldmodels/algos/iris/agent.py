@@ -1,13 +1,11 @@
-"""The IRIS agent: tokenizer, world model and actor-critic trained by one loss.
-
-:meth:`IrisAgent.compute_loss` takes a dict of per-component sub-batches (any may be
-absent or None while that component has not started) and returns the sum of the
-active components' losses. Their gradients are disjoint: the world model's tokens come
-from the tokenizer under ``torch.no_grad()``, and the actor-critic imagines with the
-tokenizer and the world model frozen (no gradient, world model in eval mode), so one
-backward of the sum equals one backward per component. :meth:`IrisAgent.param_groups`
+"""The IRIS agent: tokenizer, world model and actor-critic, trained one after another
+in each update (:func:`~worldmodels.rl.imagination_agent.component_step`) as IRIS
+trains them. The world model's tokens come from the tokenizer under
+``torch.no_grad()``, and the actor-critic imagines with the tokenizer and the world
+model frozen (no gradient, world model in eval mode). :meth:`IrisAgent.param_groups`
 gives each component its own AdamW learning rate, weight decay and ``max_grad_norm``
-(clipped separately by the training step, as IRIS clips each component).
+(clipped separately, as IRIS clips each component). IRIS runs in fp32 throughout
+(``model.precision``).
 """
 
 from __future__ import annotations
@@ -60,11 +58,14 @@ class IrisAgent(ImaginationAgent):
             ``vocab_size`` and ``tokens_per_obs`` and the actor-critic's frame shape must
             match the tokenizer, and ``imagine_horizon - 1 <= max_blocks - 1``.
         optim: :class:`OptimConfig` per component name (defaults: IRIS's).
+        precision: per component, ``run`` | ``fp32`` | ``bf16`` (default: fp32, as IRIS).
     """
 
     def __init__(self, tokenizer: TokenizerConfig, world_model: IrisWorldModelConfig,
-                 actor_critic: IrisActorCriticConfig, optim: dict[str, OptimConfig] | None = None):
+                 actor_critic: IrisActorCriticConfig, optim: dict[str, OptimConfig] | None = None,
+                 precision: dict[str, str] | None = None):
         super().__init__()
+        self.set_precision({name: "fp32" for name in COMPONENTS} if precision is None else precision)
         _check_compatible(tokenizer, world_model, actor_critic)
         self.tokenizer = Tokenizer(tokenizer)
         self.world_model = IrisWorldModel(world_model)

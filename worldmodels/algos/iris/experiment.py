@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 from ...envs.spaces import EnvSpaces
 from ...nn.tokenizer import TokenizerConfig, as_unit_frames, psnr
 from ...rl.component_data import FRAME_KEYS, ComponentData, build_component_data, frame_spaces
-from ...rl.imagination_agent import build_optimizer
-from ...rl.imagination_eval import ImaginationEvaluator
+from ...rl.imagination_agent import build_optimizer, component_step
+from ...rl.imagination_eval import ImaginationEvaluator, frames_changed, next_frame_scores
 from ...rl.lstm_actor_critic import IrisActorCriticConfig
 from ...rl.protocols import rebuild_agent
 from ...training.loop import Factories
@@ -49,7 +49,9 @@ def agent_configs(cfg: DictConfig, image_shape: tuple[int, int, int], num_action
 def agent_from_spaces(cfg: DictConfig, spaces: EnvSpaces) -> IrisAgent:
     """The :class:`IrisAgent` of ``cfg.model`` for ``spaces`` (no env opened)."""
     optim = {name: dataclass_from_config(OptimConfig, cfg.model.optim[name]) for name in COMPONENTS}
-    agent = IrisAgent(*agent_configs(cfg, tuple(spaces.obs["image"][0]), spaces.act.size), optim=optim)
+    precision = cfg.model.get("precision")
+    agent = IrisAgent(*agent_configs(cfg, tuple(spaces.obs["image"][0]), spaces.act.size), optim=optim,
+                      precision=None if precision is None else to_dict(precision))
     agent.env_spaces = spaces
     return agent
 
@@ -84,9 +86,15 @@ class IrisEvaluator(ImaginationEvaluator):
 
         * ``eval/tokenizer_psnr``: PSNR (dB) of the reconstructions, mean over frames;
         * ``eval/wm_next_frame_token_accuracy`` beside ``eval/wm_copy_token_accuracy``
-          (the baseline "the next frame's tokens are this frame's"), and
-          ``eval/wm_reward_accuracy``, ``eval/wm_end_accuracy``: the world model teacher
-          forced over windows of ``max_blocks`` frames.
+          (the baseline "the next frame's tokens are this frame's"), both also on the
+          frames whose tokens change (``..._changed``; ``eval/wm_changed_token_frames``
+          their fraction), and ``eval/wm_reward_accuracy``, ``eval/wm_end_accuracy``: the
+          world model teacher forced over windows of ``max_blocks`` frames;
+        * pixels: the frames decoded from the most likely next tokens against copying
+          the last frame (:func:`~worldmodels.rl.imagination_eval.next_frame_scores`),
+          against the real frames (``eval/frame_wm_psnr`` beside ``eval/frame_copy_psnr``)
+          and against their reconstructions (``eval/recon_...``: the copy is the last
+          frame's tokens decoded), on all frames and on the changed ones.
         """
         device = next(model.parameters()).device
         frames = frames_first(torch.from_numpy(self.episode["image"]).to(device))
@@ -117,9 +125,26 @@ class IrisEvaluator(ImaginationEvaluator):
         training = model.world_model.training
         model.world_model.eval()
         _, parts = model.world_model.compute_loss(batch)
+        predicted = model.world_model.predict_next_tokens(batch["obs_tokens"], batch["actions"])
         model.world_model.train(training)
-        names = ("next_frame_token_accuracy", "copy_token_accuracy", "reward_accuracy", "end_accuracy")
-        return {f"eval/wm_{name}": float(parts[name]) for name in names}
+        names = ("next_frame_token_accuracy", "copy_token_accuracy", "next_frame_token_accuracy_changed",
+                 "copy_token_accuracy_changed", "reward_accuracy", "end_accuracy")
+        metrics = {f"eval/wm_{name}": float(parts[name]) for name in names}
+        metrics["eval/wm_changed_token_frames"] = float(parts["changed_frames"])
+        pairs = (batch["mask_padding"][:, 1:] & batch["mask_padding"][:, :-1]).flatten()
+        framed = windows(frames_first(torch.from_numpy(self.episode["image"]).to(device)))
+        truth, previous = framed[:, 1:].flatten(0, 1)[pairs], framed[:, :-1].flatten(0, 1)[pairs]
+
+        def decode(tokens: torch.Tensor) -> torch.Tensor:
+            flat = tokens.flatten(0, 1)[pairs]
+            return torch.cat([model.tokenizer.decode_tokens(chunk) for chunk in flat.split(64)])
+
+        predicted_frames = decode(predicted)
+        changed = frames_changed(truth, previous)
+        metrics.update(next_frame_scores(predicted_frames, previous, truth, changed, "frame"))
+        metrics.update(next_frame_scores(predicted_frames, decode(batch["obs_tokens"][:, :-1]),
+                                         decode(batch["obs_tokens"][:, 1:]), changed, "recon"))
+        return metrics
 
     def reconstructions(self, model: IrisAgent, frames: torch.Tensor,
                         actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,9 +152,14 @@ class IrisEvaluator(ImaginationEvaluator):
         IRIS reconstructs up to 8 frames on their own."""
         return frames[:8], model.tokenizer.encode_decode(frames[:8])
 
+    def reconstruct_sequence(self, model: IrisAgent, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Each frame through the tokenizer on its own."""
+        return model.tokenizer.encode_decode(frames)
+
 
 def build_evaluator(cfg: DictConfig, device: torch.device) -> IrisEvaluator:
     return IrisEvaluator(cfg, device)
 
 
-FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator, optimizer=build_optimizer)
+FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator, optimizer=build_optimizer,
+                      step=component_step)

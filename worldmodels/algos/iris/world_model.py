@@ -34,6 +34,8 @@ from ...nn.token_heads import (  # noqa: F401  (re-exported)
     causal_transformer_config,
     reward_sign_labels,
     rewards_from_logits,
+    sample_ends,
+    sample_rewards,
     sample_tokens,
 )
 from ...nn.transformer import Transformer, TransformerConfig, init_gpt_weights_
@@ -225,14 +227,32 @@ class IrisWorldModel(nn.Module):
 
     def _copy_baseline(self, obs_tokens: Tensor, valid: Tensor, logits_next: Tensor) -> dict[str, Tensor]:
         """Accuracies of the model and of "next frame = this frame" on the tokens of
-        frames ``1 .. T - 1`` whose frame and previous frame are not padding."""
+        frames ``1 .. T - 1`` whose frame and previous frame are not padding, and the
+        same on the *changed* frames among them (at least one token differs from the
+        previous frame's; ``changed_frames`` is their fraction)."""
         batch, frames, k = obs_tokens.shape
         predicted = torch.cat([logits_next.new_zeros(batch, 1, dtype=torch.int64), logits_next.argmax(-1)], dim=1)
         predicted = predicted.view(batch, frames, k)[:, 1:]
-        mask = (valid[:, 1:] & valid[:, :-1]).unsqueeze(-1).expand(-1, -1, k)
-        target = obs_tokens[:, 1:]
-        return {"copy_token_accuracy": _masked_mean(obs_tokens[:, :-1] == target, mask),
-                "next_frame_token_accuracy": _masked_mean(predicted == target, mask)}
+        pairs = valid[:, 1:] & valid[:, :-1]
+        target, copy = obs_tokens[:, 1:], obs_tokens[:, :-1]
+        changed = pairs & (copy != target).any(-1)
+        mask, mask_changed = (m.unsqueeze(-1).expand(-1, -1, k) for m in (pairs, changed))
+        return {"copy_token_accuracy": _masked_mean(copy == target, mask),
+                "next_frame_token_accuracy": _masked_mean(predicted == target, mask),
+                "copy_token_accuracy_changed": _masked_mean(copy == target, mask_changed),
+                "next_frame_token_accuracy_changed": _masked_mean(predicted == target, mask_changed),
+                "changed_frames": changed.sum().float() / pairs.sum().clamp(min=1)}
+
+    @torch.no_grad()
+    def predict_next_tokens(self, obs_tokens: Tensor, actions: Tensor) -> Tensor:
+        """Most likely tokens of frames ``1 .. T - 1``, ``[B, T - 1, K]``, each token
+        predicted from the real tokens before it (teacher forcing): ``obs_tokens [B, T, K]``,
+        ``actions [B, T]``."""
+        batch, frames, k = obs_tokens.shape
+        out = self(self.interleave(obs_tokens, actions))
+        logits_next = self.next_obs_logits(out.logits_obs, frames)
+        predicted = torch.cat([obs_tokens[:, :1, 0], logits_next.argmax(-1)], dim=1)
+        return predicted.view(batch, frames, k)[:, 1:]
 
     def _check_batch(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """``(obs_tokens, actions, mask_padding as bool)`` after shape and dtype checks."""
@@ -280,13 +300,15 @@ class IrisWorldModel(nn.Module):
         ``max_blocks - 1`` steps fit after :meth:`reset_imagination`.
 
         Returns:
-            ``(next_obs_tokens [B, K] int64, reward [B] float32 in {-1, 0, 1} (argmax of the
-            reward logits), done [B] bool (argmax of the end logits))``.
+            ``(next_obs_tokens [B, K] int64, reward [B] float32 in {-1, 0, 1}, done [B] bool)``:
+            the reward sign and the end are sampled from their heads as in IRIS (argmax
+            only when ``greedy``), so a reward or an end the model gives 30% odds happens
+            in 30% of the rollouts.
         """
         caches = self._imagination_caches(action)
         out = self(action.unsqueeze(1), caches)
-        reward = rewards_from_logits(out.logits_rewards[:, -1])
-        done = out.logits_ends[:, -1].argmax(-1).bool()
+        reward = sample_rewards(out.logits_rewards[:, -1].float(), greedy, generator)
+        done = sample_ends(out.logits_ends[:, -1].float(), greedy, generator)
         tokens = []
         for _ in range(self.config.tokens_per_obs):
             token = sample_tokens(out.logits_obs[:, -1], temperature, greedy, generator)
