@@ -18,6 +18,7 @@ from worldmodels.data.maze import (
     MazeDataNotFoundError,
     MazeDataset,
     MazeProvider,
+    episode_files,
     load_episode,
     make_eval_set,
 )
@@ -191,6 +192,19 @@ def test_missing_data_prints_the_generator_command(tmp_path, layout):
     with pytest.raises(MazeDataNotFoundError,
                        match=r"python -m worldmodels\.data\.generate_maze --out .*maze"):
         MazeDataset(root, "train", 4)
+
+
+def test_a_missing_root_is_generated_and_an_existing_one_left_alone(tmp_path):
+    from worldmodels.data.generate_maze import ensure_dataset
+
+    root = tmp_path / "maze"
+    assert ensure_dataset(root)
+    assert len(episode_files(root, "train")) == 200 and len(episode_files(root, "test")) == 20
+    partial = tmp_path / "partial"
+    (partial / "train").mkdir(parents=True)
+    assert not ensure_dataset(partial)                        # a folder that exists is not touched
+    with pytest.raises(MazeDataNotFoundError, match="holds no"):
+        MazeDataset(partial, "train", 4)
 
 
 def _rewrite(path: Path, **changes) -> None:

@@ -104,7 +104,7 @@ def test_a_bad_value_prints_one_line_and_leaves_no_run_directory(tmp_path):
 def test_a_start_that_fails_in_the_factories_leaves_no_run_directory(tmp_path):
     """Missing data is found while the run starts (after Hydra made the directory)."""
     result = subprocess.run([sys.executable, "-m", "worldmodels.train", "+exp=vta_maze", "env.root=no_maze",
-                             "device=cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                             "env.generate_if_missing=false", "device=cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: maze dataset root no_maze does not exist")
     assert list((tmp_path / "runs").rglob("*")) == []

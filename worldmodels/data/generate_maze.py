@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -24,11 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from worldmodels.data.episodes import save_episode
+from worldmodels.data.maze import generate_command
 from worldmodels.envs import maze as env
 
 SPLIT_STREAMS = {"train": 0, "test": 1}
 _SHARED_MAZE_STREAM = 2
 FORMAT_VERSION = 2
+log = logging.getLogger(__name__)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -131,6 +134,19 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def ensure_dataset(root: str | Path) -> bool:
+    """Write the default dataset (:func:`generate_command`'s settings, a few seconds on
+    one core) at ``root`` when ``root`` does not exist; a folder that exists is left as
+    it is, so a partial or foreign dataset still fails with the loader's message.
+    Returns whether it wrote one."""
+    root = Path(root)
+    if root.exists():
+        return False
+    log.info("maze dataset %s does not exist: generating it (%s)", root, generate_command(root))
+    write_dataset(build_parser().parse_args(["--out", str(root), "--no-progress"]))
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:

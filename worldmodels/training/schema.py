@@ -85,6 +85,7 @@ ENVS: dict[str, dict[str, Rule]] = {
     "maze": {
         "env.name": text(),
         "env.root": PATH,
+        "env.generate_if_missing": boolean(),
         "env.size": COUNT,
         "env.channels": choice(3),
         "env.action_size": choice(3),
@@ -246,6 +247,7 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.abs_free_nats": NON_NEGATIVE,
         "model.mask_kl_balance": fraction().or_null(),
         "model.boundary_warmup": integer(0),
+        "model.boundary_warmup_mode": choice("frozen", "forced"),
         "model.boundary_source": choice("learned", "events", "random"),
         "model.detector_norm": choice("group", "none"),
         "model.limits_in_kl": choice("prior", "both"),

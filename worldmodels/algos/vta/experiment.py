@@ -66,6 +66,15 @@ class WithEvents(StepStream):
         return {**batch, "events": self.events(batch)}
 
 
+def _ensure_maze(env: DictConfig) -> None:
+    """``env.generate_if_missing``: write the default maze dataset (seconds) where
+    ``env.root`` does not exist yet."""
+    if env.get("generate_if_missing", False):
+        from ...data.generate_maze import ensure_dataset
+
+        ensure_dataset(str(env.root))
+
+
 def build_data(cfg: DictConfig, device: torch.device) -> Any:
     env = cfg.env
     if env.name == "bouncing_balls":
@@ -78,6 +87,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> Any:
     if env.name == "maze":
         from ...data.maze import MazeProvider
 
+        _ensure_maze(env)
         stream = MazeProvider(str(env.root), int(cfg.train.batch_size), sequence_length(cfg),
                               seed=int(cfg.seed), size=int(env.size), device=device)
         return WithEvents(stream, lambda batch: maze_events(batch, str(env.events)))
@@ -93,6 +103,7 @@ def held_out_set(cfg: DictConfig, device: torch.device) -> dict[str, torch.Tenso
     if env.name == "maze":
         from ...data.maze import make_eval_set as maze_eval_set
 
+        _ensure_maze(env)
         batch = maze_eval_set(str(env.root), int(env.eval_sequences), sequence_length(cfg),
                               size=int(env.size), device=device)
         return {"frames": batch["frames"], "actions": batch["actions"], "events": maze_events(batch, str(env.events))}
