@@ -16,14 +16,28 @@ VTA_TINY = [
 ]
 
 
-def test_default_experiment_is_vta_on_colour_balls(config_from):
+BALLS = "+exp=vta_balls"
+
+
+def test_default_experiment_is_vta_on_the_maze(config_from):
     cfg = config_from([])
-    assert (cfg.algo.name, cfg.model.name, cfg.env.name, cfg.run.name) == ("vta", "vta", "bouncing_balls", "vta_balls")
-    assert cfg.env.recolor_on_wall_hit and cfg.env.events == "wall" and cfg.env.channels == 3
+    assert (cfg.algo.name, cfg.model.name, cfg.env.name, cfg.run.name) == ("vta", "vta", "maze", "vta_maze")
+    assert cfg.env.events == "turn" and cfg.algo.tolerance == 0 and cfg.env.generate_if_missing
+    assert cfg.model.boundary_grad == "disarm" and cfg.model.boundary_warmup < cfg.train.max_steps
+    longer = config_from(["+exp=vta_maze"])
+    assert longer.model == cfg.model and longer.train.max_steps > cfg.train.max_steps
+
+
+def test_the_default_experiment_writes_its_maze_and_trains(config_from, smoke_overrides, tmp_path):
+    root = tmp_path / "maze"
+    model = [o for o in VTA_TINY if o.startswith(("model.", "train."))]
+    cfg = config_from([*smoke_overrides, *model, f"env.root={root}"])
+    summary = fit(cfg, FACTORIES, tmp_path / "run")
+    assert summary["step"] == 4 and (root / "meta.json").is_file()
 
 
 def test_vta_trains_logs_boundary_scores_and_visualises(config_from, smoke_overrides, tmp_path):
-    cfg = config_from([*smoke_overrides, *VTA_TINY])  # the default experiment, shrunk
+    cfg = config_from([BALLS, *smoke_overrides, *VTA_TINY])
     fit(cfg, FACTORIES, tmp_path)
     with (tmp_path / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -50,7 +64,8 @@ def test_vta_trains_logs_boundary_scores_and_visualises(config_from, smoke_overr
 
 def test_missing_maze_data_names_the_generator_command(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "worldmodels.train", "+exp=vta_maze", f"env.root={tmp_path / 'nowhere'}"],
+        [sys.executable, "-m", "worldmodels.train", "+exp=vta_maze", f"env.root={tmp_path / 'nowhere'}",
+         "env.generate_if_missing=false"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 1
@@ -76,7 +91,7 @@ def test_vta_trains_on_generated_maze_episodes(config_from, tmp_path):
 def test_control_run_trains_on_the_true_events(config_from, smoke_overrides, tmp_path):
     from worldmodels.algos.vta.experiment import build_data, build_model, sequence_length
 
-    cfg = config_from([*smoke_overrides, *VTA_TINY, "model.boundary_source=events"])
+    cfg = config_from([BALLS, *smoke_overrides, *VTA_TINY, "model.boundary_source=events"])
     data = build_data(cfg, "cpu")
     batch = data.next_batch()
     assert batch["events"].shape == (2, sequence_length(cfg)) and batch["events"].dtype == torch.bool
@@ -90,7 +105,7 @@ def test_control_run_trains_on_the_true_events(config_from, smoke_overrides, tmp
     assert len(evals) == 2 and all(float(r["eval/loss"]) > 0 for r in evals)
 
 
-def test_the_boundary_detector_stays_alive_in_the_default_experiment(config_from):
+def test_the_boundary_detector_stays_alive_on_the_balls(config_from):
     """Regression test of the detector's health: an un-normalised detector, whose
     boundaries cost nothing at the segment limits, saturates within ~20 updates here
     (log-odds below -40, gradient below 1e-15, measured); the default must keep
@@ -98,7 +113,7 @@ def test_the_boundary_detector_stays_alive_in_the_default_experiment(config_from
     from worldmodels.algos.vta.evaluate import VTAEvaluator
     from worldmodels.algos.vta.experiment import build_data, build_model, held_out_set
 
-    cfg = config_from(["device=cpu", "train.batch_size=8", "env.eval_sequences=16"])
+    cfg = config_from([BALLS, "device=cpu", "train.batch_size=8", "env.eval_sequences=16"])
     torch.manual_seed(0)
     model, data = build_model(cfg), build_data(cfg, torch.device("cpu"))
     evaluator = VTAEvaluator(held_out_set(cfg, torch.device("cpu")))

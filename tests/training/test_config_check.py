@@ -65,7 +65,7 @@ ISSUE_PROBES = [
     (["+exp=dreamer_cartpole", "algo.replay_capacity=-1"], "algo.replay_capacity=-1 is not allowed"),
     (["precision=fp17"], "precision=fp17 is not allowed: expected one of auto, fp32, bf16, fp16."),
     (["+train.max_stepz=5"], "train.max_stepz=5 is not a setting of this experiment"),
-    (["model.seg_len=1"], "model.seg_len=1 x model.seg_num=5 = 5 < model.seq_size=20"),
+    (["model.seg_len=1"], "model.seg_len=1 x model.seg_num=6 = 6 < model.seq_size=24"),
     (["+exp=iris_tiny", "env.task=nope"], "env.suite=classic env.task=nope: unknown classic task 'nope'"),
     (["+exp=dreamer_bc"], "checkpoint must be set: the path of a DreamerV3 checkpoint"),
     (["+exp=dreamer_offline", "data.eval_dir=null"], "data.eval_dir=null is not allowed: expected the folder of"),
@@ -128,7 +128,7 @@ def test_best_metric_choices_are_metrics_the_evaluator_reports(config_from, smok
     stops a run whose evaluation lacks train.best_metric)."""
     overrides = {
         "vae": ["+exp=vae_balls", "env.seq_len=4", "env.chunk_sequences=8"],
-        "vta": ["model.widths=[8,8,8]", "model.seq_size=8", "model.init_size=2", "model.seg_len=4",
+        "vta": ["+exp=vta_balls", "model.widths=[8,8,8]", "model.seq_size=8", "model.init_size=2", "model.seg_len=4",
                 "model.seg_num=3", "model.feat_size=16", "model.belief_size=16"],
         "dreamer_offline": ["+exp=dreamer_offline", f"data.train_dir={_episodes(tmp_path / 'a', 3)}",
                             f"data.eval_dir={_episodes(tmp_path / 'b', 2)}", "model.deter=16", "model.hidden=16",

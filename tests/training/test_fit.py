@@ -46,7 +46,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path):
 def test_a_resumed_vta_run_matches_an_uninterrupted_one(config_from, smoke_overrides, tmp_path):
     from worldmodels.algos.vta.experiment import FACTORIES as VTA
 
-    small = [*smoke_overrides, "model.feat_size=16", "model.belief_size=16", "model.state_size=4",
+    small = ["+exp=vta_balls", *smoke_overrides, "model.feat_size=16", "model.belief_size=16", "model.state_size=4",
              "model.widths=[8,8,8]", "model.seq_size=8", "model.init_size=2", "model.seg_len=4", "model.seg_num=3",
              "env.chunk_sequences=8", "env.refresh_steps=3", "train.max_steps=4", "train.eval_every=100"]
     straight, paused = tmp_path / "straight", tmp_path / "paused"
