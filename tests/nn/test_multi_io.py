@@ -151,8 +151,9 @@ def test_decoder_distributions_shapes_and_losses():
     losses = dec.loss(feat, obs)
     assert all(loss.shape == (2, 3) for loss in losses.values())
     target = obs["depth"].float() / 255 - 0.5
-    torch.testing.assert_close(losses["depth"], 0.5 * (dists["depth"].pred - target).square().sum((-3, -2, -1)))
-    torch.testing.assert_close(losses["vel"], 0.5 * (dists["vel"].pred - symlog(obs["vel"])).square().sum(-1))
+    # Full sums of squared errors (the references' MSEDist / SymlogDist), not half.
+    torch.testing.assert_close(losses["depth"], (dists["depth"].pred - target).square().sum((-3, -2, -1)))
+    torch.testing.assert_close(losses["vel"], (dists["vel"].pred - symlog(obs["vel"])).square().sum(-1))
     # The image channels are one output split per key: image first, then depth.
     full = dec.deconv(dec.image_head(feat.reshape(6, 10)).reshape(6, *dec.grid)).permute(0, 2, 3, 1)
     torch.testing.assert_close(dists["depth"].pred, full[..., 3:].reshape(2, 3, 16, 16, 1))

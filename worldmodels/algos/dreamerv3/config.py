@@ -53,6 +53,8 @@ class DreamerConfig:
     free_nats: float = 1.0
     dyn_scale: float = 0.5
     rep_scale: float = 0.1
+    # Decoder NLLs are full sums of squared errors (danijar/dreamerv3 2023 MSEDist and
+    # SymlogDist, NM512/dreamerv3-torch), see worldmodels.nn.distributions.
     image_scale: float = 1.0       # every image (CNN) decoder key
     vector_scale: float = 1.0      # every vector (MLP) decoder key
     reward_scale: float = 1.0
