@@ -357,3 +357,23 @@ def test_continuous_compute_loss_is_finite_with_finite_gradients():
     loss.backward()
     assert all(torch.isfinite(v) for v in metrics.values())
     assert all(torch.isfinite(p.grad).all() for p in agent.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("size", [(84, 84), (78, 78)])
+def test_world_model_update_runs_on_images_that_are_not_multiples_of_16(size):
+    space = {"image": ((*size, 3), np.uint8)}
+    agent = make_agent(obs_space=space, train_actor=False)
+    rng = np.random.default_rng(0)
+    batch = make_batch(keys=())
+    batch["image"] = rng.integers(0, 256, (2, 5, *size, 3), dtype=np.uint8)
+    optimizer = agent.make_optimizer()
+    before = [p.detach().clone() for p in agent.world_model.parameters()]
+    loss, metrics = agent.compute_loss(batch)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and torch.isfinite(metrics["model/image"])
+    moved = [not torch.equal(b, p) for b, p in zip(before, agent.world_model.parameters())
+             if p.grad is not None and p.grad.abs().sum() > 0]  # (the zero-init reward head has none yet)
+    assert len(moved) > 20 and all(moved)
+    video = agent.open_loop(batch, context=2)
+    assert video["prediction"].shape == (2, 5, *size, 3) == video["truth"].shape

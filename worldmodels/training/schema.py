@@ -261,6 +261,7 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.cnn_keys": regex(), "model.mlp_keys": regex(),
         "model.cnn_depth": COUNT, "model.mlp_units": COUNT, "model.mlp_layers": integer(0),
         "model.key_order": list_of(text(), min_len=1).or_null(),
+        "model.minres": COUNT,
         "model.head_units": COUNT,
         "model.head_layers": integer(0), "model.actor_layers": integer(0), "model.critic_layers": integer(0),
         "model.reward_bins": integer(2),

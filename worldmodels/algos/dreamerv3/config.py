@@ -41,6 +41,7 @@ class DreamerConfig:
     mlp_units: int = 128
     mlp_layers: int = 2
     key_order: list[str] | None = None
+    minres: int = 4                # CNN stages halve images until below 2 * minres (as both references)
     # Heads (paper: units as the model size, reward/continue/actor/critic MLPs).
     head_units: int = 128
     head_layers: int = 2           # reward and continue heads
@@ -101,7 +102,7 @@ class DreamerConfig:
     def io(self) -> MultiIOConfig:
         """The encoder/decoder configuration."""
         return MultiIOConfig(cnn_keys=self.cnn_keys, mlp_keys=self.mlp_keys, cnn_depth=self.cnn_depth,
-                             mlp_units=self.mlp_units, mlp_layers=self.mlp_layers,
+                             mlp_units=self.mlp_units, mlp_layers=self.mlp_layers, minres=self.minres,
                              key_order=None if self.key_order is None else list(self.key_order))
 
     def rssm(self, embed_dim: int, action_dim: int) -> RSSMConfig:
