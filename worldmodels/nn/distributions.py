@@ -217,11 +217,23 @@ class OneHotDist:
         return -(self.probs * self.log_probs).sum(-1)
 
 
+def bound_action(action: Tensor, absmax: float = 1.0) -> Tensor:
+    """``a * sg(absmax / max(absmax, |a|))`` elementwise: the forward value is ``a``
+    clipped to ``[-absmax, absmax]``, and the gradient passes scaled by the (stopped)
+    factor instead of vanishing outside the bounds. NM512/dreamerv3-torch applies it to
+    the actor's samples (``ContDist(absmax=1.0)``), danijar/dreamerv3 (2023) to the
+    RSSM's action input (``action_clip: 1.0``)."""
+    if absmax <= 0:
+        raise ValueError(f"absmax={absmax} must be > 0.")
+    return action * (absmax / action.detach().abs().clamp(min=absmax))
+
+
 class BoundedNormal:
     """Diagonal Gaussian over actions ``[..., A]`` with a bounded mean and std.
 
     ``mean = tanh(mean_raw)``, ``std = (max_std - min_std) sigmoid(std_raw + 2) + min_std``.
-    Samples are not clipped to [-1, 1]. ``log_prob``/``entropy`` sum over ``A``.
+    Samples are not bounded here (see :func:`bound_action`). ``log_prob``/``entropy``
+    sum over ``A``.
     """
 
     def __init__(self, mean_raw: Tensor, std_raw: Tensor, min_std: float = 0.1, max_std: float = 1.0):
@@ -266,6 +278,7 @@ __all__ = [
     "OneHotDist",
     "SymlogMSE",
     "TwoHotSymlog",
+    "bound_action",
     "symexp",
     "symlog",
     "symlog_bins",

@@ -266,6 +266,7 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.head_layers": integer(0), "model.actor_layers": integer(0), "model.critic_layers": integer(0),
         "model.reward_bins": integer(2),
         "model.actor_min_std": positive(), "model.actor_max_std": positive(),
+        "model.actor_grad": choice("reinforce", "dynamics"),  # worldmodels.algos.dreamerv3.behavior.ACTOR_GRADS
         "model.free_nats": NON_NEGATIVE,
         "model.*_scale": NON_NEGATIVE,
         "model.horizon": COUNT,

@@ -50,6 +50,11 @@ class DreamerConfig:
     reward_bins: int = 255         # two-hot bins over symlog space [-20, 20], reward and critic
     actor_min_std: float = 0.1     # BoundedNormal std range (continuous actions)
     actor_max_std: float = 1.0
+    # Actor gradient for continuous actions: "reinforce" (the 2024 code, and this package
+    # before the option) or "dynamics" (backpropagation through the imagined dynamics: the
+    # 2023 code's actor_grad_cont: backprop, NM512's imag_gradient: dynamics). Discrete
+    # actions always use REINFORCE.
+    actor_grad: str = "reinforce"
     # World-model loss.
     free_nats: float = 1.0
     dyn_scale: float = 0.5
