@@ -159,6 +159,8 @@ ALGOS: dict[str, dict[str, Rule]] = {
         "algo.replay_selector": choice("uniform", "recency", "queue"),
         "algo.replay_on_disk": boolean(),
         "algo.eval_episodes": COUNT,
+        "algo.eval_mode": choice("sample", "greedy"),  # worldmodels.algos.dreamerv3.evaluate.EVAL_MODES
+        "algo.eval_envs": COUNT,
         **_OPENLOOP,
     },
     "dreamer_offline": {
