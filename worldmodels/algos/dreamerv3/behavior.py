@@ -18,7 +18,8 @@ backprop``, NM512's ``imag_gradient: dynamics``): the actions are reparameterise
 samples of ``pi(. | sg(s_t))`` and ``R_t``, ``v_t`` are differentiated through the
 prior, the reward head and the critic, whose parameters are held fixed for this loss,
 so only the actor receives its gradient. Continuous actions enter the prior bounded to
-``[-1, 1]``, the range of the replay's actions (:func:`bound_action`).
+``[-1, 1]``, the range of the replay's actions (:func:`bound_action`); REINFORCE scores
+the bounded action, as NM512/dreamerv3-torch (whose ``ContDist`` bounds its samples).
 The slow critic (``theta_slow <- (1 - f) theta_slow + f theta``) only regularises the critic.
 """
 
