@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-
 from torch.func import functional_call
 
 from ...nn.distributions import BoundedNormal, OneHotDist, TwoHotSymlog, bound_action
