@@ -7,12 +7,13 @@ is fixed by :func:`select_keys` so that features never misalign between runs.
 CNN resolution (``minres``, as danijar/dreamerv3 and NM512/dreamerv3-torch): the
 encoder applies ``k = floor(log2(min(H, W) / minres))`` stride-2 convolutions with
 "same" padding (TensorFlow's: each side becomes ``ceil(n / 2)``, the odd pixel of
-padding goes to the bottom/right), so any size of at least ``minres`` works: 64x64
-ends at 4x4, 96x96 at 6x6, 84x84 at 6x6 (84, 42, 21, 11, 6), 78x78 at 5x5. For sides
-that are multiples of ``2**k`` the padding is 1 on each side, as before. The decoder
-mirrors the encoder: transposed 4x4/2 convolutions double the grid and, where the
-encoder's input at that stage was odd, the last row or column is cropped, so it
-produces exactly the input size.
+padding goes to the bottom/right), so any size of at least ``2 * minres`` works:
+64x64 ends at 4x4, 96x96 at 6x6, 84x84 at 6x6 (84, 42, 21, 11, 6), 78x78 at 5x5. For
+sides that are multiples of ``2**k`` the padding is 1 on each side, as before. The
+decoder mirrors the encoder: transposed 4x4/2 convolutions double the grid and, where
+the encoder's input at that stage was odd, the last row or column is cropped, so it
+produces exactly the input size. (The crop is this package's: the references' decoders
+start from ``minres x minres`` and only restore sizes of ``minres * 2**k``.)
 """
 
 from __future__ import annotations
