@@ -13,8 +13,9 @@ Command line::
   Δ-IRIS's test env: one no-op after a reset (``noop_max=1``), no sticky actions,
   episodes to game over (no life-loss ends), at most 108,000 frames (27,000 agent steps
   at frame skip 4); seeded ``--seed + 10000`` (not a training seed);
-* policy: sampled at the family's test temperature (IRIS 0.5, Δ-IRIS 1.0; other
-  families their ``algo.eval_temperature`` or greedy), ``--temperature`` to change it
+* policy: sampled at the family's test temperature (IRIS 0.5, Δ-IRIS 1.0; DreamerV3 its
+  ``algo.eval_mode``, sampled by default; other families their ``algo.eval_temperature``
+  or greedy), ``--temperature`` to change it
   (0: greedy); ``--random`` plays uniformly random actions on the same env and episodes;
 * output (``--out``, default ``<run>/evaluation[_random].json``): ``returns`` and
   ``lengths`` per episode, ``return_mean``, ``return_std``, ``return_sem``, the settings,
@@ -100,7 +101,12 @@ def protocol_env_config(cfg: Any) -> Any:
 
 
 def policy_settings(algo: str, cfg: Any, temperature: float | None) -> tuple[str, dict[str, float], float]:
-    """``(mode, policy kwargs, temperature)``: ``sample`` at the temperature, or ``greedy`` at 0."""
+    """``(mode, policy kwargs, temperature)``: ``sample`` at the temperature, or ``greedy`` at 0.
+    A run whose ``algo.eval_mode`` is ``sample`` or ``greedy`` (DreamerV3) is evaluated
+    that way unless a temperature is given (``sample`` is at the policy's own temperature 1)."""
+    eval_mode = (cfg.get("algo") or {}).get("eval_mode")
+    if temperature is None and eval_mode in ("sample", "greedy"):
+        return (eval_mode, {}, 1.0) if eval_mode == "sample" else ("greedy", {}, 0.0)
     if temperature is None:
         temperature = PROTOCOL_TEMPERATURE.get(algo)
     if temperature is None:

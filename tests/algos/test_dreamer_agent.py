@@ -357,3 +357,117 @@ def test_continuous_compute_loss_is_finite_with_finite_gradients():
     loss.backward()
     assert all(torch.isfinite(v) for v in metrics.values())
     assert all(torch.isfinite(p.grad).all() for p in agent.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("size", [(84, 84), (78, 78)])
+def test_world_model_update_runs_on_images_that_are_not_multiples_of_16(size):
+    space = {"image": ((*size, 3), np.uint8)}
+    agent = make_agent(obs_space=space, train_actor=False)
+    rng = np.random.default_rng(0)
+    batch = make_batch(keys=())
+    batch["image"] = rng.integers(0, 256, (2, 5, *size, 3), dtype=np.uint8)
+    optimizer = agent.make_optimizer()
+    before = [p.detach().clone() for p in agent.world_model.parameters()]
+    loss, metrics = agent.compute_loss(batch)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and torch.isfinite(metrics["model/image"])
+    moved = [not torch.equal(b, p) for b, p in zip(before, agent.world_model.parameters())
+             if p.grad is not None and p.grad.abs().sum() > 0]  # (the zero-init reward head has none yet)
+    assert len(moved) > 20 and all(moved)
+    video = agent.open_loop(batch, context=2)
+    assert video["prediction"].shape == (2, 5, *size, 3) == video["truth"].shape
+
+
+def _max_std_actor(agent, mean_raw: float = 3.0) -> None:
+    """Continuous actor at its widest: std = actor_max_std, mean = tanh(mean_raw) for every state."""
+    out = agent.actor_critic.actor.out
+    with torch.no_grad():
+        out.weight.zero_()
+        out.bias[: agent.actor_critic.action_dim].fill_(mean_raw)
+        out.bias[agent.actor_critic.action_dim:].fill_(30.0)
+
+
+@pytest.mark.parametrize("actor_grad", ["reinforce", "dynamics"])
+def test_imagined_continuous_actions_stay_in_the_replay_bounds_at_maximum_std(actor_grad):
+    agent = make_agent(CONTINUOUS, actor_grad=actor_grad, horizon=6)
+    ac, wm = agent.actor_critic, agent.world_model
+    _max_std_actor(agent)
+    starts = wm.rssm.initial_state(256)
+    feat = wm.features(*starts)
+    dist = ac.policy(feat)
+    torch.testing.assert_close(dist.std, torch.full_like(dist.std, 1.0))
+    assert (dist.sample().abs() > 1).float().mean() > 0.4  # raw samples leave [-1, 1] half the time
+    roll = ac.rollout(wm, *starts) if actor_grad == "reinforce" else ac.rollout_with_dynamics(wm, *starts)
+    assert roll.action.shape == (256, 6, 2)
+    assert roll.action.abs().max() <= 1.0
+    assert (roll.action == 1.0).float().mean() > 0.3  # the samples above 1 are bounded to 1, not dropped
+    _, metrics = ac.loss(wm, *starts)
+    assert all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_bound_action_clips_values_and_scales_gradients():
+    from worldmodels.nn.distributions import bound_action
+
+    a = torch.tensor([-3.0, -0.5, 0.0, 0.9, 2.0], requires_grad=True)
+    out = bound_action(a)
+    torch.testing.assert_close(out, a.detach().clamp(-1, 1))
+    out.sum().backward()
+    torch.testing.assert_close(a.grad, torch.tensor([1 / 3, 1.0, 1.0, 1.0, 0.5]))  # sg(1 / max(1, |a|))
+    with pytest.raises(ValueError, match="absmax=0"):
+        bound_action(a, 0.0)
+
+
+def _random_heads(agent, seed: int = 3) -> None:
+    """Non-zero reward and critic outputs, so imagined returns depend on the states."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in (agent.world_model.reward_head.out, agent.actor_critic.critic.out):
+            head.weight.copy_(0.3 * torch.randn(head.weight.shape, generator=gen))
+            head.bias.copy_(torch.randn(head.bias.shape, generator=gen))
+
+
+@pytest.mark.parametrize("actor_grad", ["reinforce", "dynamics"])
+def test_actor_grad_options_train_only_the_actor_with_finite_gradients(actor_grad):
+    agent = make_agent(CONTINUOUS, actor_grad=actor_grad, entropy=0.0)
+    wm, ac = agent.world_model, agent.actor_critic
+    _random_heads(agent)
+    _, post, _ = wm.loss(as_tensors(make_batch(CONTINUOUS)))
+    starts = post.deter.detach().flatten(0, 1), post.stoch.detach().flatten(0, 1)
+    ac.eval()
+    torch.manual_seed(1)
+    terms, metrics = ac.loss(wm, *starts)
+    terms["actor"].backward()
+    actor_grads = grads(ac.actor)
+    assert all(g is not None and torch.isfinite(g).all() for g in actor_grads)
+    assert sum(g.abs().sum() for g in actor_grads) > 0
+    for other in (wm, ac.critic, ac.slow_critic):
+        assert all(g is None for g in grads(other)), f"the {actor_grad} actor loss reached {type(other).__name__}"
+    torch.manual_seed(1)
+    if actor_grad == "dynamics":
+        roll = ac.rollout_with_dynamics(wm, *starts)
+        assert roll.returns.requires_grad and not roll.weight.requires_grad
+        expected = (roll.weight * -(roll.returns - roll.value[:, :-1])).mean()  # S = 1 (eval, fresh normaliser)
+    else:
+        roll = ac.rollout(wm, *starts)
+        assert not roll.returns.requires_grad
+        log_prob = ac.policy(roll.feat[:, :-1]).log_prob(roll.action)
+        expected = (roll.weight * -(roll.returns - roll.value[:, :-1]) * log_prob).mean()
+    torch.testing.assert_close(terms["actor"], expected.detach())
+    torch.testing.assert_close(metrics["return_scale"], torch.tensor(1.0))
+
+
+def test_actor_grad_dynamics_differs_from_reinforce_and_needs_continuous_actions():
+    def actor_gradient(actor_grad):
+        agent = make_agent(CONTINUOUS, actor_grad=actor_grad, entropy=0.0)
+        _random_heads(agent)
+        starts = agent.world_model.rssm.initial_state(32)
+        torch.manual_seed(2)
+        agent.actor_critic.loss(agent.world_model, *starts)[0]["actor"].backward()
+        return torch.cat([g.flatten() for g in grads(agent.actor_critic.actor)])
+
+    assert not torch.allclose(actor_gradient("dynamics"), actor_gradient("reinforce"))
+    with pytest.raises(ValueError, match="actor_grad='dynamics' needs continuous actions"):
+        make_agent(DISCRETE, actor_grad="dynamics")
+    with pytest.raises(ValueError, match="actor_grad='backprop' is not one of"):
+        make_agent(CONTINUOUS, actor_grad="backprop")

@@ -369,3 +369,45 @@ def test_explore_without_a_checkpoint_is_refused(tmp_path, capsys):
         record.main(["--suite", "classic", "--task", "cartpole", "--episodes", "1", "--out", str(tmp_path),
                      "--explore"])
     assert "--explore needs --checkpoint" in capsys.readouterr().err
+
+
+class ModeRecorder(RandomAgent):
+    """A random agent that records the policy mode of every call."""
+
+    def __init__(self, act_space: ActionSpace):
+        super().__init__(act_space)
+        self.modes: set[str] = set()
+
+    def policy(self, obs: dict, state: dict, mode: str = "explore", **kwargs):
+        self.modes.add(mode)
+        return super().policy(obs, state, mode, **kwargs)
+
+
+def test_evaluation_samples_by_default_over_the_configured_episodes(config_from):
+    cfg = tiny_cfg(config_from, "algo.eval_episodes=5", "algo.eval_envs=2")
+    assert cfg.algo.eval_mode == "sample"
+    evaluator = DreamerEvaluator(cfg, "cpu")
+    assert evaluator.env.num_envs == 2 and evaluator.mode == "sample"
+    agent = ModeRecorder(evaluator.env.act_space)
+    result = evaluator.runner.run(agent)
+    assert agent.modes == {"sample"} and result.returns.shape == (5,)
+    metrics = result.metrics()
+    assert metrics["eval/return_std"] == pytest.approx(float(np.std(result.returns)))
+    greedy = DreamerEvaluator(tiny_cfg(config_from, "algo.eval_episodes=2", "algo.eval_mode=greedy"), "cpu")
+    agent = ModeRecorder(greedy.env.act_space)
+    greedy.evaluate(agent)
+    assert agent.modes == {"greedy"} and greedy.env.num_envs == 2
+    cfg.algo.eval_mode = "argmax"
+    with pytest.raises(ValueError, match="algo.eval_mode='argmax' is not one of"):
+        DreamerEvaluator(cfg, "cpu", env=greedy.env)
+
+
+def test_evaluation_defaults_follow_the_references(config_from):
+    from worldmodels.evaluate import policy_settings
+
+    atari = config_from(["+exp=dreamer_atari100k"])
+    assert (atari.algo.eval_episodes, atari.algo.eval_mode) == (100, "sample")
+    assert policy_settings("dreamerv3", atari, None) == ("sample", {}, 1.0)
+    assert policy_settings("dreamerv3", atari, 0.0) == ("greedy", {}, 0.0)
+    greedy = config_from(["+exp=dreamer_atari100k", "algo.eval_mode=greedy"])
+    assert policy_settings("dreamerv3", greedy, None) == ("greedy", {}, 0.0)

@@ -105,14 +105,15 @@ def test_symlog_mse_and_mse():
     y = torch.tensor([[0.0, math.e - 1], [1.0, -1.0]])
     dist = SymlogMSE(pred)
     # symlog(y) = [[0, 1], [log 2, -log 2]]
-    expected = torch.tensor([0.0, -0.5 * ((2 - math.log(2)) ** 2 + (1 - math.log(2)) ** 2)])
+    # The full sum of squared errors, as both references (not half of it).
+    expected = torch.tensor([0.0, -((2 - math.log(2)) ** 2 + (1 - math.log(2)) ** 2)])
     torch.testing.assert_close(dist.log_prob(y), expected)
     torch.testing.assert_close(dist.mode(), torch.tensor([[0.0, math.e - 1], [math.exp(2) - 1, 1 - math.e]]))
     img = torch.randn(2, 3, 4, 5, 3, generator=_gen())
     target = torch.randn(2, 3, 4, 5, 3, generator=_gen(1))
     lp = MSE(img).log_prob(target)
     assert lp.shape == (2, 3)
-    torch.testing.assert_close(lp[1, 2], -0.5 * ((img[1, 2] - target[1, 2]) ** 2).sum())
+    torch.testing.assert_close(lp[1, 2], -((img[1, 2] - target[1, 2]) ** 2).sum())
     with pytest.raises(ValueError, match="does not match prediction shape"):
         MSE(img).log_prob(target[0])
 

@@ -8,10 +8,13 @@ import torch
 
 from worldmodels.nn.distributions import MSE, SymlogMSE, symlog
 from worldmodels.nn.multi_io import (
+    Crop2d,
     MultiDecoder,
     MultiEncoder,
     MultiIOConfig,
+    SamePad2d,
     cnn_grid,
+    cnn_sizes,
     postprocess_image,
     preprocess_image,
     select_keys,
@@ -74,16 +77,57 @@ def test_select_keys_fullmatch_and_errors():
 @pytest.mark.parametrize("size, expected", [
     ((16, 16), (2, 4, 4)), ((32, 32), (3, 4, 4)), ((64, 64), (4, 4, 4)), ((96, 96), (4, 6, 6)),
     ((64, 96), (4, 4, 6)), ((8, 8), (1, 4, 4)),
+    # Sizes that do not halve cleanly: "same" padding, ceil(n / 2) per stage.
+    ((84, 84), (4, 6, 6)), ((78, 78), (4, 5, 5)), ((64, 48), (3, 8, 6)), ((9, 13), (1, 5, 7)),
 ])
 def test_cnn_grid(size, expected):
     assert cnn_grid(*size) == expected
 
 
-def test_cnn_grid_rejects_sizes_that_do_not_halve_cleanly():
-    with pytest.raises(ValueError, match="84x84 does not halve cleanly.*multiples of 16"):
-        cnn_grid(84, 84)
+def test_cnn_sizes_follow_minres_and_reject_small_images():
+    assert cnn_sizes(84, 84) == [(84, 84), (42, 42), (21, 21), (11, 11), (6, 6)]
+    assert cnn_sizes(84, 84, minres=6) == [(84, 84), (42, 42), (21, 21), (11, 11)]
+    assert cnn_sizes(64, 64, minres=8) == [(64, 64), (32, 32), (16, 16), (8, 8)]
     with pytest.raises(ValueError, match="at least 8x8"):
         cnn_grid(4, 4)
+    with pytest.raises(ValueError, match="at least 12x12"):
+        cnn_sizes(10, 40, minres=6)
+
+
+@pytest.mark.parametrize("size", [(84, 84), (78, 78), (64, 48), (21, 35)])
+def test_odd_sizes_round_trip_through_encoder_and_decoder(size):
+    space = {"cam": ((*size, 3), np.uint8)}
+    config = MultiIOConfig(cnn_depth=2, mlp_keys="$^")
+    enc = MultiEncoder(config, space)
+    images = torch.randint(0, 256, (2, 3, *size, 3), dtype=torch.uint8)
+    embed = enc({"cam": images})
+    stages, final_h, final_w = cnn_grid(*size)
+    assert embed.shape == (2, 3, enc.out_dim) and enc.out_dim == 2 * 2 ** (stages - 1) * final_h * final_w
+    dec = MultiDecoder(config, enc.out_dim, space, ["cam"], [])
+    dist = dec(embed)["cam"]
+    assert dist.mode().shape == (2, 3, *size, 3)
+    loss = dec.loss(embed, {"cam": images})["cam"]
+    assert loss.shape == (2, 3) and torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in [*enc.parameters(), *dec.parameters()])
+
+
+def test_same_padding_matches_a_reference_convolution_and_crop_mirrors_it():
+    # TensorFlow "same" for k=4, s=2: total padding max((out-1)*2 + 4 - n, 0), the odd one
+    # at the end; an odd input of 21 gives 11 outputs (1 before, 2 after).
+    enc = MultiEncoder(MultiIOConfig(cnn_depth=2, mlp_keys="$^"), {"cam": ((21, 42, 1), np.uint8)})
+    pad, conv = enc.cnn[0], enc.cnn[1]
+    assert isinstance(pad, SamePad2d) and pad.pad == (1, 1, 1, 2)
+    x = torch.randn(1, 1, 21, 42)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 2)), conv.weight, stride=2)
+    torch.testing.assert_close(conv(pad(x)), expected)
+    assert expected.shape[-2:] == (11, 21)
+    # Even sizes keep the plain padding-1 convolution (no extra module), as before.
+    even = MultiEncoder(MultiIOConfig(cnn_depth=2, mlp_keys="$^"), {"cam": ((64, 64, 1), np.uint8)})
+    assert not any(isinstance(m, (SamePad2d, Crop2d)) for m in even.cnn)
+    dec = MultiDecoder(MultiIOConfig(cnn_depth=2), 4, {"cam": ((21, 42, 1), np.uint8)}, ["cam"], [])
+    crops = [m for m in dec.deconv if isinstance(m, Crop2d)]
+    assert [(c.height, c.width) for c in crops] == [(11, 21), (21, 42)]  # sizes (21, 42) -> (11, 21) -> (6, 11)
 
 
 def test_image_conversion_round_trip():
@@ -151,8 +195,9 @@ def test_decoder_distributions_shapes_and_losses():
     losses = dec.loss(feat, obs)
     assert all(loss.shape == (2, 3) for loss in losses.values())
     target = obs["depth"].float() / 255 - 0.5
-    torch.testing.assert_close(losses["depth"], 0.5 * (dists["depth"].pred - target).square().sum((-3, -2, -1)))
-    torch.testing.assert_close(losses["vel"], 0.5 * (dists["vel"].pred - symlog(obs["vel"])).square().sum(-1))
+    # Full sums of squared errors (the references' MSEDist / SymlogDist), not half.
+    torch.testing.assert_close(losses["depth"], (dists["depth"].pred - target).square().sum((-3, -2, -1)))
+    torch.testing.assert_close(losses["vel"], (dists["vel"].pred - symlog(obs["vel"])).square().sum(-1))
     # The image channels are one output split per key: image first, then depth.
     full = dec.deconv(dec.image_head(feat.reshape(6, 10)).reshape(6, *dec.grid)).permute(0, 2, 3, 1)
     torch.testing.assert_close(dists["depth"].pred, full[..., 3:].reshape(2, 3, 16, 16, 1))

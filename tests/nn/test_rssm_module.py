@@ -114,3 +114,75 @@ def test_unimix_log_probs_and_kl_with_unimix():
     torch.testing.assert_close(out.dyn, (q * (q / p).log()).sum().reshape(1).reshape(()), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="share a shape"):
         categorical_kl_loss(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+def _learned_initial_model(impl="ref", seed=0):
+    torch.manual_seed(seed)
+    model = RSSM(RSSMConfig(**SMALL, impl=impl))
+    with torch.no_grad():
+        model.initial.copy_(torch.randn(12))                # h_0 away from 0, so the prior's mode is not trivial
+        model.prior_out_bias.copy_(torch.randn(12))
+    return model
+
+
+def test_learned_initial_state_is_tanh_and_the_priors_mode():
+    from worldmodels.ops.rssm import prior_head
+
+    model = _learned_initial_model()
+    p = model.params()
+    h0 = torch.tanh(model.initial)
+    torch.testing.assert_close(p.initial_deter, h0)
+    mode = prior_head(h0, p).argmax(-1)                      # [S]
+    assert p.initial_stoch.shape == (3, 4) and not p.initial_stoch.requires_grad
+    assert torch.equal(p.initial_stoch, torch.nn.functional.one_hot(mode, 4).float())
+    deter, stoch = model.initial_state(5)
+    torch.testing.assert_close(deter, h0.expand(5, -1))
+    assert torch.equal(stoch, p.initial_stoch.expand(5, -1, -1))
+    zeros = RSSM(RSSMConfig(**SMALL, initial="zeros"))
+    assert zeros.params().initial_stoch is None and torch.all(zeros.initial_state(2).stoch == 0)
+
+
+def test_resets_start_from_the_learned_initial_state():
+    from worldmodels.ops.rssm import core_step_ref, post_head, embed_projection
+
+    model = _learned_initial_model()
+    embed, action, first = _inputs(steps=5)
+    first[1, 3] = True                                       # a reset mid-sequence
+    obs = model.observe(embed, action, first, seed=2)
+    p = model.params()
+    for b, t in ((0, 0), (1, 0), (1, 3)):
+        h0, z0 = p.initial_deter.unsqueeze(0), p.initial_stoch.unsqueeze(0)
+        expected = core_step_ref(h0, z0, torch.zeros(1, 2), p)  # h_0, z_0 and a zero action
+        torch.testing.assert_close(obs.deter[b, t], expected[0])
+        torch.testing.assert_close(obs.post_logits[b, t], post_head(expected, embed_projection(embed[b, t], p), p)[0])
+    # Without the learned z_0 (zeros) the first step differs: z_0 is used.
+    zero_z = core_step_ref(p.initial_deter.unsqueeze(0), torch.zeros(1, 3, 4), torch.zeros(1, 2), p)
+    assert not torch.allclose(obs.deter[0, 0], zero_z[0])
+
+
+@pytest.mark.parametrize("impl", ["scan", "cpp"])
+def test_fast_paths_agree_with_the_reference_on_the_learned_initial_state(impl):
+    if impl == "cpp":
+        from worldmodels.ops import _rssm_loop
+
+        if not _rssm_loop.has_fast_parts("cpp", torch.device("cpu")):
+            pytest.skip("the C++ extension worldmodels._C is not built")
+    results = []
+    for path in ("ref", impl):
+        model = _learned_initial_model(path)
+        embed, action, first = _inputs(steps=5)
+        first[1, 2] = True
+        embed.requires_grad_()
+        obs = model.observe(embed, action, first, seed=3)
+        loss = obs.deter.square().sum() + (obs.post_logits * torch.linspace(-1, 1, 4)).sum()
+        loss.backward()
+        results.append((obs, embed.grad, {n: q.grad for n, q in model.named_parameters()}))
+    (ref, ref_embed_grad, ref_grads), (fast, fast_embed_grad, fast_grads) = results
+    for name in ("deter", "stoch", "post_logits", "prior_logits"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_embed_grad, ref_embed_grad, atol=1e-5, rtol=1e-5)
+    for name, grad in ref_grads.items():
+        if grad is None:
+            assert fast_grads[name] is None, name
+        else:
+            torch.testing.assert_close(fast_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)

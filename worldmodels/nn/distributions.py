@@ -4,6 +4,11 @@
   in symlog space, trained with a two-hot cross-entropy.
 * :class:`SymlogMSE`: vector observations, squared error in symlog space.
 * :class:`MSE`: images, squared error summed over ``(H, W, C)``.
+
+Both squared-error heads return the full sum of squared errors as their negative
+log-likelihood (no factor 1/2), as danijar/dreamerv3 (``MSEDist``/``SymlogDist``,
+2023 code) and NM512/dreamerv3-torch (``MSEDist``/``SymlogDist``) do; halving it
+would double the weight of the KL, reward and continue terms against reconstruction.
 * :class:`Bernoulli`: the continue head.
 * :class:`OneHotDist`: discrete actions, a categorical with 1% uniform mixing.
 * :class:`BoundedNormal`: continuous actions, ``tanh`` mean and a bounded std.
@@ -101,7 +106,8 @@ class TwoHotSymlog:
 class SymlogMSE:
     """Gaussian-like head in symlog space: ``pred [..., *event]`` with ``dims`` event axes.
 
-    ``log_prob(y) = -0.5 * sum_event (pred - symlog(y))^2``; ``mode() = symexp(pred)``.
+    ``log_prob(y) = -sum_event (pred - symlog(y))^2`` (full sum of squared errors, as the
+    references); ``mode() = symexp(pred)``.
     """
 
     def __init__(self, pred: Tensor, dims: int = 1):
@@ -116,13 +122,14 @@ class SymlogMSE:
     def log_prob(self, y: Tensor) -> Tensor:
         """``y`` shaped like ``pred`` -> ``[...]`` (the leading axes)."""
         _check_like(y, self.pred)
-        return -0.5 * (self.pred - symlog(_maths(y))).square().sum(tuple(range(-self.dims, 0)))
+        return -(self.pred - symlog(_maths(y))).square().sum(tuple(range(-self.dims, 0)))
 
 
 class MSE:
     """Image head: ``pred [..., H, W, C]`` (with ``dims=3`` event axes) in target units.
 
-    ``log_prob(x) = -0.5 * sum_{H,W,C} (pred - x)^2``; ``mode() = mean() = pred``.
+    ``log_prob(x) = -sum_{H,W,C} (pred - x)^2`` (full sum of squared errors, as the
+    references); ``mode() = mean() = pred``.
     """
 
     def __init__(self, pred: Tensor, dims: int = 3):
@@ -137,7 +144,7 @@ class MSE:
     def log_prob(self, x: Tensor) -> Tensor:
         """``x`` shaped like ``pred`` -> ``[...]`` (the leading axes)."""
         _check_like(x, self.pred)
-        return -0.5 * (self.pred - _maths(x)).square().sum(tuple(range(-self.dims, 0)))
+        return -(self.pred - _maths(x)).square().sum(tuple(range(-self.dims, 0)))
 
 
 def _check_like(target: Tensor, pred: Tensor) -> None:
@@ -210,11 +217,23 @@ class OneHotDist:
         return -(self.probs * self.log_probs).sum(-1)
 
 
+def bound_action(action: Tensor, absmax: float = 1.0) -> Tensor:
+    """``a * sg(absmax / max(absmax, |a|))`` elementwise: the forward value is ``a``
+    clipped to ``[-absmax, absmax]``, and the gradient passes scaled by the (stopped)
+    factor instead of vanishing outside the bounds. NM512/dreamerv3-torch applies it to
+    the actor's samples (``ContDist(absmax=1.0)``), danijar/dreamerv3 (2023) to the
+    RSSM's action input (``action_clip: 1.0``)."""
+    if absmax <= 0:
+        raise ValueError(f"absmax={absmax} must be > 0.")
+    return action * (absmax / action.detach().abs().clamp(min=absmax))
+
+
 class BoundedNormal:
     """Diagonal Gaussian over actions ``[..., A]`` with a bounded mean and std.
 
     ``mean = tanh(mean_raw)``, ``std = (max_std - min_std) sigmoid(std_raw + 2) + min_std``.
-    Samples are not clipped to [-1, 1]. ``log_prob``/``entropy`` sum over ``A``.
+    Samples are not bounded here (see :func:`bound_action`). ``log_prob``/``entropy``
+    sum over ``A``.
     """
 
     def __init__(self, mean_raw: Tensor, std_raw: Tensor, min_std: float = 0.1, max_std: float = 1.0):
@@ -259,6 +278,7 @@ __all__ = [
     "OneHotDist",
     "SymlogMSE",
     "TwoHotSymlog",
+    "bound_action",
     "symexp",
     "symlog",
     "symlog_bins",

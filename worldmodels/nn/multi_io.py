@@ -4,10 +4,16 @@ Image keys (``[H, W, C]``, uint8, channels-last) go through a CNN; vector keys
 (``[D]``) through an MLP after ``symlog``. Which keys are used, and in which order,
 is fixed by :func:`select_keys` so that features never misalign between runs.
 
-CNN resolution: with ``k = floor(log2(min(H, W) / 4))`` stride-2 stages, ``H`` and
-``W`` must both be multiples of ``2**k``; the final grid is ``H / 2**k x W / 2**k``,
-between 4 and 7 on each side (4x4 for ``4 * 2**k`` sizes such as 16, 32, 64; 6x6 for
-96, as in DreamerV3). Other sizes (e.g. 84, 100) raise.
+CNN resolution (``minres``, as danijar/dreamerv3 and NM512/dreamerv3-torch): the
+encoder applies ``k = floor(log2(min(H, W) / minres))`` stride-2 convolutions with
+"same" padding (TensorFlow's: each side becomes ``ceil(n / 2)``, the odd pixel of
+padding goes to the bottom/right), so any size of at least ``2 * minres`` works:
+64x64 ends at 4x4, 96x96 at 6x6, 84x84 at 6x6 (84, 42, 21, 11, 6), 78x78 at 5x5. For
+sides that are multiples of ``2**k`` the padding is 1 on each side, as before. The
+decoder mirrors the encoder: transposed 4x4/2 convolutions double the grid and, where
+the encoder's input at that stage was odd, the last row or column is cropped, so it
+produces exactly the input size. (The crop is this package's: the references' decoders
+start from ``minres x minres`` and only restore sizes of ``minres * 2**k``.)
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ class MultiIOConfig:
     mlp_units: int = 256
     mlp_layers: int = 2
     key_order: list[str] | None = None  # explicit order of the selected keys (else sorted)
+    minres: int = 4                    # the CNN halves the image until its smaller side is below 2 * minres
 
     def __post_init__(self) -> None:
-        for name in ("cnn_depth", "mlp_units", "mlp_layers"):
+        for name in ("cnn_depth", "mlp_units", "mlp_layers", "minres"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
 
@@ -110,16 +117,66 @@ def _apply_order(cnn: list[str], mlp: list[str], order: list[str],
     return [k for k in order if k in cnn], [k for k in order if k in mlp]
 
 
-def cnn_grid(height: int, width: int) -> tuple[int, int, int]:
+def cnn_sizes(height: int, width: int, minres: int = 4) -> list[tuple[int, int]]:
+    """The ``(H_i, W_i)`` grid before each stride-2 stage and after the last one:
+    ``k + 1`` sizes with ``k = floor(log2(min(H, W) / minres))`` and
+    ``H_{i+1} = ceil(H_i / 2)`` (module docstring)."""
+    if minres < 1:
+        raise ValueError(f"minres={minres} must be >= 1.")
+    if min(height, width) < max(2 * minres, 2):
+        raise ValueError(f"images must be at least {2 * minres}x{2 * minres} (twice minres={minres}), "
+                         f"got {height}x{width}.")
+    stages = (min(height, width) // minres).bit_length() - 1
+    sizes = [(height, width)]
+    for _ in range(stages):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+def cnn_grid(height: int, width: int, minres: int = 4) -> tuple[int, int, int]:
     """``(stages, final_h, final_w)`` for an ``H x W`` image (see the module docstring)."""
-    if min(height, width) < 8:
-        raise ValueError(f"images must be at least 8x8, got {height}x{width}.")
-    stages = (min(height, width) // 4).bit_length() - 1
-    step = 2**stages
-    if height % step or width % step:
-        raise ValueError(f"image size {height}x{width} does not halve cleanly: {stages} stride-2 stages need "
-                         f"both sides to be multiples of {step} (e.g. 16, 32, 64, 96).")
-    return stages, height // step, width // step
+    sizes = cnn_sizes(height, width, minres)
+    return len(sizes) - 1, sizes[-1][0], sizes[-1][1]
+
+
+class SamePad2d(nn.Module):
+    """Zero padding of ``[N, C, H, W]`` for a 4x4 stride-2 convolution with "same" output
+    ``ceil(n / 2)``: ``1`` before and ``1`` (even ``n``) or ``2`` (odd ``n``) after, per side."""
+
+    def __init__(self, height: int, width: int):
+        super().__init__()
+        self.pad = (1, 1 + width % 2, 1, 1 + height % 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.pad(x, self.pad)
+
+
+class Crop2d(nn.Module):
+    """Keep the first ``height x width`` pixels of ``[N, C, H', W']`` (undoes the extra
+    bottom/right padding of :class:`SamePad2d` after a transposed convolution)."""
+
+    def __init__(self, height: int, width: int):
+        super().__init__()
+        self.height, self.width = height, width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[..., : self.height, : self.width]
+
+
+def _conv_down(channels: int, depth: int, size: tuple[int, int]) -> list[nn.Module]:
+    """A 4x4/2 convolution with "same" padding for an input of ``size`` (padding 1 when even)."""
+    if size[0] % 2 == 0 and size[1] % 2 == 0:
+        return [nn.Conv2d(channels, depth, 4, 2, 1, bias=False)]
+    return [SamePad2d(*size), nn.Conv2d(channels, depth, 4, 2, 0, bias=False)]
+
+
+def _conv_up(channels: int, depth: int, size: tuple[int, int], bias: bool) -> list[nn.Module]:
+    """A 4x4/2 transposed convolution (``n -> 2n``) cropped to ``size`` when it is odd."""
+    layers: list[nn.Module] = [nn.ConvTranspose2d(channels, depth, 4, 2, 1, bias=bias)]
+    if size[0] % 2 or size[1] % 2:
+        layers.append(Crop2d(*size))
+    return layers
 
 
 def preprocess_image(x: Tensor, key: str = "image") -> Tensor:
@@ -175,7 +232,8 @@ class MultiEncoder(nn.Module):
     """Dict of observations ``{key: [*lead, *shape]}`` -> features ``[*lead, out_dim]``.
 
     Images: ``x / 255 - 0.5`` stacked on channels, then per stage ``i``
-    ``SiLU(ChannelNorm(Conv4x4/2(depth * 2**i)))`` and a flatten. Vectors: ``symlog``,
+    ``SiLU(ChannelNorm(Conv4x4/2(depth * 2**i)))`` ("same" padding, see the module
+    docstring) and a flatten. Vectors: ``symlog``,
     concatenated, then :class:`~worldmodels.nn.mlp.MLP` (``mlp_layers x mlp_units``).
     The output concatenates the image then the vector part.
     """
@@ -191,11 +249,12 @@ class MultiEncoder(nn.Module):
         self.cnn = self.mlp = None
         if self.cnn_keys:
             height, width, channels = _image_layout(self.cnn_keys, self.shapes)
-            stages, final_h, final_w = cnn_grid(height, width)
+            sizes = cnn_sizes(height, width, config.minres)
+            final_h, final_w = sizes[-1]
             layers: list[nn.Module] = []
-            for i in range(stages):
+            for i, size in enumerate(sizes[:-1]):
                 depth = config.cnn_depth * 2**i
-                layers += [nn.Conv2d(channels, depth, 4, 2, 1, bias=False), ChannelNorm(depth), nn.SiLU()]
+                layers += [*_conv_down(channels, depth, size), ChannelNorm(depth), nn.SiLU()]
                 channels = depth
             self.cnn = nn.Sequential(*layers, nn.Flatten())
             init_fan_avg_(self.cnn)
@@ -222,7 +281,8 @@ class MultiDecoder(nn.Module):
     """Features ``[*lead, feat_dim]`` -> ``{key: distribution}`` over the observations.
 
     Images: ``Linear -> [8d.., h, w]`` then transposed 4x4/2 convs halving the depth
-    (``SiLU(ChannelNorm(.))`` between them) up to ``(H, W, C_total)``, split per key into
+    (``SiLU(ChannelNorm(.))`` between them, each cropped to the encoder's size at that
+    stage) up to exactly ``(H, W, C_total)``, split per key into
     :class:`~worldmodels.nn.distributions.MSE` over ``x / 255 - 0.5``. Vectors: an MLP to
     the concatenated size, split into :class:`~worldmodels.nn.distributions.SymlogMSE`.
     """
@@ -251,17 +311,18 @@ class MultiDecoder(nn.Module):
 
     def _build_cnn(self, config: MultiIOConfig) -> None:
         height, width, channels = _image_layout(self.cnn_keys, self.shapes)
-        stages, final_h, final_w = cnn_grid(height, width)
+        sizes = cnn_sizes(height, width, config.minres)
+        stages, (final_h, final_w) = len(sizes) - 1, sizes[-1]
         depths = [config.cnn_depth * 2**i for i in range(stages)]
         self.grid = (depths[-1], final_h, final_w)
         self.image_head = nn.Linear(self.feat_dim, depths[-1] * final_h * final_w)
         layers: list[nn.Module] = []
         for i in reversed(range(stages)):
             if i > 0:
-                layers += [nn.ConvTranspose2d(depths[i], depths[i - 1], 4, 2, 1, bias=False),
+                layers += [*_conv_up(depths[i], depths[i - 1], sizes[i], bias=False),
                            ChannelNorm(depths[i - 1]), nn.SiLU()]
             else:
-                layers.append(nn.ConvTranspose2d(depths[0], channels, 4, 2, 1))
+                layers += _conv_up(depths[0], channels, sizes[0], bias=True)
         self.deconv = nn.Sequential(*layers)
         init_fan_avg_(self.image_head)
         init_fan_avg_(self.deconv)
@@ -299,10 +360,13 @@ class MultiDecoder(nn.Module):
 __all__ = [
     "BOOKKEEPING",
     "ChannelNorm",
+    "Crop2d",
     "MultiDecoder",
     "MultiEncoder",
     "MultiIOConfig",
+    "SamePad2d",
     "cnn_grid",
+    "cnn_sizes",
     "is_bookkeeping",
     "postprocess_image",
     "preprocess_image",

@@ -20,8 +20,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..ops.rssm import (ImagineStep, Imagination, RSSMImaginer, RSSMObservation, RSSMParams, rssm_imagine_step,
-                        rssm_observe)
+from ..ops.rssm import (ImagineStep, Imagination, RSSMImaginer, RSSMObservation, RSSMParams, initial_state,
+                        prior_head, rssm_imagine_step, rssm_observe)
 
 Tensor = torch.Tensor
 INITIALS = ("learned", "zeros")
@@ -39,7 +39,7 @@ class RSSMConfig:
     embed_dim: int = 64       # E
     action_dim: int = 4       # A (0 allowed)
     unimix: float = 0.01
-    initial: str = "learned"  # "learned": h_0 = tanh(w), w learned (zero init); "zeros"
+    initial: str = "learned"  # "learned": h_0 = tanh(w), w learned (zero init), z_0 = prior mode at h_0; "zeros"
     impl: str = "auto"
     eps: float = 1e-3
 
@@ -143,17 +143,26 @@ class RSSM(nn.Module):
             self.initial.zero_()
 
     def params(self) -> RSSMParams:
-        """The parameters as the ops take them (``initial_deter = tanh(initial)``)."""
+        """The parameters as the ops take them. ``initial="learned"``: ``initial_deter =
+        tanh(initial)`` and ``initial_stoch`` the one-hot mode of the prior at it (no
+        gradient), as DreamerV3's 2023 code (``RSSM.initial``: ``stoch = get_stoch(deter)``);
+        ``"zeros"``: both zero (``initial_stoch`` None)."""
         c = self.config
         tensors = {name: getattr(self, name) for name in _param_table(c)}
-        initial = torch.tanh(self.initial) if c.initial == "learned" else self.initial
-        return RSSMParams(**tensors, initial_deter=initial, stoch=c.stoch, classes=c.classes, eps=c.eps)
+        if c.initial != "learned":
+            return RSSMParams(**tensors, initial_deter=self.initial, stoch=c.stoch, classes=c.classes, eps=c.eps)
+        params = RSSMParams(**tensors, initial_deter=torch.tanh(self.initial), stoch=c.stoch, classes=c.classes,
+                            eps=c.eps)
+        with torch.no_grad():
+            logits = prior_head(params.initial_deter, params)
+            # One-hot of the argmax without a host synchronisation (the imaginer captures this in a CUDA graph).
+            mode = torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return params._replace(initial_stoch=mode)
 
     def initial_state(self, batch: int) -> RSSMState:
-        """``(h_0 [B, H], zeros [B, S, K])`` (``h_0`` differentiable when learned)."""
-        params = self.params()
-        deter = params.initial_deter.unsqueeze(0).expand(batch, -1)
-        return RSSMState(deter, deter.new_zeros(batch, self.config.stoch, self.config.classes))
+        """``(h_0 [B, H], z_0 [B, S, K])`` (``h_0`` differentiable when learned; ``z_0`` the
+        prior's mode at ``h_0`` when learned, else zeros)."""
+        return RSSMState(*initial_state(self.params(), batch))
 
     def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state=None, **noise) -> RSSMObservation:
         """Posterior scan, see :func:`worldmodels.ops.rssm.rssm_observe` (``noise``/``seed``/

@@ -87,6 +87,8 @@ def _check_shapes(params, d: RSSMDims, hg: int) -> None:
         "post_out_bias": ((sk,), "[S*K]"),
         "initial_deter": ((d.deter,), "[H]"),
     }
+    if getattr(params, "initial_stoch", None) is not None:
+        expected["initial_stoch"] = ((d.stoch, d.classes), "[S, K]")
     device = params.in_weight.device
     for name, (shape, meaning) in expected.items():
         tensor = getattr(params, name)

@@ -89,13 +89,16 @@ def _input_proj(stoch_flat: Tensor, action_proj: Tensor, p) -> Tensor:
 
 def observe_loop(embed, action, first, params, unimix: float, state, noise: Tensor, impl: str):
     """``rssm_observe`` as a loop over ``T`` of the ``impl`` fast paths (inputs checked)."""
-    from .rssm import RSSMObservation, embed_projection, initial_state, post_head, prior_head
+    from .rssm import RSSMObservation, embed_projection, initial_state, post_head, prior_head, reset_stoch_projection
 
     p, sk = params, params.stoch * params.classes
     gru_impl, sample_impl = part_impls(impl)
     cell, sample = gru_cell(gru_impl), sampler(sample_impl, embed.device)
     keep = (~first).to(action.dtype).unsqueeze(-1)
     action_proj = F.linear(action * keep, p.in_weight[:, sk:], p.in_bias)
+    reset_proj = reset_stoch_projection(first, p, action_proj.dtype)
+    if reset_proj is not None:
+        action_proj = action_proj + reset_proj
     embed_proj = embed_projection(embed, p)
     deter, stoch = initial_state(p, first.shape[0]) if state is None else state[:2]
     resets = first.any(dim=0).tolist()

@@ -158,7 +158,7 @@ scan_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def observe_scan(embed: Tensor, action: Tensor, first: Tensor, params, unimix: float, state, noise: Tensor):
     """``rssm_observe`` through the scan ops (inputs already checked; ``first`` bool)."""
-    from .rssm import RSSMObservation, embed_projection, initial_state, prior_head
+    from .rssm import RSSMObservation, embed_projection, initial_state, prior_head, reset_stoch_projection
 
     p = params
     dtype = torch.float64 if p.in_weight.dtype == torch.float64 else torch.float32
@@ -167,6 +167,9 @@ def observe_scan(embed: Tensor, action: Tensor, first: Tensor, params, unimix: f
     first_t = first.t().contiguous()
     keep = (~first_t).to(action.dtype).unsqueeze(-1)
     in_proj = F.linear(action.transpose(0, 1) * keep, p.in_weight[:, sk:], p.in_bias)
+    reset_proj = reset_stoch_projection(first_t, p, in_proj.dtype)
+    if reset_proj is not None:
+        in_proj = in_proj + reset_proj
     embed_proj = embed_projection(embed.transpose(0, 1), p)
     h0, z0 = initial_state(p, first.shape[0]) if state is None else state[:2]
     weights = (p.initial_deter, p.in_weight[:, :sk], p.in_norm_weight, p.in_norm_bias, p.gru_weight, p.gru_bias,

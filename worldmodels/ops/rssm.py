@@ -4,7 +4,7 @@ State: deterministic ``h [B, H]`` and stochastic ``z [B, S, K]`` (S categorical
 variables of K classes, straight-through one-hot samples). One step, with
 ``LN`` a LayerNorm with affine parameters and ``[.,.]`` concatenation::
 
-    reset (observe only, where is_first[:, t]):  h <- h_0,  z <- 0,  a_t <- 0
+    reset (observe only, where is_first[:, t]):  h <- h_0,  z <- z_0,  a_t <- 0
     x_t      = silu(LN_in(W_in [flat(z_{t-1}), a_t] + b_in))             [B, I]
     h_t      = BlockGRU(x_t, h_{t-1})                                     [B, H]
     prior_t  = W_po silu(LN_p(W_ph h_t + b_ph)) + b_po                    [B, S, K]
@@ -12,7 +12,11 @@ variables of K classes, straight-through one-hot samples). One step, with
     z_t      = ST-Categorical(post_t, unimix)    (observe; prior_t in imagination)
 
 with ``h_0 = params.initial_deter`` (the RSSM module passes ``tanh`` of a learned
-vector) and BlockGRU the block-diagonal cell of :mod:`worldmodels.ops.gru`.
+vector), ``z_0 = params.initial_stoch`` (a constant one-hot ``[S, K]``; the RSSM module
+passes the prior's mode at ``h_0``, as DreamerV3's 2023 code) or zeros when it is None,
+and BlockGRU the block-diagonal cell of :mod:`worldmodels.ops.gru`. ``z_0`` carries no
+gradient (an argmax); the fast paths add its input projection ``W_z z_0`` at the reset
+rows instead of feeding it through the scan.
 The ST sample is ``one_hot(argmax(log p + Gumbel(noise))) + p - sg(p)`` with
 ``p = (1 - unimix) softmax(logits) + unimix / K`` (:mod:`worldmodels.ops.sampling`).
 
@@ -78,6 +82,7 @@ class RSSMParams(NamedTuple):
     stoch: int                 # S
     classes: int               # K
     eps: float = 1e-3          # LayerNorm epsilon (all four norms)
+    initial_stoch: Tensor | None = None  # [S, K] z_0 at resets (no gradient), None: zeros
 
     def tensors(self) -> dict[str, Tensor]:
         """The tensor fields by name (without ``stoch``, ``classes``, ``eps``)."""
@@ -140,17 +145,33 @@ def core_step_ref(deter: Tensor, stoch: Tensor, action: Tensor, p: RSSMParams) -
 
 
 def initial_state(params: RSSMParams, batch: int) -> tuple[Tensor, Tensor]:
-    """``(h_0 [B, H], zeros [B, S, K])``; ``h_0`` keeps its gradient path."""
+    """``(h_0 [B, H], z_0 [B, S, K])`` (``z_0`` zeros without ``initial_stoch``); ``h_0``
+    keeps its gradient path."""
     deter = params.initial_deter.unsqueeze(0).expand(batch, -1)
-    stoch = params.initial_deter.new_zeros(batch, params.stoch, params.classes)
-    return deter, stoch
+    if params.initial_stoch is None:
+        return deter, params.initial_deter.new_zeros(batch, params.stoch, params.classes)
+    return deter, params.initial_stoch.detach().to(deter.dtype).unsqueeze(0).expand(batch, -1, -1)
 
 
 def reset_state(deter: Tensor, stoch: Tensor, action: Tensor, first: Tensor, params: RSSMParams):
-    """Replace ``(h, z, a)`` by ``(h_0, 0, 0)`` in the rows where ``first [B]`` is True."""
+    """Replace ``(h, z, a)`` by ``(h_0, z_0, 0)`` in the rows where ``first [B]`` is True."""
     keep = (~first).to(deter.dtype).unsqueeze(-1)
     deter = torch.where(first.unsqueeze(-1), params.initial_deter.to(deter.dtype), deter)
-    return deter, stoch * keep.unsqueeze(-1), action * keep
+    stoch = stoch * keep.unsqueeze(-1)
+    if params.initial_stoch is not None:
+        stoch = stoch + (1 - keep.unsqueeze(-1)) * params.initial_stoch.detach().to(stoch.dtype)
+    return deter, stoch, action * keep
+
+
+def reset_stoch_projection(first: Tensor, params: RSSMParams, dtype: torch.dtype) -> Tensor | None:
+    """``W_z flat(z_0)`` in the rows where ``first [...]`` is True, else 0: ``[..., I]``
+    (what ``z_0`` adds to the input projection after a reset); None without ``initial_stoch``.
+    The fast paths zero ``z`` at resets and add this to their precomputed action projection."""
+    if params.initial_stoch is None:
+        return None
+    sk = params.stoch * params.classes
+    z0 = F.linear(params.initial_stoch.detach().reshape(sk).to(dtype), params.in_weight[:, :sk].to(dtype))
+    return first.unsqueeze(-1).to(dtype) * z0
 
 
 def rssm_observe_ref(embed: Tensor, action: Tensor, is_first: Tensor, params: RSSMParams, *,

@@ -160,6 +160,8 @@ ALGOS: dict[str, dict[str, Rule]] = {
         "algo.replay_selector": choice("uniform", "recency", "queue"),
         "algo.replay_on_disk": boolean(),
         "algo.eval_episodes": COUNT,
+        "algo.eval_mode": choice("sample", "greedy"),  # worldmodels.algos.dreamerv3.evaluate.EVAL_MODES
+        "algo.eval_envs": COUNT,
         **_OPENLOOP,
     },
     "dreamer_offline": {
@@ -263,10 +265,12 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.cnn_keys": regex(), "model.mlp_keys": regex(),
         "model.cnn_depth": COUNT, "model.mlp_units": COUNT, "model.mlp_layers": integer(0),
         "model.key_order": list_of(text(), min_len=1).or_null(),
+        "model.minres": COUNT,
         "model.head_units": COUNT,
         "model.head_layers": integer(0), "model.actor_layers": integer(0), "model.critic_layers": integer(0),
         "model.reward_bins": integer(2),
         "model.actor_min_std": positive(), "model.actor_max_std": positive(),
+        "model.actor_grad": choice("reinforce", "dynamics"),  # worldmodels.algos.dreamerv3.behavior.ACTOR_GRADS
         "model.free_nats": NON_NEGATIVE,
         "model.*_scale": NON_NEGATIVE,
         "model.horizon": COUNT,

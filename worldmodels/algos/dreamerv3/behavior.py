@@ -8,11 +8,19 @@ On the imagined ``s_0 .. s_H`` (``sg`` = stop-gradient, all targets are ``sg``):
     v_t = E[critic(s_t)],  R = lambda_returns(r_{0..H-1}, c_{1..H}, v_{0..H}, gamma, lambda)
     w_t = prod_{j<=t} (gamma c_j) / gamma                 (t = 0 .. H-1)
     S   = max(1, P95(R) - P5(R))   (running, ReturnNormalizer)
-    L_actor  = mean_t w_t * ( -sg((R_t - v_t) / S) log pi(a_t | s_t) - eta H[pi(. | s_t)] )
+    L_actor  = mean_t w_t * ( -sg((R_t - v_t) / S) log pi(a_t | s_t) - eta H[pi(. | s_t)] )   reinforce
+    L_actor  = mean_t w_t * ( -(R_t - v_t) / S - eta H[pi(. | s_t)] )                          dynamics
     L_critic = mean_t w_t * ( -log p_critic(R_t | s_t) - reg * -log p_critic(v^slow_t | s_t) )
 
-REINFORCE for discrete and continuous actions, as DreamerV3. The slow critic
-(``theta_slow <- (1 - f) theta_slow + f theta``) only regularises the critic.
+Discrete actions always use REINFORCE. Continuous actions use ``actor_grad``:
+``reinforce`` (the 2024 code) or ``dynamics`` (the 2023 code's ``actor_grad_cont:
+backprop``, NM512's ``imag_gradient: dynamics``): the actions are reparameterised
+samples of ``pi(. | sg(s_t))`` and ``R_t``, ``v_t`` are differentiated through the
+prior, the reward head and the critic, whose parameters are held fixed for this loss,
+so only the actor receives its gradient. Continuous actions enter the prior bounded to
+``[-1, 1]``, the range of the replay's actions (:func:`bound_action`); REINFORCE scores
+the bounded action, as NM512/dreamerv3-torch (whose ``ContDist`` bounds its samples).
+The slow critic (``theta_slow <- (1 - f) theta_slow + f theta``) only regularises the critic.
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from ...nn.distributions import BoundedNormal, OneHotDist, TwoHotSymlog
+from ...nn.distributions import BoundedNormal, OneHotDist, TwoHotSymlog, bound_action
 from ...nn.mlp import MLP
-from ...ops.rssm import Imagination
+from ...ops.rssm import Imagination, rssm_imagine_step
 from .config import DreamerConfig
 from .returns import ReturnNormalizer, ema_update_, lambda_returns
 
@@ -36,12 +45,20 @@ class Rollout(NamedTuple):
     """An imagined trajectory and its (detached) targets, ``N`` starts, horizon ``H``."""
 
     feat: Tensor     # [N, H+1, F]  features of s_0 .. s_H
-    action: Tensor   # [N, H, A]    a_t taken in s_t
+    action: Tensor   # [N, H, A]    a_t taken in s_t (continuous: bounded to [-1, 1])
     reward: Tensor   # [N, H]       r_t predicted for s_t -> s_{t+1}
     cont: Tensor     # [N, H+1]     c_t of s_t (c_0 from the start's is_terminal)
     value: Tensor    # [N, H+1]     critic mean v_t
     returns: Tensor  # [N, H]       lambda-returns R_t
     weight: Tensor   # [N, H]       w_t
+
+
+ACTOR_GRADS = ("reinforce", "dynamics")
+
+
+def _frozen(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` with its parameters detached: gradients reach ``x`` only."""
+    return functional_call(module, {n: p.detach() for n, p in module.named_parameters()}, (x,))
 
 
 class ActorCritic(nn.Module):
@@ -58,6 +75,12 @@ class ActorCritic(nn.Module):
         self.discrete, self.action_dim = bool(act_space.discrete), int(act_space.size)
         if self.action_dim < 1:
             raise ValueError(f"the action space needs size >= 1, got {act_space.size}.")
+        if config.actor_grad not in ACTOR_GRADS:
+            raise ValueError(f"actor_grad={config.actor_grad!r} is not one of {ACTOR_GRADS}.")
+        if self.discrete and config.actor_grad == "dynamics":
+            raise ValueError("actor_grad='dynamics' needs continuous actions; discrete actions use REINFORCE "
+                             "(as both references' discrete configs): set actor_grad=reinforce.")
+        self.dynamics_grad = config.actor_grad == "dynamics"
         units = config.head_units
         out = self.action_dim if self.discrete else 2 * self.action_dim
         self.actor = MLP(feat_dim, out, units, config.actor_layers)
@@ -92,7 +115,7 @@ class ActorCritic(nn.Module):
         if self.discrete:
             noise = torch.rand(dist.log_probs.shape, device=deter.device)
             return dist.sample(noise=noise).to(deter.dtype)
-        return dist.sample().to(deter.dtype)
+        return bound_action(dist.sample()).to(deter.dtype)
 
     def imagine(self, world_model, start_deter: Tensor, start_stoch: Tensor) -> Imagination:
         """Roll the prior ``horizon`` steps from detached starts ``[N, H]``, ``[N, S, K]``."""
@@ -105,17 +128,50 @@ class ActorCritic(nn.Module):
                 start_cont: Tensor | None = None) -> Rollout:
         """Imagine from ``N`` starts and compute the detached targets (module docstring).
         ``start_cont [N]`` is ``1 - is_terminal`` of the starts (None: all 1)."""
-        c = self.config
         imag = self.imagine(world_model, start_deter, start_stoch)
         feat = world_model.features(imag.deter, imag.stoch)
-        reward = world_model.reward(feat[:, 1:]).mean()
-        cont = world_model.cont(feat).mean()
+        return self._targets(world_model, feat, imag.action, start_cont, world_model.reward, self.value)
+
+    def rollout_with_dynamics(self, world_model, start_deter: Tensor, start_stoch: Tensor,
+                              start_cont: Tensor | None = None) -> Rollout:
+        """As :meth:`rollout`, but differentiable with respect to the actor: reparameterised
+        actions of ``pi(. | sg(s_t))`` drive the prior, and ``feat``, ``reward``, ``value``
+        and ``returns`` carry gradients to the actor only (the world model's and the
+        critic's parameters are held fixed; ``cont`` and ``weight`` are detached)."""
+        rssm = world_model.rssm
+        params = rssm.params()
+        params = params._replace(**{k: v.detach() for k, v in params.tensors().items()})
+        deter, stoch = start_deter.detach(), start_stoch.detach()
+        deters, stochs, actions = [deter], [stoch], []
+        for _ in range(self.config.horizon):
+            feat = world_model.features(deter, stoch).detach()
+            action = bound_action(self.policy(feat).rsample()).to(deter.dtype)
+            deter, stoch, _ = rssm_imagine_step(deter, stoch, action, params, unimix=rssm.config.unimix,
+                                                impl=rssm.config.impl)
+            deters.append(deter), stochs.append(stoch), actions.append(action)
+        feat = world_model.features(torch.stack(deters, 1), torch.stack(stochs, 1))
+
+        def reward(x: Tensor) -> TwoHotSymlog:
+            return TwoHotSymlog(_frozen(world_model.reward_head, x))
+
+        def value(x: Tensor) -> TwoHotSymlog:
+            return TwoHotSymlog(_frozen(self.critic, x))
+
+        return self._targets(world_model, feat, torch.stack(actions, 1), start_cont, reward, value)
+
+    def _targets(self, world_model, feat: Tensor, action: Tensor, start_cont: Tensor | None,
+                 reward_fn, value_fn) -> Rollout:
+        """Rewards, continues, values, lambda-returns and weights of an imagined ``feat``."""
+        c = self.config
+        reward = reward_fn(feat[:, 1:]).mean()
+        with torch.no_grad():
+            cont = world_model.cont(feat).mean()
         first = torch.ones_like(cont[:, 0]) if start_cont is None else start_cont.to(cont)
         cont = torch.cat([first.reshape(-1, 1), cont[:, 1:]], dim=1)
-        value = self.value(feat).mean()
+        value = value_fn(feat).mean()
         returns = lambda_returns(reward, cont[:, 1:], value, c.discount, c.lam)
         weight = torch.cumprod(c.discount * cont[:, :-1], dim=1) / c.discount
-        return Rollout(feat, imag.action, reward, cont, value, returns, weight)
+        return Rollout(feat, action, reward, cont, value, returns, weight)
 
     def loss(self, world_model, start_deter: Tensor, start_stoch: Tensor,
              start_cont: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -123,7 +179,8 @@ class ActorCritic(nn.Module):
 
         Args:
             world_model: :class:`~worldmodels.algos.dreamerv3.world_model.WorldModel`
-                (only used without gradients). start_deter ``[N, H]``, start_stoch
+                (never trained by these losses; with ``actor_grad=dynamics`` the actor's
+                gradient passes through it). start_deter ``[N, H]``, start_stoch
                 ``[N, S, K]`` (detached here), start_cont ``[N]`` or None.
         Returns:
             ``(terms, metrics)``: ``terms = {"actor", "critic"}`` unscaled scalars with
@@ -131,15 +188,22 @@ class ActorCritic(nn.Module):
             detached scalars. Updates the return normaliser when ``self.training``.
         """
         c = self.config
-        roll = self.rollout(world_model, start_deter, start_stoch, start_cont)
+        imagine = self.rollout_with_dynamics if self.dynamics_grad else self.rollout
+        roll = imagine(world_model, start_deter, start_stoch, start_cont)
         if self.training:
             self.return_norm.update(roll.returns)
         scale = self.return_norm.scale()
         advantage = (roll.returns - roll.value[:, :-1]) / scale
-        feat = roll.feat[:, :-1]
+        feat = roll.feat[:, :-1].detach()
         dist = self.policy(feat)
-        log_prob, entropy = dist.log_prob(roll.action), dist.entropy()
-        actor = (roll.weight * (-advantage * log_prob - c.entropy * entropy)).mean()
+        entropy = dist.entropy()
+        if self.dynamics_grad:
+            objective = advantage
+        else:
+            objective = advantage.detach() * dist.log_prob(roll.action.detach())
+        actor = (roll.weight * (-objective - c.entropy * entropy)).mean()
+        roll = Rollout(*(x.detach() for x in roll))
+        advantage = advantage.detach()
         critic_dist = self.value(feat)
         with torch.no_grad():
             slow_value = self.value(feat, slow=True).mean()

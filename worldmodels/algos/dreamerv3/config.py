@@ -41,6 +41,7 @@ class DreamerConfig:
     mlp_units: int = 128
     mlp_layers: int = 2
     key_order: list[str] | None = None
+    minres: int = 4                # CNN stages halve images until below 2 * minres (as both references)
     # Heads (paper: units as the model size, reward/continue/actor/critic MLPs).
     head_units: int = 128
     head_layers: int = 2           # reward and continue heads
@@ -49,10 +50,17 @@ class DreamerConfig:
     reward_bins: int = 255         # two-hot bins over symlog space [-20, 20], reward and critic
     actor_min_std: float = 0.1     # BoundedNormal std range (continuous actions)
     actor_max_std: float = 1.0
+    # Actor gradient for continuous actions: "reinforce" (the 2024 code, and this package
+    # before the option) or "dynamics" (backpropagation through the imagined dynamics: the
+    # 2023 code's actor_grad_cont: backprop, NM512's imag_gradient: dynamics). Discrete
+    # actions always use REINFORCE.
+    actor_grad: str = "reinforce"
     # World-model loss.
     free_nats: float = 1.0
     dyn_scale: float = 0.5
     rep_scale: float = 0.1
+    # Decoder NLLs are full sums of squared errors (danijar/dreamerv3 2023 MSEDist and
+    # SymlogDist, NM512/dreamerv3-torch), see worldmodels.nn.distributions.
     image_scale: float = 1.0       # every image (CNN) decoder key
     vector_scale: float = 1.0      # every vector (MLP) decoder key
     reward_scale: float = 1.0
@@ -99,7 +107,7 @@ class DreamerConfig:
     def io(self) -> MultiIOConfig:
         """The encoder/decoder configuration."""
         return MultiIOConfig(cnn_keys=self.cnn_keys, mlp_keys=self.mlp_keys, cnn_depth=self.cnn_depth,
-                             mlp_units=self.mlp_units, mlp_layers=self.mlp_layers,
+                             mlp_units=self.mlp_units, mlp_layers=self.mlp_layers, minres=self.minres,
                              key_order=None if self.key_order is None else list(self.key_order))
 
     def rssm(self, embed_dim: int, action_dim: int) -> RSSMConfig:
