@@ -4,6 +4,7 @@ import csv
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from worldmodels.algos.vta.experiment import FACTORIES
@@ -105,7 +106,8 @@ def test_control_run_trains_on_the_true_events(config_from, smoke_overrides, tmp
     assert len(evals) == 2 and all(float(r["eval/loss"]) > 0 for r in evals)
 
 
-def test_the_boundary_detector_stays_alive_on_the_balls(config_from):
+@pytest.mark.parametrize("grad", ["st", "disarm"])
+def test_the_boundary_detector_stays_alive_on_the_balls(config_from, grad):
     """Regression test of the detector's health: an un-normalised detector, whose
     boundaries cost nothing at the segment limits, saturates within ~20 updates here
     (log-odds below -40, gradient below 1e-15, measured); the default must keep
@@ -113,7 +115,8 @@ def test_the_boundary_detector_stays_alive_on_the_balls(config_from):
     from worldmodels.algos.vta.evaluate import VTAEvaluator
     from worldmodels.algos.vta.experiment import build_data, build_model, held_out_set
 
-    cfg = config_from([BALLS, "device=cpu", "train.batch_size=8", "env.eval_sequences=16"])
+    cfg = config_from([BALLS, "device=cpu", "train.batch_size=8", "env.eval_sequences=16",
+                       f"model.boundary_grad={grad}", "model.boundary_warmup=0"])  # the detector trains from step 1
     torch.manual_seed(0)
     model, data = build_model(cfg), build_data(cfg, torch.device("cpu"))
     evaluator = VTAEvaluator(held_out_set(cfg, torch.device("cpu")))
