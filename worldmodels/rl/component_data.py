@@ -35,6 +35,7 @@ from ..envs.spaces import EnvSpaces, VectorEnv
 from ..training.contract import TrainData
 from .collector import Collector
 from .replay import Replay
+from .resume import online_state, restore_online_state
 from .selectors import Selector, make_selector
 
 FRAME_KEYS = ("observations", "actions", "rewards", "ends", "mask_padding")
@@ -115,6 +116,7 @@ class ComponentData(TrainData):
         self.collector.on_step.append(self.replay.add)
         self.model: Any = None
         self.run_dir: Path | None = None
+        self.writer: EpisodeWriter | None = None
         self.updates = 0
         self.on_disk = bool(on_disk)
 
@@ -127,7 +129,8 @@ class ComponentData(TrainData):
         finished episode in ``<run_dir>/episodes`` (one npz each)."""
         self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
         if self.run_dir is not None:
-            self.collector.on_step.append(EpisodeWriter(self.run_dir / "episodes", self.num_envs))
+            self.writer = EpisodeWriter(self.run_dir / "episodes", self.num_envs)
+            self.collector.on_step.append(self.writer)
             if self.on_disk:
                 self.replay.store_on_disk(self.run_dir / "replay_store")
 
@@ -192,20 +195,16 @@ class ComponentData(TrainData):
         return {**self.collector.metrics(), "collect/replay_steps": float(self.replay.num_steps)}
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, RNGs, the selectors' counts, and the name of the replay snapshot
-        written now under ``<run_dir>/replay`` (when bound to a run directory)."""
-        state = {"updates": self.updates, "collector": self.collector.state_dict(), "replay": self.replay.state_dict()}
-        if self.run_dir is not None:
-            state["replay_file"] = self.replay.snapshot(self.run_dir / "replay", self.updates)
-        return state
+        """The update counter and what :func:`~worldmodels.rl.resume.online_state` saves
+        (RNGs, the selectors' counts, the env's history, and the name of the replay
+        snapshot written now under ``<run_dir>/replay`` when bound to a run directory)."""
+        return {"updates": self.updates,
+                **online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`: the replay as it was at the checkpoint; the envs start
-        new episodes (their state cannot be restored)."""
-        if state.get("replay_file") and self.run_dir is not None:
-            self.replay.load(self.run_dir / "replay" / state["replay_file"])
-        self.replay.load_state_dict(state["replay"])
-        self.collector.load_state_dict(state["collector"])
+        """Restore :meth:`state_dict`: the replay as it was at the checkpoint, the envs
+        where they were (replayed; see :mod:`worldmodels.rl.resume`)."""
+        restore_online_state(state, self.collector, self.replay, self.writer, self.run_dir, int(state["updates"]))
         self.updates = int(state["updates"])
 
     def close(self) -> None:

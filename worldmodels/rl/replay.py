@@ -359,6 +359,22 @@ class Replay:
                 old.unlink(missing_ok=True)
         return name
 
+    @staticmethod
+    def drop_snapshots_after(directory: str | os.PathLike, tag: int) -> None:
+        """Delete the snapshots in ``directory`` tagged after ``tag`` (written past the
+        checkpoint a run resumes from, by a run that was then killed)."""
+        for path in Path(directory).glob("replay_*.npz"):
+            if path.stem[len("replay_"):].isdigit() and int(path.stem[len("replay_"):]) > int(tag):
+                path.unlink(missing_ok=True)
+
+    def open_episode(self, worker: int) -> dict[str, np.ndarray] | None:
+        """The steps ``{key: [T, ...]}`` of ``worker``'s unfinished episode, from its first
+        step on; None when it has none or its first steps were overwritten."""
+        episode = self._episodes.get(self._current.get(worker, -1))
+        if episode is None or episode.done or episode.first > 0 or self._arrays is None:
+            return None
+        return {key: np.array(array[episode.slots]) for key, array in self._arrays.items()}
+
     def load(self, path: str | os.PathLike) -> None:
         """Replace the contents with those :meth:`save` wrote to ``path``."""
         with np.load(path, allow_pickle=False) as data:
