@@ -299,6 +299,7 @@ class EpisodeBuilder:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         self.num_envs = int(num_envs)
         self._steps: list[list[dict[str, np.ndarray]]] = [[] for _ in range(self.num_envs)]
+        self._skipping: set[int] = set()
 
     @property
     def pending_lengths(self) -> list[int]:
@@ -315,15 +316,20 @@ class EpisodeBuilder:
         episode of ``env_index`` (a resumed run continuing an episode)."""
         count = len(steps["is_last"])
         self._steps[env_index] = [{key: np.array(value[t]) for key, value in steps.items()} for t in range(count)]
+        self._skipping.discard(env_index)
+
+    def skip_to_next_episode(self, env_index: int) -> None:
+        """Leave out the steps of ``env_index`` until one with ``is_first`` (a resumed run
+        continuing an episode whose first steps are no longer known)."""
+        self._steps[env_index] = []
+        self._skipping.add(env_index)
 
     def add(self, step: Mapping[str, np.ndarray]) -> list[tuple[int, dict[str, np.ndarray]]]:
         """Append step ``i`` of every env; returns ``[(env_index, episode), ...]`` for envs whose ``is_last`` is True.
 
         ``step`` maps keys to arrays with leading dim ``num_envs`` and must contain
         ``is_last``. Finished episodes are validated (:func:`validate_episode`) and
-        that env starts a fresh episode. With ``is_first`` in ``step``, an episode whose
-        first step was not seen (a resumed run whose env started over) is left out, and
-        one cut off by a new first step is dropped.
+        that env starts a fresh episode.
         """
         if "is_last" not in step:
             raise KeyError("EpisodeBuilder.add needs an 'is_last' array of shape (num_envs,)")
@@ -332,12 +338,11 @@ class EpisodeBuilder:
             if array.ndim == 0 or len(array) != self.num_envs:
                 raise ValueError(f"step[{key!r}] must have leading dim num_envs={self.num_envs}, got {array.shape}")
         finished = []
-        first = arrays.get("is_first")
         for i in range(self.num_envs):
-            if first is not None and bool(first[i]) != (not self._steps[i]):
-                self._steps[i] = []
-                if not first[i]:
+            if i in self._skipping:
+                if not bool(arrays["is_first"][i]):
                     continue
+                self._skipping.discard(i)
             entry = {key: np.array(array[i]) for key, array in arrays.items()}
             if self._steps[i] and entry.keys() != self._steps[i][0].keys():
                 raise ValueError(f"env {i}: step keys {sorted(entry)} differ from earlier steps' "

@@ -117,6 +117,8 @@ class ComponentData(TrainData):
         self.model: Any = None
         self.run_dir: Path | None = None
         self.writer: EpisodeWriter | None = None
+        self._snapshot: str | None = None       # the replay snapshot of the latest state_dict
+        self._kept: str | None = None           # the one last.pt names
         self.updates = 0
         self.on_disk = bool(on_disk)
 
@@ -199,13 +201,23 @@ class ComponentData(TrainData):
         (RNGs, the selectors' counts, the env's history, and the name of the replay
         snapshot written now under ``<run_dir>/replay`` when bound to a run directory)."""
         return {"updates": self.updates,
-                **online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates)}
+                **self._online_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: the replay as it was at the checkpoint, the envs
         where they were (replayed; see :mod:`worldmodels.rl.resume`)."""
         restore_online_state(state, self.collector, self.replay, self.writer, self.run_dir, int(state["updates"]))
+        self._kept = state.get("replay_file")
         self.updates = int(state["updates"])
+
+    def _online_state(self) -> dict[str, Any]:
+        state = online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates, self._kept)
+        self._snapshot = state.get("replay_file")
+        return state
+
+    def checkpoint_saved(self) -> None:
+        """Keep the replay snapshot ``last.pt`` now names until the next checkpoint."""
+        self._kept = self._snapshot
 
     def close(self) -> None:
         self.collector.close()

@@ -347,15 +347,16 @@ class Replay:
             raise
         return path
 
-    def snapshot(self, directory: str | os.PathLike, tag: int, keep: int = 2) -> str:
+    def snapshot(self, directory: str | os.PathLike, tag: int, keep: int = 2, protect: str | None = None) -> str:
         """Save to ``<directory>/replay_<tag>.npz`` (once per tag) and delete all but the
-        newest ``keep`` snapshots; returns the file name (for a checkpoint to refer to)."""
+        newest ``keep`` snapshots and ``protect`` (the one the last checkpoint names);
+        returns the file name (for a checkpoint to refer to)."""
         directory = Path(directory)
         name = f"replay_{int(tag):09d}.npz"
         if not (directory / name).is_file():
             self.save(directory / name)
         for old in sorted(directory.glob("replay_*.npz"))[:-keep]:
-            if old.name != name:
+            if old.name not in (name, protect):
                 old.unlink(missing_ok=True)
         return name
 

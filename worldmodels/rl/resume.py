@@ -10,6 +10,10 @@ an :class:`~worldmodels.data.episodes.EpisodeWriter`. :func:`online_state` saves
   (:class:`~worldmodels.rl.collector.Collector`), from which the env's state is rebuilt;
 - the index of the next episode file.
 
+The data keeps the snapshot its last checkpoint names (told by
+:meth:`~worldmodels.training.contract.TrainData.checkpoint_saved`) until the next
+checkpoint replaces it, however many snapshots evaluations write in between.
+
 :func:`restore_online_state` first deletes what a killed run wrote after the checkpoint
 (replay snapshots tagged later, episode files numbered later), loads the replay, replays
 the env, and, when the env is back in its saved state, hands the episode writer the
@@ -27,14 +31,16 @@ from .replay import Replay
 
 
 def online_state(collector: Collector, replay: Replay, writer: EpisodeWriter | None, run_dir: Path | None,
-                 tag: int) -> dict[str, Any]:
+                 tag: int, protect: str | None = None) -> dict[str, Any]:
     """The collector's, replay's and writer's state; with a run directory, the replay's
-    contents are written to ``<run_dir>/replay/replay_<tag>.npz`` and named in it."""
+    contents are written to ``<run_dir>/replay/replay_<tag>.npz`` and named in it (older
+    snapshots are deleted, except ``protect``: the one ``last.pt`` names until it is
+    replaced; the evaluations' ``best.pt`` saves snapshots too)."""
     state = {"collector": collector.state_dict(), "replay": replay.state_dict()}
     if writer is not None:
         state["episodes"] = writer.state_dict()
     if run_dir is not None:
-        state["replay_file"] = replay.snapshot(run_dir / "replay", tag)
+        state["replay_file"] = replay.snapshot(run_dir / "replay", tag, protect=protect)
     return state
 
 
@@ -55,6 +61,8 @@ def restore_online_state(state: dict[str, Any], collector: Collector, replay: Re
             steps = replay.open_episode(worker)
             if steps is not None:
                 writer.builder.restore(worker, steps)
+            elif not collector.last_obs["is_first"][worker]:
+                writer.builder.skip_to_next_episode(worker)
 
 
 __all__ = ["online_state", "restore_online_state"]

@@ -210,6 +210,7 @@ def _checkpoint(cfg: DictConfig, run: Run, ckpt_dir: Path) -> None:
     ``train.snapshot_every`` steps) for models made of components."""
     state = run.state_dict(cfg)
     save_checkpoint(ckpt_dir / "last.pt", state)
+    run.data.checkpoint_saved()
     run.saved_step = run.step
     every = cfg.train.get("snapshot_every")
     snapshot = bool(every) and run.step % int(every) == 0

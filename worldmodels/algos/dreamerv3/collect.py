@@ -75,6 +75,8 @@ class OnlineData(TrainData):
         self.model: Any = None
         self.run_dir: Path | None = None
         self.writer: EpisodeWriter | None = None
+        self._snapshot: str | None = None       # the replay snapshot of the latest state_dict
+        self._kept: str | None = None           # the one last.pt names
         self.updates = 0
         self.owed = 0.0          # env steps owed to the train ratio, carried between updates
         self.prefilled = False
@@ -138,14 +140,24 @@ class OnlineData(TrainData):
         saves (every RNG, the env's history, and, bound to a run directory, the name of the
         replay snapshot written now)."""
         return {"updates": self.updates, "owed": self.owed, "prefilled": self.prefilled,
-                **online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates)}
+                **self._online_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: the replay as it was at the checkpoint, the envs
         where they were (replayed; see :mod:`worldmodels.rl.resume`)."""
         restore_online_state(state, self.collector, self.replay, self.writer, self.run_dir, int(state["updates"]))
+        self._kept = state.get("replay_file")
         self.updates, self.owed = int(state["updates"]), float(state["owed"])
         self.prefilled = bool(state["prefilled"]) and self.replay.can_sample(self.batch_length)
+
+    def _online_state(self) -> dict[str, Any]:
+        state = online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates, self._kept)
+        self._snapshot = state.get("replay_file")
+        return state
+
+    def checkpoint_saved(self) -> None:
+        """Keep the replay snapshot ``last.pt`` now names until the next checkpoint."""
+        self._kept = self._snapshot
 
     def close(self) -> None:
         self.collector.close()
