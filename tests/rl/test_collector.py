@@ -168,6 +168,11 @@ def test_an_env_that_does_not_come_back_is_reported_in_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert not b.restored and len(err) == 1 and err[0].startswith("resume: the env did not return to its saved state")
     assert record_steps(b, 1)[0]["is_first"].all()               # new episodes start
+    c = Collector(CountingEnv(lengths=(4, 7, 9)), seed=3)       # resumed with another env.num_envs
+    c.load_state_dict(a.state_dict())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not c.restored and err == ["resume: the run had 2 envs, now 3; they start new episodes"]
+    assert c.env.steps == 0 and len(c.history) == 0 and record_steps(c, 1)[0]["is_first"].all()
 
 
 def test_gymnasium_cartpole_comes_back_after_resets_and_episodes_that_ended():

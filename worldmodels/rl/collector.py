@@ -215,8 +215,12 @@ class Collector:
         self._saved_policy, self.restored = None, False
         if self.history is None or state.get("history") is None:
             return
-        self.history.load_state_dict(state["history"])
         saved = state.get("obs")
+        if saved is not None and len(saved["is_first"]) != self.num_envs:
+            print(f"resume: the run had {len(saved['is_first'])} envs, now {self.num_envs}; they start new episodes",
+                  file=sys.stderr, flush=True)
+            return
+        self.history.load_state_dict(state["history"])
         if saved is None:
             return
         obs = self.history.replay(self.env)
