@@ -19,12 +19,12 @@ Env steps count every env: one vectorised step of ``N`` envs is ``N`` env steps.
 Resume: :meth:`Collector.state_dict` holds the counters, the random-action RNG, the
 agent's policy state, the current observation and the env's whole history (every
 action it was stepped with, and where it was reset). No backend can snapshot an env
-(envpool has no state to save), but every backend here is deterministic given its
-seed, so :meth:`Collector.load_state_dict` re-creates the env's state by stepping a
-fresh env with the same seed through that history, without calling the hooks. When
-the replayed observation differs from the saved one (an env that is not deterministic,
-or built with another seed), it says so in one line and the next step starts new
-episodes instead.
+(envpool has no state to save), but most envs are deterministic given their seed
+(gymnasium's, ale-py's, envpool's; not Crafter's), so :meth:`Collector.load_state_dict`
+re-creates the env's state by stepping a fresh env with the same seed through that
+history, without calling the hooks. When the replayed observation differs from the
+saved one (an env that is not deterministic, or built differently), it says so in one
+line and the next step starts new episodes instead.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
 import torch
 from torch.utils import _pytree as pytree
 
