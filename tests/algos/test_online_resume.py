@@ -41,6 +41,8 @@ KILL_AT_UPDATE = 8       # the child dies inside update 8, three updates after t
 FAMILIES = {   # overrides, the experiment module, and the data method that collects and counts an update
     "dreamerv3": (TINY_DREAMER, "worldmodels.algos.dreamerv3.experiment", "worldmodels.algos.dreamerv3.collect",
                   "OnlineData.next_batch"),
+    "dreamerv3-replay-on-disk": ([*TINY_DREAMER, "algo.replay_on_disk=true"], "worldmodels.algos.dreamerv3.experiment",
+                                 "worldmodels.algos.dreamerv3.collect", "OnlineData.next_batch"),
     "iris": (TINY_IRIS, "worldmodels.algos.iris.experiment", "worldmodels.rl.component_data",
              "ComponentData.begin_update")}
 
@@ -97,7 +99,11 @@ def test_a_killed_online_run_resumes_exactly(config_from, tmp_path, family):
     kill_after_checkpoint(tmp_path / "killed", family, KILL_AT_UPDATE)
     killed = losses(tmp_path / "killed")
     assert max(killed) == KILL_AT_UPDATE - 1          # it ran past the checkpoint before dying
-    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["step"] == 5
+    saved = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert saved["step"] == 5
+    assert not saved["data"]["collector"]["obs"]["is_first"].any()   # an episode was running at the checkpoint
+    if "algo.replay_on_disk=true" in overrides:     # the memory maps hold steps collected after the checkpoint
+        assert list((tmp_path / "killed" / "replay_store").glob("*.npy"))
     snapshots = {p.name for p in (tmp_path / "killed" / "replay").glob("replay_*.npz")}
     assert "replay_000000005.npz" in snapshots        # the one last.pt names
     fit(cfg, factories, tmp_path / "killed", resume=True)
