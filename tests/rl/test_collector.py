@@ -190,3 +190,24 @@ def test_gymnasium_cartpole_comes_back_after_resets_and_episodes_that_ended():
     assert_same_steps(record_steps(b, 30), expected)
     a.close()
     b.close()
+
+
+def test_an_env_known_not_to_be_deterministic_is_not_replayed(capsys):
+    a = Collector(CountingEnv(), seed=3)
+    record_steps(a, 5)
+    env = CountingEnv()
+    env.deterministic = False
+    b = Collector(env, seed=3)
+    b.load_state_dict(a.state_dict())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not b.restored and env.steps == 0 and len(err) == 1 and "not deterministic given its seed" in err[0]
+
+
+def test_crafter_is_marked_not_deterministic():
+    pytest.importorskip("crafter")
+    from worldmodels.envs.factory import EnvSpec, make_env
+
+    with make_env(EnvSpec("crafter", "reward", num_envs=1, seed=0)) as env:
+        assert env.deterministic is False
+    with make_env(EnvSpec("classic", "cartpole", num_envs=1, seed=0, backend="gymnasium")) as env:
+        assert env.deterministic is True

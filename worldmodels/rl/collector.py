@@ -219,6 +219,10 @@ class Collector:
             print(f"resume: the run had {len(saved['is_first'])} envs, now {self.num_envs}; they start new episodes",
                   file=sys.stderr, flush=True)
             return
+        if saved is not None and not getattr(self.env, "deterministic", True):
+            print("resume: this env is not deterministic given its seed, so its state cannot be replayed; "
+                  "it starts new episodes", file=sys.stderr, flush=True)
+            return
         self.history.load_state_dict(state["history"])
         if saved is None:
             return
