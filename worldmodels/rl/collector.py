@@ -44,6 +44,7 @@ from .actions import random_policy, stored_action, to_env_action
 from .protocols import Agent, check_mode
 
 RANDOM_BLOCK = 256   # calls of random actions drawn at once
+ANNOUNCED_REPLAY = 100_000   # env steps from which a resume says that it replays the envs (it takes a while)
 StepHook = Callable[[dict[str, np.ndarray]], None]
 EpisodeHook = Callable[[int, float, int], None]   # (env index, return, length)
 
@@ -226,6 +227,9 @@ class Collector:
         self.history.load_state_dict(state["history"])
         if saved is None:
             return
+        if len(self.history) * self.num_envs >= ANNOUNCED_REPLAY:
+            print(f"resume: stepping the envs through their {len(self.history) * self.num_envs:,} recorded steps "
+                  "to restore them", file=sys.stderr, flush=True)
         obs = self.history.replay(self.env)
         if obs is None or not _same_obs(obs, saved):
             print("resume: the env did not return to its saved state when replayed with the same seed and actions "
