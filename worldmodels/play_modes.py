@@ -118,7 +118,7 @@ def _limit_reached(session: Session, steps: int) -> bool:
 def agent_env(session: Session, screen: Screen, log: Log = print) -> list[float]:
     """The agent plays ``session.episodes`` episodes in the real env (the shared
     :class:`~worldmodels.rl.collector.Collector` steps it); returns their returns."""
-    collector, returns = Collector(session.env), []
+    collector, returns = Collector(session.env, replayable=False), []
     mode = "greedy" if session.temperature <= 0 else "sample"
     kwargs = {} if mode == "greedy" else {"temperature": session.temperature}
     for episode in range(1, session.episodes + 1):

@@ -77,7 +77,7 @@ def record_episodes(env: VectorEnv, policy: Policy | Agent | None, num_episodes:
     from tqdm.auto import tqdm
 
     agent = PolicyAgent(policy, env) if callable(policy) and not isinstance(policy, Agent) else policy
-    collector = Collector(env, seed=seed)
+    collector = Collector(env, seed=seed, replayable=False)
     writer = EpisodeWriter(out_dir, env.num_envs, limit=num_episodes)
     collector.on_step.append(writer)
     with tqdm(total=num_episodes, desc="episodes", unit="ep", disable=not progress) as bar:

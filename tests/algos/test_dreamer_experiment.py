@@ -129,8 +129,10 @@ def test_state_dict_round_trip_reloads_the_replay_from_disk(tmp_path):
     expected, got = data.replay.sample(3, 8), resumed.replay.sample(3, 8)
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key])
+    assert resumed.collector.restored          # the env replayed back into its episode
+    np.testing.assert_array_equal(resumed.collector.last_obs["vector"], data.collector.last_obs["vector"])
     before = resumed.env_steps
-    resumed.next_batch()  # starts new episodes, no second prefill
+    resumed.next_batch()  # no second prefill
     assert resumed.env_steps - before < 40
 
 

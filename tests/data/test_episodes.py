@@ -13,6 +13,7 @@ from worldmodels.data.episodes import (
     REQUIRED_KEYS,
     EpisodeBuilder,
     EpisodeError,
+    EpisodeWriter,
     episode_name,
     list_episodes,
     load_episode,
@@ -291,3 +292,25 @@ def test_builder_copies_steps_and_checks_shapes():
         builder.add({**fake_step(2, [False, False], [False, False]), "obs": np.zeros((3, 1))})
     with pytest.raises(ValueError, match="num_envs must be a positive integer, got 0"):
         EpisodeBuilder(0)
+
+
+def test_a_resumed_writer_continues_an_episode_and_deletes_files_written_after_the_checkpoint(tmp_path):
+    writer = EpisodeWriter(tmp_path, 2)
+    for t, (ends, starts) in enumerate([([False, False], [True, True]), ([True, False], [False, False]),
+                                        ([False, False], [True, False])]):
+        writer(fake_step(t, ends, starts))
+    state = writer.state_dict()                                  # env 0 wrote one episode; the checkpoint
+    writer(fake_step(3, [True, True], [False, False]))           # written after it, by a run then killed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000-2.npz", "000001-2.npz", "000002-4.npz"]
+
+    resumed = EpisodeWriter(tmp_path, 2)
+    resumed.load_state_dict(state)
+    assert [p.name for p in tmp_path.iterdir()] == ["000000-2.npz"]
+    resumed.builder.restore(0, {k: v[:1] for k, v in fake_step(2, [False, False], [True, False]).items()})
+    resumed.builder.skip_to_next_episode(1)                      # its first steps are not known
+    resumed(fake_step(3, [True, True], [False, False]))
+    resumed(fake_step(4, [False, False], [True, True]))
+    resumed(fake_step(5, [False, True], [False, False]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000-2.npz", "000001-2.npz", "000002-2.npz"]
+    np.testing.assert_array_equal(load_episode(tmp_path / "000001-2.npz")["obs"][:, 0], [2, 3])
+    np.testing.assert_array_equal(load_episode(tmp_path / "000002-2.npz")["obs"][:, 0], [104, 105])

@@ -122,3 +122,92 @@ def test_evaluator_with_a_torch_agent_in_greedy_mode():
 
     result = EpisodeEvaluator(CountingEnv(lengths=(2, 2)), episodes=4).run(TorchAgent())
     assert (result.lengths == 2).all()
+
+
+def record_steps(collector, calls, agent=None):
+    got = []
+    collector.on_step[:] = [got.append]
+    collector.collect(calls * collector.num_envs, agent)
+    return got
+
+
+def assert_same_steps(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_restored_collector_continues_the_same_episodes_with_the_same_policy_state():
+    a = Collector(CountingEnv(lengths=(5, 7)), seed=3)
+    record_steps(a, 3)                        # uniform random actions
+    a.reset()                                 # a reset in the middle of the history is replayed too
+    record_steps(a, 4, ConstantAgent(1))
+    state = a.state_dict()
+    assert not (a.last_obs["is_first"] | a.last_obs["is_last"]).any()   # both envs are inside an episode
+    expected = record_steps(a, 6, ConstantAgent(1))
+
+    b = Collector(CountingEnv(lengths=(5, 7)), seed=0)
+    seen = []
+    b.on_step.append(seen.append)
+    b.load_state_dict(state)
+    assert b.restored and seen == [] and b.env.steps == 7      # the env was stepped, the hooks were not called
+    assert b.env_steps == a.env_steps - 12
+    agent = ConstantAgent(1)
+    got = record_steps(b, 6, agent)
+    assert_same_steps(got, expected)
+    np.testing.assert_array_equal(b._state, a._state)          # the saved policy state, carried on
+
+
+def test_an_env_that_does_not_come_back_is_reported_in_one_line(capsys):
+    a = Collector(CountingEnv(lengths=(4, 7)), seed=3)
+    record_steps(a, 5)
+    b = Collector(CountingEnv(lengths=(5, 9)), seed=3)           # built differently
+    b.load_state_dict(a.state_dict())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not b.restored and len(err) == 1 and err[0].startswith("resume: the env did not return to its saved state")
+    assert record_steps(b, 1)[0]["is_first"].all()               # new episodes start
+    c = Collector(CountingEnv(lengths=(4, 7, 9)), seed=3)       # resumed with another env.num_envs
+    c.load_state_dict(a.state_dict())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not c.restored and err == ["resume: the run had 2 envs, now 3; they start new episodes"]
+    assert c.env.steps == 0 and len(c.history) == 0 and record_steps(c, 1)[0]["is_first"].all()
+
+
+def test_gymnasium_cartpole_comes_back_after_resets_and_episodes_that_ended():
+    from worldmodels.envs.factory import EnvSpec, make_env
+
+    spec = EnvSpec("classic", "cartpole", num_envs=2, seed=5, backend="gymnasium")
+    a = Collector(make_env(spec), seed=1)
+    history = record_steps(a, 80)
+    assert sum(int(s["is_last"].sum()) for s in history) >= 4    # several episodes ended and were reset
+    state = a.state_dict()
+    expected = record_steps(a, 30)
+    b = Collector(make_env(spec), seed=1)
+    b.load_state_dict(state)
+    assert b.restored
+    assert_same_steps(record_steps(b, 30), expected)
+    a.close()
+    b.close()
+
+
+def test_an_env_known_not_to_be_deterministic_is_not_replayed(capsys):
+    a = Collector(CountingEnv(), seed=3)
+    record_steps(a, 5)
+    env = CountingEnv()
+    env.deterministic = False
+    b = Collector(env, seed=3)
+    b.load_state_dict(a.state_dict())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not b.restored and env.steps == 0 and len(err) == 1 and "not deterministic given its seed" in err[0]
+
+
+def test_crafter_is_marked_not_deterministic():
+    pytest.importorskip("crafter")
+    from worldmodels.envs.factory import EnvSpec, make_env
+
+    with make_env(EnvSpec("crafter", "reward", num_envs=1, seed=0)) as env:
+        assert env.deterministic is False
+    with make_env(EnvSpec("classic", "cartpole", num_envs=1, seed=0, backend="gymnasium")) as env:
+        assert env.deterministic is True

@@ -190,3 +190,30 @@ def test_an_online_replay_on_disk_keeps_its_arrays_in_memory_maps(tmp_path):
     assert isinstance(data.replay._arrays["vector"], np.memmap)
     assert (tmp_path / "replay_store" / "vector.npy").is_file() and batch["vector"].shape == (2, 4, 3)
     data.close()
+
+
+def test_snapshots_keep_the_one_the_last_checkpoint_names_and_a_resume_drops_later_ones(tmp_path):
+    replay = Replay(100, seed=0)
+    fill(replay, [4])
+    kept = replay.snapshot(tmp_path, 5)                          # last.pt at update 5
+    for tag in (6, 7, 8):                                        # best.pt at later evaluations
+        fill(replay, [2], start=10 * tag)
+        replay.snapshot(tmp_path, tag, protect=kept)
+    names = sorted(p.name for p in tmp_path.glob("replay_*.npz"))
+    assert names == ["replay_000000005.npz", "replay_000000007.npz", "replay_000000008.npz"]
+    Replay.drop_snapshots_after(tmp_path, 5)                     # a killed run resumed from update 5
+    assert sorted(p.name for p in tmp_path.glob("replay_*.npz")) == ["replay_000000005.npz"]
+    restored = Replay(100, seed=0)
+    restored.load(tmp_path / kept)
+    assert restored.num_steps == 4
+
+
+def test_open_episode_gives_an_unfinished_episode_from_its_first_step():
+    replay = Replay(6, seed=0)
+    fill(replay, [2, 3], finish_last=False)
+    np.testing.assert_array_equal(replay.open_episode(0)["reward"], [2, 3, 4])
+    assert replay.open_episode(1) is None                        # no such env
+    replay.add(step([5], [False], [True]))
+    assert replay.open_episode(0) is None                        # it ended
+    fill(replay, [7], start=10, finish_last=False)               # outgrows the capacity of 6 steps
+    assert replay.open_episode(0) is None                        # its first step was overwritten

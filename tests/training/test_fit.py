@@ -124,3 +124,49 @@ def test_nan_before_the_first_checkpoint_says_none_exists(tiny_config, tmp_path)
 def test_unknown_best_metric_is_reported(tiny_config, tmp_path):
     with pytest.raises(KeyError, match="eval/accuracy.*eval/loss"):
         fit(tiny_config("train.max_steps=4", "train.best_metric=eval/accuracy"), FACTORIES, tmp_path)
+
+
+class Noisy(nn.Module):
+    """Its loss draws from the global torch RNG, so it records every draw made before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def compute_loss(self, batch):
+        return (self.w * torch.rand(1)).square().sum(), {}
+
+
+class DrawingEval(Evaluator):
+    """Draws a varying amount from every global RNG, as an agent's evaluation episodes do."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def evaluate(self, model):
+        import random
+
+        import numpy as np
+
+        self.calls += 1
+        torch.rand(self.calls * 7)
+        np.random.rand(self.calls)
+        random.random()
+        return {"eval/loss": 0.0}
+
+    def write_media(self, model, directory, step):
+        torch.rand(3)
+        return []
+
+
+def test_evaluation_does_not_shift_the_training_rng(tiny_config, tmp_path):
+    """An evaluator that starts afresh on resume (its draws differ from the uninterrupted
+    run's) must not change what training draws: evaluation runs on a copy of the RNG state."""
+    losses = {}
+    for every in (1, 100):
+        factories = Factories(model=lambda cfg: Noisy(), data=lambda cfg, device: Counter(),
+                              evaluator=lambda cfg, device: DrawingEval())
+        cfg = tiny_config("train.max_steps=6", f"train.eval_every={every}", "train.best_metric=eval/loss")
+        fit(cfg, factories, tmp_path / str(every))
+        losses[every] = train_losses(tmp_path / str(every))
+    assert len(losses[1]) == 6 and losses[1] == losses[100]

@@ -299,6 +299,7 @@ class EpisodeBuilder:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         self.num_envs = int(num_envs)
         self._steps: list[list[dict[str, np.ndarray]]] = [[] for _ in range(self.num_envs)]
+        self._skipping: set[int] = set()
 
     @property
     def pending_lengths(self) -> list[int]:
@@ -309,6 +310,19 @@ class EpisodeBuilder:
         """Drop the unfinished episode of ``env_index`` (every env when None)."""
         for i in range(self.num_envs) if env_index is None else [env_index]:
             self._steps[i] = []
+
+    def restore(self, env_index: int, steps: Mapping[str, np.ndarray]) -> None:
+        """Make ``steps`` (``{key: [T, ...]}``, from its first step on) the unfinished
+        episode of ``env_index`` (a resumed run continuing an episode)."""
+        count = len(steps["is_last"])
+        self._steps[env_index] = [{key: np.array(value[t]) for key, value in steps.items()} for t in range(count)]
+        self._skipping.discard(env_index)
+
+    def skip_to_next_episode(self, env_index: int) -> None:
+        """Leave out the steps of ``env_index`` until one with ``is_first`` (a resumed run
+        continuing an episode whose first steps are no longer known)."""
+        self._steps[env_index] = []
+        self._skipping.add(env_index)
 
     def add(self, step: Mapping[str, np.ndarray]) -> list[tuple[int, dict[str, np.ndarray]]]:
         """Append step ``i`` of every env; returns ``[(env_index, episode), ...]`` for envs whose ``is_last`` is True.
@@ -325,6 +339,10 @@ class EpisodeBuilder:
                 raise ValueError(f"step[{key!r}] must have leading dim num_envs={self.num_envs}, got {array.shape}")
         finished = []
         for i in range(self.num_envs):
+            if i in self._skipping:
+                if not bool(arrays["is_first"][i]):
+                    continue
+                self._skipping.discard(i)
             entry = {key: np.array(array[i]) for key, array in arrays.items()}
             if self._steps[i] and entry.keys() != self._steps[i][0].keys():
                 raise ValueError(f"env {i}: step keys {sorted(entry)} differ from earlier steps' "
@@ -354,6 +372,19 @@ class EpisodeWriter:
     def done(self) -> bool:
         return self.limit is not None and len(self.paths) >= self.limit
 
+    def state_dict(self) -> dict[str, int]:
+        """The index the next episode file gets."""
+        return {"next_index": self._first + len(self.paths)}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Continue numbering at the saved index; episode files numbered from there on
+        (written after the checkpoint by a run that was then killed) are deleted, since
+        the resumed run writes its own."""
+        self._first, self.paths = int(state["next_index"]), []
+        for index, path in episode_files_by_index(self.directory):
+            if index >= self._first:
+                path.unlink(missing_ok=True)
+
     def __call__(self, step: Mapping[str, np.ndarray]) -> None:
         for _, episode in self.builder.add(step):
             if self.done:
@@ -362,12 +393,16 @@ class EpisodeWriter:
             self.paths.append(save_episode(self.directory / name, episode))
 
 
-def next_episode_index(directory: str | os.PathLike) -> int:
-    """One past the highest ``{index:06d}-{T}.npz`` index in ``directory`` (0 if none)."""
+def episode_files_by_index(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(index, path)`` of every ``{index:06d}-{T}.npz`` file in ``directory``."""
     import re
 
     directory = Path(directory)
     if not directory.is_dir():
-        return 0
-    found = [int(m.group(1)) for p in directory.iterdir() if (m := re.fullmatch(r"(\d{6})-\d+\.npz", p.name))]
-    return max(found, default=-1) + 1
+        return []
+    return [(int(m.group(1)), p) for p in directory.iterdir() if (m := re.fullmatch(r"(\d{6})-\d+\.npz", p.name))]
+
+
+def next_episode_index(directory: str | os.PathLike) -> int:
+    """One past the highest ``{index:06d}-{T}.npz`` index in ``directory`` (0 if none)."""
+    return max((index for index, _ in episode_files_by_index(directory)), default=-1) + 1

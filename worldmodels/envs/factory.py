@@ -299,7 +299,9 @@ def make_env(spec: EnvSpec) -> VectorEnv:
     if backend == "envpool":
         return EnvpoolVectorEnv(spec, envpool_id, envpool)
     if spec.suite == "crafter":
-        return GymnasiumVectorEnv(_crafter_envs(spec), spec.seed)
+        env = GymnasiumVectorEnv(_crafter_envs(spec), spec.seed)
+        env.deterministic = False   # objects in sets, iterated in address order: one seed, two worlds after ~90 steps
+        return env
     repeat = 1 if spec.suite == "atari" else spec.action_repeat  # AtariPreprocessing skips frames
     image_size = spec.size if spec.render_image else None
     return GymnasiumVectorEnv(_gymnasium_envs(spec, gym_id), spec.seed, repeat, image_size)

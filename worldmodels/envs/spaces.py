@@ -143,12 +143,15 @@ class VectorEnv:
     """``num_envs`` environments behind one batched, autoresetting interface.
 
     Attributes: ``num_envs``; ``obs_space`` (key -> per-env ``(shape, dtype)``, including
-    ``reward`` float32 ``()`` and the bool ``()`` flags); ``act_space`` (:class:`ActionSpace`).
+    ``reward`` float32 ``()`` and the bool ``()`` flags); ``act_space`` (:class:`ActionSpace`);
+    ``deterministic``: a fresh env with the same seed stepped with the same actions gives
+    the same observations (a resumed run replays the env's history to restore it).
     """
 
     num_envs: int
     obs_space: ObsSpace
     act_space: ActionSpace
+    deterministic: bool = True
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset every env: observations, reward 0, ``is_first`` True, other flags False."""

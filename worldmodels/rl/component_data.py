@@ -35,6 +35,7 @@ from ..envs.spaces import EnvSpaces, VectorEnv
 from ..training.contract import TrainData
 from .collector import Collector
 from .replay import Replay
+from .resume import online_state, restore_online_state
 from .selectors import Selector, make_selector
 
 FRAME_KEYS = ("observations", "actions", "rewards", "ends", "mask_padding")
@@ -115,6 +116,9 @@ class ComponentData(TrainData):
         self.collector.on_step.append(self.replay.add)
         self.model: Any = None
         self.run_dir: Path | None = None
+        self.writer: EpisodeWriter | None = None
+        self._snapshot: str | None = None       # the replay snapshot of the latest state_dict
+        self._kept: str | None = None           # the one last.pt names
         self.updates = 0
         self.on_disk = bool(on_disk)
 
@@ -127,7 +131,8 @@ class ComponentData(TrainData):
         finished episode in ``<run_dir>/episodes`` (one npz each)."""
         self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
         if self.run_dir is not None:
-            self.collector.on_step.append(EpisodeWriter(self.run_dir / "episodes", self.num_envs))
+            self.writer = EpisodeWriter(self.run_dir / "episodes", self.num_envs)
+            self.collector.on_step.append(self.writer)
             if self.on_disk:
                 self.replay.store_on_disk(self.run_dir / "replay_store")
 
@@ -192,21 +197,27 @@ class ComponentData(TrainData):
         return {**self.collector.metrics(), "collect/replay_steps": float(self.replay.num_steps)}
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, RNGs, the selectors' counts, and the name of the replay snapshot
-        written now under ``<run_dir>/replay`` (when bound to a run directory)."""
-        state = {"updates": self.updates, "collector": self.collector.state_dict(), "replay": self.replay.state_dict()}
-        if self.run_dir is not None:
-            state["replay_file"] = self.replay.snapshot(self.run_dir / "replay", self.updates)
-        return state
+        """The update counter and what :func:`~worldmodels.rl.resume.online_state` saves
+        (RNGs, the selectors' counts, the env's history, and the name of the replay
+        snapshot written now under ``<run_dir>/replay`` when bound to a run directory)."""
+        return {"updates": self.updates,
+                **self._online_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`: the replay as it was at the checkpoint; the envs start
-        new episodes (their state cannot be restored)."""
-        if state.get("replay_file") and self.run_dir is not None:
-            self.replay.load(self.run_dir / "replay" / state["replay_file"])
-        self.replay.load_state_dict(state["replay"])
-        self.collector.load_state_dict(state["collector"])
+        """Restore :meth:`state_dict`: the replay as it was at the checkpoint, the envs
+        where they were (replayed; see :mod:`worldmodels.rl.resume`)."""
+        restore_online_state(state, self.collector, self.replay, self.writer, self.run_dir, int(state["updates"]))
+        self._kept = state.get("replay_file")
         self.updates = int(state["updates"])
+
+    def _online_state(self) -> dict[str, Any]:
+        state = online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates, self._kept)
+        self._snapshot = state.get("replay_file")
+        return state
+
+    def checkpoint_saved(self) -> None:
+        """Keep the replay snapshot ``last.pt`` now names until the next checkpoint."""
+        self._kept = self._snapshot
 
     def close(self) -> None:
         self.collector.close()

@@ -70,7 +70,7 @@ class EpisodeEvaluator:
                  record_steps: int = 1000, seed: int = 0, **policy_kwargs: Any):
         if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
             raise ValueError(f"evaluation episodes must be an integer >= 1, got {episodes!r}.")
-        self.collector = Collector(env, seed=seed)
+        self.collector = Collector(env, seed=seed, replayable=False)
         self.episodes, self.mode = int(episodes), check_mode(mode)
         self.record_envs, self.record_steps = min(int(record_envs), env.num_envs), int(record_steps)
         self.policy_kwargs = policy_kwargs

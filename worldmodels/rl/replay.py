@@ -347,17 +347,34 @@ class Replay:
             raise
         return path
 
-    def snapshot(self, directory: str | os.PathLike, tag: int, keep: int = 2) -> str:
+    def snapshot(self, directory: str | os.PathLike, tag: int, keep: int = 2, protect: str | None = None) -> str:
         """Save to ``<directory>/replay_<tag>.npz`` (once per tag) and delete all but the
-        newest ``keep`` snapshots; returns the file name (for a checkpoint to refer to)."""
+        newest ``keep`` snapshots and ``protect`` (the one the last checkpoint names);
+        returns the file name (for a checkpoint to refer to)."""
         directory = Path(directory)
         name = f"replay_{int(tag):09d}.npz"
         if not (directory / name).is_file():
             self.save(directory / name)
         for old in sorted(directory.glob("replay_*.npz"))[:-keep]:
-            if old.name != name:
+            if old.name not in (name, protect):
                 old.unlink(missing_ok=True)
         return name
+
+    @staticmethod
+    def drop_snapshots_after(directory: str | os.PathLike, tag: int) -> None:
+        """Delete the snapshots in ``directory`` tagged after ``tag`` (written past the
+        checkpoint a run resumes from, by a run that was then killed)."""
+        for path in Path(directory).glob("replay_*.npz"):
+            if path.stem[len("replay_"):].isdigit() and int(path.stem[len("replay_"):]) > int(tag):
+                path.unlink(missing_ok=True)
+
+    def open_episode(self, worker: int) -> dict[str, np.ndarray] | None:
+        """The steps ``{key: [T, ...]}`` of ``worker``'s unfinished episode, from its first
+        step on; None when it has none or its first steps were overwritten."""
+        episode = self._episodes.get(self._current.get(worker, -1))
+        if episode is None or episode.done or episode.first > 0 or self._arrays is None:
+            return None
+        return {key: np.array(array[episode.slots]) for key, array in self._arrays.items()}
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the contents with those :meth:`save` wrote to ``path``."""

@@ -12,7 +12,8 @@ default that does nothing. The loop calls, in order:
 3. per log step ``data.log_metrics()``, logged with the training metrics;
 4. per evaluation ``evaluator.evaluate(model)`` and, on a new best,
    ``evaluator.write_media(model, media_dir, step)``;
-5. per checkpoint ``data.state_dict()`` (restored with ``load_state_dict``);
+5. per checkpoint ``data.state_dict()`` (restored with ``load_state_dict``), and once
+   ``last.pt`` holds it, ``data.checkpoint_saved()``;
 6. at the end, also after an error or Ctrl-C, ``data.close()`` and ``evaluator.close()``.
 
 A model made of named parts lists them with ``components()`` (:class:`HasComponents`);
@@ -52,6 +53,10 @@ class TrainData:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+    def checkpoint_saved(self) -> None:
+        """``checkpoints/last.pt`` now holds the latest :meth:`state_dict` (``best.pt``
+        takes one too): files that state names must be kept until the next checkpoint."""
 
     def close(self) -> None:
         """Release envs, files, workers."""

@@ -9,9 +9,10 @@ RNG, the step and the data position are restored.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,7 @@ def _checkpoint(cfg: DictConfig, run: Run, ckpt_dir: Path) -> None:
     ``train.snapshot_every`` steps) for models made of components."""
     state = run.state_dict(cfg)
     save_checkpoint(ckpt_dir / "last.pt", state)
+    run.data.checkpoint_saved()
     run.saved_step = run.step
     every = cfg.train.get("snapshot_every")
     snapshot = bool(every) and run.step % int(every) == 0
@@ -244,9 +246,12 @@ def _train_metrics(result: StepResult, steps_per_second: float) -> dict[str, flo
 
 
 def _evaluate(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, media_dir: Path) -> None:
-    """Held-out metrics; on a new best, ``best.pt`` and fresh media."""
+    """Held-out metrics; on a new best, ``best.pt`` and fresh media. Evaluation draws
+    from the global RNGs on a copy of their state: training continues with the draws it
+    would have had without it, so a resumed run, whose evaluator starts afresh, still
+    trains exactly as the uninterrupted one."""
     run.model.eval()
-    with torch.no_grad(), nvtx_range("evaluate"), run.precision.autocast():
+    with _rng_untouched(), torch.no_grad(), nvtx_range("evaluate"), run.precision.autocast():
         metrics = run.evaluator.evaluate(run.model)
     key = str(cfg.train.best_metric)
     if key not in metrics:
@@ -255,7 +260,17 @@ def _evaluate(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, 
     if metrics[key] < run.best:
         run.best = float(metrics[key])
         save_checkpoint(ckpt_dir / "best.pt", run.state_dict(cfg))
-    with torch.no_grad():
+    with _rng_untouched(), torch.no_grad():
         for path in run.evaluator.write_media(run.model, media_dir, run.step):
             logger.log_image(run.step, f"media/{path.stem.rsplit('_step', 1)[0]}", path)
     run.model.train()
+
+
+@contextlib.contextmanager
+def _rng_untouched() -> Iterator[None]:
+    """Run the block, then put every global RNG back as it was before it."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)

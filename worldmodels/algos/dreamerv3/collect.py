@@ -17,8 +17,8 @@ continuous ones, rescaled to the env's bounds only when stepping).
 
 Finished episodes are also written to ``<run dir>/episodes/`` (a record for ``play``
 and offline training). Checkpoints save the replay's exact contents
-(``<run dir>/replay/replay_<update>.npz``) and every RNG, so a resumed run samples what the uninterrupted one would have; the
-envs themselves cannot be snapshotted and start new episodes after a resume.
+(``<run dir>/replay/replay_<update>.npz``) and every RNG, and the envs' history, from which a resume rebuilds their state, so a
+resumed run continues as the uninterrupted one would have (:mod:`worldmodels.rl.resume`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ...envs.factory import VectorEnv, make_env, spec_from_config
 from ...rl.actions import onehot, random_policy, stored_action, to_env_action  # noqa: F401  (re-exported)
 from ...rl.collector import Collector
 from ...rl.replay import Replay
+from ...rl.resume import online_state, restore_online_state
 from ...rl.selectors import make_selector
 from ...training.contract import TrainData
 
@@ -73,6 +74,9 @@ class OnlineData(TrainData):
         self.collector.on_step.append(self.replay.add)
         self.model: Any = None
         self.run_dir: Path | None = None
+        self.writer: EpisodeWriter | None = None
+        self._snapshot: str | None = None       # the replay snapshot of the latest state_dict
+        self._kept: str | None = None           # the one last.pt names
         self.updates = 0
         self.owed = 0.0          # env steps owed to the train ratio, carried between updates
         self.prefilled = False
@@ -104,7 +108,8 @@ class OnlineData(TrainData):
         finished episode in ``<run_dir>/episodes`` (one npz each)."""
         self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
         if self.run_dir is not None:
-            self.collector.on_step.append(EpisodeWriter(self.run_dir / "episodes", self.num_envs))
+            self.writer = EpisodeWriter(self.run_dir / "episodes", self.num_envs)
+            self.collector.on_step.append(self.writer)
             if self.on_disk:
                 self.replay.store_on_disk(self.run_dir / "replay_store")
 
@@ -131,23 +136,28 @@ class OnlineData(TrainData):
         return {**self.collector.metrics(), "collect/replay_steps": float(self.replay.num_steps)}
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, the carried fraction, every RNG and (bound to a run directory) the
-        name of the replay snapshot written now."""
-        state = {"updates": self.updates, "owed": self.owed, "prefilled": self.prefilled,
-                 "collector": self.collector.state_dict(), "replay": self.replay.state_dict()}
-        if self.run_dir is not None:
-            state["replay_file"] = self.replay.snapshot(self.run_dir / "replay", self.updates)
-        return state
+        """Counters, the carried fraction, and what :func:`~worldmodels.rl.resume.online_state`
+        saves (every RNG, the env's history, and, bound to a run directory, the name of the
+        replay snapshot written now)."""
+        return {"updates": self.updates, "owed": self.owed, "prefilled": self.prefilled,
+                **self._online_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`: the replay as it was at the checkpoint; the envs
-        start new episodes at the next collection."""
-        if state.get("replay_file") and self.run_dir is not None:
-            self.replay.load(self.run_dir / "replay" / state["replay_file"])
-        self.replay.load_state_dict(state["replay"])
-        self.collector.load_state_dict(state["collector"])
+        """Restore :meth:`state_dict`: the replay as it was at the checkpoint, the envs
+        where they were (replayed; see :mod:`worldmodels.rl.resume`)."""
+        restore_online_state(state, self.collector, self.replay, self.writer, self.run_dir, int(state["updates"]))
+        self._kept = state.get("replay_file")
         self.updates, self.owed = int(state["updates"]), float(state["owed"])
         self.prefilled = bool(state["prefilled"]) and self.replay.can_sample(self.batch_length)
+
+    def _online_state(self) -> dict[str, Any]:
+        state = online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates, self._kept)
+        self._snapshot = state.get("replay_file")
+        return state
+
+    def checkpoint_saved(self) -> None:
+        """Keep the replay snapshot ``last.pt`` now names until the next checkpoint."""
+        self._kept = self._snapshot
 
     def close(self) -> None:
         self.collector.close()
