@@ -1,6 +1,7 @@
 """VTA through the trainer and the visualisation command."""
 
 import csv
+import math
 import subprocess
 import sys
 
@@ -103,7 +104,8 @@ def test_control_run_trains_on_the_true_events(config_from, smoke_overrides, tmp
     fit(cfg, FACTORIES, tmp_path)
     with (tmp_path / "metrics.csv").open(newline="") as handle:
         evals = [r for r in csv.DictReader(handle) if r.get("eval/boundary_f1")]
-    assert len(evals) == 2 and all(float(r["eval/loss"]) > 0 for r in evals)
+    assert len(evals) == 2 and all(math.isfinite(float(r["eval/loss"])) for r in evals)  # a Gaussian NLL may be < 0
+    assert all(float(r["eval/boundary_rate"]) > 0 for r in evals)
 
 
 @pytest.mark.parametrize("grad", ["st", "disarm"])
