@@ -326,3 +326,21 @@ def test_foreground_error_tells_colour_from_gray():
     gray[..., :, 2:5, 2:5] = 0.5                   # in the right place, in the average colour
     assert foreground_error(gray, truth) == pytest.approx(0.5)
     assert foreground_error(torch.zeros_like(truth), torch.zeros_like(truth)) == 0.0
+
+
+def test_logit_decay_adds_the_mean_squared_log_odds_and_pulls_them_to_zero():
+    batch = {"frames": frames()}
+    plain, decayed = make(), make(logit_decay=0.5)
+    decayed.load_state_dict(plain.state_dict())
+    torch.manual_seed(3)
+    base, _ = plain.compute_loss(batch)
+    torch.manual_seed(3)
+    loss, metrics = decayed.compute_loss(batch)
+    logits = decayed.hrssm.boundary_logits(decayed.embed(batch["frames"]), torch.zeros(3, 12, 0))[:, 2:10]
+    expected = 0.5 * logits[:, 1:].square().mean()
+    torch.testing.assert_close(loss - base, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(metrics["train/logit_decay"], expected.detach(), rtol=1e-4, atol=1e-5)
+    (bias_grad,) = torch.autograd.grad(expected, decayed.hrssm.post_boundary.out.bias)
+    assert bias_grad.sign().item() == logits[:, 1:].mean().sign().item()   # descending it moves the log-odds to 0
+    with pytest.raises(ValueError, match="logit_decay=-1"):
+        VTAConfig(logit_decay=-1)

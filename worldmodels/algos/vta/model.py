@@ -57,6 +57,7 @@ class VTAConfig:
     abs_free_nats: float = 0.0   # training only: KL_abs below this many nats per boundary is free
     mask_kl_balance: float | None = None  # training only: weight of KL(sg(q) || p) in KL_mask (rest on q)
     boundary_warmup: int = 0     # training steps before the detector is trained (see boundary_warmup_mode)
+    logit_decay: float = 0.0     # training only: + logit_decay * mean(detector log-odds^2), a pull towards 0 that keeps a gradient
     boundary_warmup_mode: str = "frozen"  # frozen: the detector's initial draws, out of the gradient | forced: only the boundaries seg_len/seg_num force
     boundary_source: str = "learned"  # learned | events (ground truth) | random (at the events' rate)
     detector_norm: str = "group"  # group | none: normalised hidden layers of the boundary detector
@@ -78,6 +79,8 @@ class VTAConfig:
             raise ValueError("mask_beta, min_beta, max_beta and obs_std must be > 0 and beta_anneal >= 0.")
         if self.mask_kl_balance is not None and not 0 <= self.mask_kl_balance <= 1:
             raise ValueError(f"mask_kl_balance={self.mask_kl_balance} must be None or in [0, 1].")
+        if self.logit_decay < 0:
+            raise ValueError(f"logit_decay={self.logit_decay} must be >= 0.")
         if self.abs_free_nats < 0:
             raise ValueError(f"abs_free_nats={self.abs_free_nats} must be >= 0.")
 
@@ -250,9 +253,15 @@ class VTA(nn.Module):
             actions = frames.new_zeros(*frames.shape[:2], 0)
         beta = self.mask_beta()
         out = self(frames, actions, c.seq_size, c.init_size, c.obs_std, c.loss_type, events=batch.get("events"))
+        metrics = summarize(out, beta)
+        loss = out.train_loss
         if self.training:
             self.step += 1
-        return out.train_loss, summarize(out, beta)
+            if c.logit_decay > 0 and out.boundary_logits is not None and out.boundary_logits.requires_grad:
+                decay = c.logit_decay * out.boundary_logits[:, 1:].float().square().mean()
+                loss = loss + decay
+                metrics["train/logit_decay"] = decay.detach()
+        return loss, metrics
 
 
 def balanced_bernoulli_kl(q_log_probs: Tensor, p_log_probs: Tensor, balance: float) -> Tensor:
