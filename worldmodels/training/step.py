@@ -9,7 +9,7 @@ scales and accumulates gradients, clips them and steps the optimiser.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,13 +45,16 @@ def train_step(
     precision: Precision,
     scaler: torch.amp.GradScaler,
     grad_clip: float | None = None,
+    reduce_values: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepResult:
     """One optimiser update over ``micro_batches`` (gradient accumulation).
 
     The loss of each micro-batch is divided by their number, so the update equals
     that of one batch made of all of them (for mean-reduced losses). Parameter groups
     with a ``max_grad_norm`` entry are clipped to it separately first; the returned
-    ``grad_norm`` is the global norm after that.
+    ``grad_norm`` is the global norm after that. ``reduce_values`` (data-parallel runs:
+    the mean over ranks) maps the loss and metrics before they are read, so that every
+    rank sees the same loss and skips a non-finite update together.
     """
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch.")
@@ -69,7 +72,8 @@ def train_step(
             value = torch.as_tensor(value, device=loss.device).detach().float()
             metric_sums[name] = metric_sums.get(name, 0) + value
     names = list(metric_sums)
-    values = torch.stack([loss_sum] + [metric_sums[n] for n in names]).div(count).tolist()
+    values = torch.stack([loss_sum] + [metric_sums[n] for n in names]).div(count)
+    values = (values if reduce_values is None else reduce_values(values)).tolist()
     loss_value, metric_values = values[0], dict(zip(names, values[1:]))
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
