@@ -146,6 +146,23 @@ def test_torchrun_writes_one_run_directory_and_one_metrics_file(torchrun_run):
     assert done.stdout.count("done: step 4") == 1
 
 
+def train_losses(run_dir: Path) -> list[tuple[int, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(handle) if r["train/loss"]]
+
+
+def test_resume_at_the_same_world_size_continues_exactly(torchrun_run, tmp_path):
+    root, _ = torchrun_run
+    (uninterrupted,) = (root / "runs").glob("*/*")
+    stopped = torchrun(*TINY_RUN, "train.max_steps=4", "train.stop_at=2", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert stopped.stdout.count("stopped at step 2") + stopped.stderr.count("stopped at step 2") == 1
+    (run_dir,) = (tmp_path / "runs").glob("*/*")
+    resumed = torchrun(f"+resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert train_losses(run_dir) == train_losses(uninterrupted)  # every rank's data and RNGs restored
+
+
 def test_resume_at_another_world_size_is_refused(torchrun_run, monkeypatch):
     root, _ = torchrun_run
     (run_dir,) = (root / "runs").glob("*/*")

@@ -213,7 +213,8 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
                 _checkpoint(cfg, run, ckpt_dir)
             if stop_at is not None and run.step == int(stop_at):
                 _checkpoint(cfg, run, ckpt_dir)
-                bar.write(f"stopped at step {run.step} (train.stop_at); resume with +resume={ckpt_dir.parent}")
+                if distributed.is_main():
+                    bar.write(f"stopped at step {run.step} (train.stop_at); resume with +resume={ckpt_dir.parent}")
                 break
             if distributed.any_rank(stop.requested) and run.step < max_steps:
                 stop.finishing()
