@@ -202,3 +202,17 @@ def test_backend_is_nccl_on_cuda_and_gloo_on_cpu():
     assert distributed.backend_for("auto", torch.device("cuda", 0)) == "nccl"
     assert distributed.backend_for("auto", torch.device("cpu")) == "gloo"
     assert distributed.backend_for("gloo", torch.device("cuda", 0)) == "gloo"
+
+
+def test_each_rank_draws_its_own_data_stream(monkeypatch, tiny_config):
+    from worldmodels.algos.vae.experiment import build_data
+
+    cfg = tiny_config("seed=3")
+    batches = []
+    for rank in (0, 1):
+        under_torchrun(monkeypatch)
+        monkeypatch.setenv("RANK", str(rank))
+        rank_cfg = distributed.data_config(cfg)
+        assert rank_cfg.seed == 3 + rank and cfg.seed == 3  # the model and evaluator keep the seed
+        batches.append(build_data(rank_cfg, torch.device("cpu")).next_batch()["image"])
+    assert batches[0].shape == batches[1].shape and not torch.equal(batches[0], batches[1])
