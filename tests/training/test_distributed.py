@@ -46,7 +46,7 @@ def global_batch(seed: int) -> dict[str, torch.Tensor]:
 
 
 def rows(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
-    share = GLOBAL_BATCH // world_size
+    share = len(batch["image"]) // world_size
     return {key: value[rank * share:(rank + 1) * share] for key, value in batch.items()}
 
 
@@ -56,10 +56,12 @@ def new_model_and_optimizer() -> tuple[ConvVAE, torch.optim.Optimizer]:
     return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
 
 
-def one_step(trainable, model, optimizer, batch, reduce_values=None):
+def one_step(trainable, model, optimizer, batch, reduce_values=None, micro_batches=1):
     precision = resolve_precision("fp32", torch.device("cpu"))
-    return train_step(trainable, optimizer, [batch], precision=precision, scaler=precision.grad_scaler(),
-                      reduce_values=reduce_values)
+    batches = [rows(batch, index, micro_batches) if micro_batches > 1 else batch for index in range(micro_batches)]
+    defer_sync = trainable.no_sync if isinstance(trainable, distributed.DataParallel) else None
+    return train_step(trainable, optimizer, batches, precision=precision, scaler=precision.grad_scaler(),
+                      reduce_values=reduce_values, defer_sync=defer_sync)
 
 
 def free_port() -> int:
@@ -70,7 +72,8 @@ def free_port() -> int:
 
 def rank_worker(rank: int, world_size: int, port: int, out: str) -> None:
     """One step on this rank's half of a fixed batch (its gradients and the step's loss
-    saved), then :data:`UPDATES` more on data only this rank sees (its parameters saved)."""
+    saved), the same with the half split into two accumulated micro-batches, then
+    :data:`UPDATES` more on data only this rank sees (its parameters saved)."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
@@ -80,10 +83,14 @@ def rank_worker(rank: int, world_size: int, port: int, out: str) -> None:
         trainable = distributed.wrap(model, {"find_unused_parameters": False})
         result = one_step(trainable, model, optimizer, rows(global_batch(1), rank, world_size), distributed.average)
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        accum_model, accum_optimizer = new_model_and_optimizer()
+        one_step(distributed.wrap(accum_model, {}), accum_model, accum_optimizer,
+                 rows(global_batch(1), rank, world_size), distributed.average, micro_batches=2)
+        accum_grads = {name: p.grad.clone() for name, p in accum_model.named_parameters()}
         for update in range(UPDATES):
             one_step(trainable, model, optimizer, rows(global_batch(100 + 10 * update + rank), 0, 1),
                      distributed.average)
-        torch.save({"grads": grads, "loss": result.loss, "grad_norm": result.grad_norm,
+        torch.save({"grads": grads, "accum_grads": accum_grads, "loss": result.loss, "grad_norm": result.grad_norm,
                     "params": {name: p.detach().clone() for name, p in model.named_parameters()}},
                    Path(out) / f"rank{rank}.pt")
     finally:
@@ -106,6 +113,8 @@ def test_two_rank_gradients_equal_one_step_on_the_concatenated_batch(two_ranks):
         assert saved["grad_norm"] == pytest.approx(reference.grad_norm, rel=1e-4)
         for name, param in model.named_parameters():
             torch.testing.assert_close(saved["grads"][name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+            # two micro-batches per rank, all-reduced once (no_sync on the first): the same update
+            torch.testing.assert_close(saved["accum_grads"][name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_parameters_stay_identical_across_ranks(two_ranks):

@@ -123,6 +123,10 @@ class DataParallel:
     def parameters(self):
         return self.model.parameters()
 
+    def no_sync(self) -> Any:
+        """A context whose backward passes keep their gradients local (accumulation)."""
+        return self.ddp.no_sync()
+
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device

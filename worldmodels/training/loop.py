@@ -273,9 +273,11 @@ def gradient_step(run: Run) -> StepResult:
     signature and may ignore the optimiser (a gradient-free stage)."""
     with nvtx_range("data"):
         batches = [run.data.next_batch() for _ in range(run.accum_steps)]
+    trainable = run.trainable or run.model
+    defer_sync = trainable.no_sync if isinstance(trainable, distributed.DataParallel) else None
     return train_step(
-        run.trainable or run.model, run.optimizer, batches, precision=run.precision, scaler=run.scaler,
-        grad_clip=run.grad_clip, reduce_values=distributed.average,
+        trainable, run.optimizer, batches, precision=run.precision, scaler=run.scaler,
+        grad_clip=run.grad_clip, reduce_values=distributed.average, defer_sync=defer_sync,
     )
 
 

@@ -8,10 +8,11 @@ scales and accumulates gradients, clips them and steps the optimiser.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ContextManager, Protocol
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ def train_step(
     scaler: torch.amp.GradScaler,
     grad_clip: float | None = None,
     reduce_values: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    defer_sync: Callable[[], ContextManager] | None = None,
 ) -> StepResult:
     """One optimiser update over ``micro_batches`` (gradient accumulation).
 
@@ -54,7 +56,8 @@ def train_step(
     with a ``max_grad_norm`` entry are clipped to it separately first; the returned
     ``grad_norm`` is the global norm after that. ``reduce_values`` (data-parallel runs:
     the mean over ranks) maps the loss and metrics before they are read, so that every
-    rank sees the same loss and skips a non-finite update together.
+    rank sees the same loss and skips a non-finite update together. ``defer_sync`` (DDP's
+    ``no_sync``) holds back the gradient all-reduce for every micro-batch but the last.
     """
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch.")
@@ -62,11 +65,13 @@ def train_step(
     count = len(micro_batches)
     loss_sum = torch.zeros(())
     metric_sums: dict[str, torch.Tensor] = {}
-    for batch in micro_batches:
-        with nvtx_range("forward"), precision.autocast():
-            loss, metrics = component.compute_loss(batch)
-        with nvtx_range("backward"):
-            scaler.scale(loss / count).backward()
+    for index, batch in enumerate(micro_batches):
+        deferred = defer_sync() if defer_sync is not None and index < count - 1 else contextlib.nullcontext()
+        with deferred:
+            with nvtx_range("forward"), precision.autocast():
+                loss, metrics = component.compute_loss(batch)
+            with nvtx_range("backward"):
+                scaler.scale(loss / count).backward()
         loss_sum = loss_sum.to(loss.device) + loss.detach().float()
         for name, value in metrics.items():
             value = torch.as_tensor(value, device=loss.device).detach().float()
