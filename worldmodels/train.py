@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -21,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .algos import registry
 from .envs.factory import backend_name, spec_from_config
 from .errors import INTERRUPTED, WorldModelsError
+from .training import distributed
 from .training.config_check import check_config
 from .training.interrupt import TrainingInterrupted
 from .training.loop import Factories, fit
 from .training.overrides import compose_overrides, config_for_resume
+from .training.precision import resolve_device
 from .training.rundir import best_summary, discard_failed_start, hydra_subdir, write_resolved_config
 from .training.validation import ConfigError
 
@@ -61,11 +64,26 @@ def prepare(cfg: DictConfig) -> DictConfig:
     """``cfg`` checked (:class:`ConfigError` on a bad setting) with the env backend the run
     will use recorded as ``env.backend_used``."""
     check_config(cfg)
+    record_world_size(cfg)
     backend = env_backend(cfg)
     if backend is not None:
         with open_dict(cfg):
             cfg.env.backend_used = backend
     return cfg
+
+
+def record_world_size(cfg: DictConfig) -> None:
+    """Refuse what cannot run data-parallel under torchrun (a family without the generic
+    step, a resume at another world size), then write the number of processes and the
+    global batch (``batch_size x accum_steps x world_size``) into ``train.distributed``."""
+    recorded = OmegaConf.select(cfg, "train.distributed.world_size")
+    problem = distributed.refusal(str(cfg.algo.name), registry.data_parallel_names(), recorded)
+    if problem:
+        raise ConfigError(problem)
+    world_size = distributed.placement().world_size
+    global_batch = int(cfg.train.batch_size) * int(cfg.train.accum_steps) * world_size
+    OmegaConf.update(cfg, "train.distributed.world_size", world_size, force_add=True)
+    OmegaConf.update(cfg, "train.distributed.global_batch_size", global_batch, force_add=True)
 
 
 @hydra.main(version_base=None, config_path="pkg://worldmodels.configs", config_name="config")
@@ -96,13 +114,14 @@ def run(cfg: DictConfig) -> dict:
         if resume:
             cfg = config_for_resume(run_dir, hydra_cfg.overrides.task)
         cfg = prepare(cfg)
-        write_resolved_config(cfg, run_dir)
+        if distributed.is_main():
+            write_resolved_config(cfg, run_dir)
         log.info(f"run directory: {run_dir}")
         if "backend_used" in cfg.get("env", {}):
             log.info(f"env backend: {cfg.env.backend_used} ({cfg.env.suite} {cfg.env.task})")
         summary = fit(cfg, factories_for(str(cfg.algo.name)), run_dir, resume=bool(resume))
     except BaseException:
-        if not resume:
+        if not resume and distributed.is_main():
             discard_failed_start(run_dir)
         raise
     log.info(
@@ -116,8 +135,13 @@ def precheck(args: list[str]) -> str | None:
     """What is wrong with the settings of this command line, in one line, or None; nothing
     is written. Hydra's own modes (``--cfg``, ``--help``, ``-m``) are left to Hydra, and
     each job of a sweep checks its settings when it starts."""
+    return checked_config(args)[1]
+
+
+def checked_config(args: list[str]) -> tuple[DictConfig | None, str | None]:
+    """The config of this command line and what is wrong with it (:func:`precheck`)."""
     if any(arg.startswith("-") for arg in args):
-        return None
+        return None, None
     overrides = [arg for arg in args if "=" in arg and not arg.lstrip("+~").startswith("hydra")]
     resume = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("resume=")), None)
     try:
@@ -125,21 +149,41 @@ def precheck(args: list[str]) -> str | None:
         if cfg is not None:
             prepare(cfg)
     except USER_ERRORS as error:
-        return str(error)
-    return None
+        return None, str(error)
+    return cfg, None
+
+
+def rank_overrides(cfg: DictConfig, args: list[str]) -> list[str]:
+    """Under torchrun: join the process group, then the Hydra overrides that give every
+    rank one run directory (rank 0's clock names it) and keep Hydra's files and
+    ``train.log`` to rank 0."""
+    device = distributed.device_for(resolve_device(str(cfg.device)))
+    where = distributed.init(cfg.train.distributed, device)
+    now = distributed.gather(datetime.now())[0]
+    extra = []
+    if not cfg.get("resume") and not any(arg.startswith("hydra.run.dir=") for arg in args):
+        extra.append(f"hydra.run.dir=${{run.root}}/{now:%Y-%m-%d}/{now:%H-%M-%S}_${{run.name}}")
+    if not where.is_main:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return extra
 
 
 def cli() -> None:
     """Check the command's settings for a one-line error, then hand over to Hydra."""
     try:
-        problem = precheck(sys.argv[1:])
+        cfg, problem = checked_config(sys.argv[1:])
         if problem:
-            print(f"error: {problem}", file=sys.stderr)
+            if distributed.is_main():  # the same line from every rank would say it N times
+                print(f"error: {problem}", file=sys.stderr)
             raise SystemExit(BAD_COMMAND)
+        if cfg is not None and distributed.placement().enabled:
+            sys.argv += rank_overrides(cfg, sys.argv[1:])
         main()
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ Each ``algo.name`` maps to where its factories live and what else the family off
 - ``visualizer``: ``python -m worldmodels.visualize`` can draw its checkpoints;
 - ``steps_env``: it steps the env of its config (an offline family's env config only
   describes its data, so no env package is checked for it);
-- ``best_metrics``: the lower-is-better evaluation metrics ``train.best_metric`` may name.
+- ``best_metrics``: the lower-is-better evaluation metrics ``train.best_metric`` may name;
+- ``data_parallel``: it trains through the generic gradient step on offline or generated
+  data, so ``torchrun`` runs it data-parallel (:mod:`worldmodels.training.distributed`).
 
 Adding a family: one folder ``worldmodels/algos/<family>/`` with its model, losses and
 factories, its configs (``configs/algo/<name>.yaml``, ``configs/model/...``,
@@ -43,6 +45,7 @@ class Family:
     visualizer: bool = False
     steps_env: bool = True
     best_metrics: tuple[str, ...] = ()
+    data_parallel: bool = False
 
 
 _VAE = ("eval/loss", "eval/recon", "eval/kl")
@@ -51,14 +54,15 @@ _OFFLINE = ("eval/loss", "eval/episode_loss", "eval/kl", "eval/reward", "eval/co
 _RETURN = ("eval/neg_return",)
 
 FAMILIES: dict[str, Family] = {
-    "vae": Family("worldmodels.algos.vae:FACTORIES", visualizer=True, best_metrics=_VAE),
-    "vta": Family("worldmodels.algos.vta.experiment:FACTORIES", visualizer=True, best_metrics=_VTA),
+    "vae": Family("worldmodels.algos.vae:FACTORIES", visualizer=True, best_metrics=_VAE, data_parallel=True),
+    "vta": Family("worldmodels.algos.vta.experiment:FACTORIES", visualizer=True, best_metrics=_VTA,
+                  data_parallel=True),
     "dreamerv3": Family("worldmodels.algos.dreamerv3.experiment:FACTORIES",
                         agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
                         best_metrics=_RETURN),
     "dreamer_offline": Family("worldmodels.algos.dreamerv3.offline:FACTORIES",
                               agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
-                              steps_env=False, best_metrics=_OFFLINE),
+                              steps_env=False, best_metrics=_OFFLINE, data_parallel=True),
     "dreamer_bc": Family("worldmodels.algos.dreamerv3.bc:FACTORIES", best_metrics=_RETURN),
     "iris": Family("worldmodels.algos.iris.experiment:FACTORIES", agent_loader="worldmodels.algos.iris.experiment:load_agent",
                    playable=True, visualizer=True, best_metrics=_RETURN),
@@ -73,6 +77,11 @@ def family(name: str) -> Family:
     if name not in FAMILIES:
         raise UnknownAlgorithmError(f"algo.name={name!r} is not one of {', '.join(sorted(FAMILIES))}.")
     return FAMILIES[name]
+
+
+def data_parallel_names() -> list[str]:
+    """The families ``torchrun`` runs data-parallel."""
+    return sorted(name for name, entry in FAMILIES.items() if entry.data_parallel)
 
 
 def _resolve(target: str) -> Any:
@@ -105,4 +114,4 @@ def load_agent(state: dict[str, Any]) -> Any:
     return _resolve(loader)(state)
 
 
-__all__ = ["FAMILIES", "Family", "UnknownAlgorithmError", "algo_name", "factories", "family", "load_agent"]
+__all__ = ["FAMILIES", "Family", "UnknownAlgorithmError", "algo_name", "data_parallel_names", "factories", "family", "load_agent"]

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import WorldModelsError
 from ..utils.profiling import nvtx_range
 from ..utils.seeding import capture_rng_state, restore_rng_state, seed_everything
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .components import load_initial_weights, save_components
 from .contract import Evaluator, HasEnvSpaces, TrainData, check_contract
@@ -65,6 +66,7 @@ class Run:
     evaluator: Evaluator
     precision: Precision
     step_fn: Callable[[Run], StepResult] | None = None
+    trainable: Any = None  # what the gradient step calls compute_loss on: the model, or its DDP wrapper
     accum_steps: int = 1
     grad_clip: float | None = None
     step: int = 0
@@ -82,6 +84,7 @@ class Run:
             "rng": capture_rng_state(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "env_spaces": self.model.env_spaces.to_state() if isinstance(self.model, HasEnvSpaces) else None,
+            "world_size": distributed.placement().world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -89,29 +92,60 @@ class Run:
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.data.load_state_dict(state["data"])
-        restore_rng_state(state["rng"])
+        own = _own_rank_state(state)
+        self.data.load_state_dict(own["data"])
+        restore_rng_state(own["rng"])
         self.step, self.best = int(state["step"]), float(state["best"])
         self.saved_step = self.step
 
 
+def _own_rank_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The data position and RNGs of this rank in a checkpoint (``ranks`` holds one entry
+    per rank of a data-parallel run); a different world size is refused."""
+    where = distributed.placement()
+    saved = int(state.get("world_size", 1))
+    if saved != where.world_size:
+        raise distributed.DistributedRunError(
+            f"the checkpoint was written by {saved} processes and this run has {where.world_size}; "
+            f"resume it with the same number of processes (torchrun --nproc_per_node={saved}).")
+    return state["ranks"][where.rank] if "ranks" in state else state
+
+
+def _settings(cfg: DictConfig) -> Any:
+    """``train.distributed`` (empty in configs written before it existed)."""
+    return cfg.train.get("distributed") or {}
+
+
 def build_run(cfg: DictConfig, factories: Factories) -> Run:
-    """Seed, pick device and precision, and call the factories."""
+    """Seed, pick device and precision, and call the factories. Under torchrun the
+    process group is joined, rank 0 builds its data first (it may write a dataset the
+    others then read), each rank's data factory sees ``seed + rank`` and its later random
+    draws (noise, sampling) are seeded by ``seed + rank`` too, and the model is wrapped in
+    DDP for the gradient step (its initial weights are rank 0's)."""
     seed_everything(int(cfg.seed))
-    device = resolve_device(str(cfg.device))
+    device = distributed.device_for(resolve_device(str(cfg.device)))
+    where = distributed.init(_settings(cfg), device)
     precision = resolve_precision(str(cfg.precision), device)
     model = factories.model(cfg).to(device)
     optimizer = factories.optimizer(cfg, model)
-    data = factories.data(cfg, device)
+    if where.enabled:
+        seed_everything(int(cfg.seed) + where.rank)
+    if not where.is_main:
+        distributed.barrier()
+    data = factories.data(distributed.data_config(cfg), device)
     try:
         evaluator = factories.evaluator(cfg, device)
     except BaseException:
         data.close()
         raise
+    finally:
+        if where.is_main:
+            distributed.barrier()
     check_contract(data, evaluator)
+    trainable = distributed.wrap(model, _settings(cfg)) if where.enabled else model
     return Run(model=model, optimizer=optimizer, scaler=precision.grad_scaler(), data=data, evaluator=evaluator,
-               precision=precision, step_fn=factories.step or gradient_step, accum_steps=int(cfg.train.accum_steps),
-               grad_clip=cfg.train.grad_clip)
+               precision=precision, step_fn=factories.step or gradient_step, trainable=trainable,
+               accum_steps=int(cfg.train.accum_steps), grad_clip=cfg.train.grad_clip)
 
 
 def fit(cfg: DictConfig, factories: Factories, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
@@ -132,7 +166,7 @@ def fit(cfg: DictConfig, factories: Factories, run_dir: Path, *, resume: bool = 
             _initial_weights(cfg, run.model)
         logger = MetricsLogger(
             run_dir, cfg.logger, OmegaConf.to_container(cfg, resolve=True), resume_step=run.step if resume else None
-        )
+        ) if distributed.is_main() else SilentLogger()
         try:
             _train(cfg, run, logger, ckpt_dir, media_dir)
         finally:
@@ -148,7 +182,7 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
     max_steps, stop_at = int(train_cfg.max_steps), train_cfg.get("stop_at")
     bar = tqdm(
         total=max_steps, initial=run.step, unit="step", dynamic_ncols=True,
-        disable=not train_cfg.progress, desc=str(cfg.run.name),
+        disable=not (train_cfg.progress and distributed.is_main()), desc=str(cfg.run.name),
         mininterval=0.1 if sys.stderr.isatty() else 10.0,  # sparse lines in CI logs
     )
     window_start, window_steps = time.perf_counter(), 0
@@ -173,15 +207,16 @@ def _train(cfg: DictConfig, run: Run, logger: MetricsLogger, ckpt_dir: Path, med
                 logger.log(run.step, metrics)
                 bar.set_postfix(loss=f"{result.loss:.4g}")
                 window_start, window_steps = time.perf_counter(), 0
-            if run.step % int(train_cfg.eval_every) == 0 or run.step == max_steps:
-                _evaluate(cfg, run, logger, ckpt_dir, media_dir)
+            if (run.step % int(train_cfg.eval_every) == 0 or run.step == max_steps) and distributed.is_main():
+                _evaluate(cfg, run, logger, ckpt_dir, media_dir)  # no collective in it: the model, not DDP
             if run.step % int(train_cfg.checkpoint_every) == 0 or run.step == max_steps:
                 _checkpoint(cfg, run, ckpt_dir)
             if stop_at is not None and run.step == int(stop_at):
                 _checkpoint(cfg, run, ckpt_dir)
-                bar.write(f"stopped at step {run.step} (train.stop_at); resume with +resume={ckpt_dir.parent}")
+                if distributed.is_main():
+                    bar.write(f"stopped at step {run.step} (train.stop_at); resume with +resume={ckpt_dir.parent}")
                 break
-            if stop.requested and run.step < max_steps:
+            if distributed.any_rank(stop.requested) and run.step < max_steps:
                 stop.finishing()
                 if run.saved_step != run.step:
                     _checkpoint(cfg, run, ckpt_dir)
@@ -208,10 +243,15 @@ def _what_is_saved(run: Run, ckpt_dir: Path, advice: str = "") -> str:
 def _checkpoint(cfg: DictConfig, run: Run, ckpt_dir: Path) -> None:
     """``last.pt``, then each component's weights (and a kept snapshot every
     ``train.snapshot_every`` steps) for models made of components."""
-    state = run.state_dict(cfg)
-    save_checkpoint(ckpt_dir / "last.pt", state)
+    ranks = distributed.gather({"data": run.data.state_dict(), "rng": capture_rng_state()})  # every rank calls it
     run.data.checkpoint_saved()
     run.saved_step = run.step
+    if not distributed.is_main():
+        return
+    state = run.state_dict(cfg)
+    if len(ranks) > 1:
+        state["ranks"] = ranks
+    save_checkpoint(ckpt_dir / "last.pt", state)
     every = cfg.train.get("snapshot_every")
     snapshot = bool(every) and run.step % int(every) == 0
     save_components(ckpt_dir, run.model, run.step, state["config"], snapshot=snapshot)
@@ -233,9 +273,25 @@ def gradient_step(run: Run) -> StepResult:
     signature and may ignore the optimiser (a gradient-free stage)."""
     with nvtx_range("data"):
         batches = [run.data.next_batch() for _ in range(run.accum_steps)]
+    trainable = run.trainable or run.model
+    defer_sync = trainable.no_sync if isinstance(trainable, distributed.DataParallel) else None
     return train_step(
-        run.model, run.optimizer, batches, precision=run.precision, scaler=run.scaler, grad_clip=run.grad_clip
+        trainable, run.optimizer, batches, precision=run.precision, scaler=run.scaler,
+        grad_clip=run.grad_clip, reduce_values=distributed.average, defer_sync=defer_sync,
     )
+
+
+class SilentLogger:
+    """The logger of ranks other than 0: they log nothing."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_image(self, step: int, tag: str, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _train_metrics(result: StepResult, steps_per_second: float) -> dict[str, float]:

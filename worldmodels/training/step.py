@@ -8,10 +8,11 @@ scales and accumulates gradients, clips them and steps the optimiser.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ContextManager, Protocol
 
 import torch
 from torch import nn
@@ -45,13 +46,18 @@ def train_step(
     precision: Precision,
     scaler: torch.amp.GradScaler,
     grad_clip: float | None = None,
+    reduce_values: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    defer_sync: Callable[[], ContextManager] | None = None,
 ) -> StepResult:
     """One optimiser update over ``micro_batches`` (gradient accumulation).
 
     The loss of each micro-batch is divided by their number, so the update equals
     that of one batch made of all of them (for mean-reduced losses). Parameter groups
     with a ``max_grad_norm`` entry are clipped to it separately first; the returned
-    ``grad_norm`` is the global norm after that.
+    ``grad_norm`` is the global norm after that. ``reduce_values`` (data-parallel runs:
+    the mean over ranks) maps the loss and metrics before they are read, so that every
+    rank sees the same loss and skips a non-finite update together. ``defer_sync`` (DDP's
+    ``no_sync``) holds back the gradient all-reduce for every micro-batch but the last.
     """
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch.")
@@ -59,17 +65,20 @@ def train_step(
     count = len(micro_batches)
     loss_sum = torch.zeros(())
     metric_sums: dict[str, torch.Tensor] = {}
-    for batch in micro_batches:
-        with nvtx_range("forward"), precision.autocast():
-            loss, metrics = component.compute_loss(batch)
-        with nvtx_range("backward"):
-            scaler.scale(loss / count).backward()
+    for index, batch in enumerate(micro_batches):
+        deferred = defer_sync() if defer_sync is not None and index < count - 1 else contextlib.nullcontext()
+        with deferred:
+            with nvtx_range("forward"), precision.autocast():
+                loss, metrics = component.compute_loss(batch)
+            with nvtx_range("backward"):
+                scaler.scale(loss / count).backward()
         loss_sum = loss_sum.to(loss.device) + loss.detach().float()
         for name, value in metrics.items():
             value = torch.as_tensor(value, device=loss.device).detach().float()
             metric_sums[name] = metric_sums.get(name, 0) + value
     names = list(metric_sums)
-    values = torch.stack([loss_sum] + [metric_sums[n] for n in names]).div(count).tolist()
+    values = torch.stack([loss_sum] + [metric_sums[n] for n in names]).div(count)
+    values = (values if reduce_values is None else reduce_values(values)).tolist()
     loss_value, metric_values = values[0], dict(zip(names, values[1:]))
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,208 @@
+"""Data-parallel training under ``torchrun`` (``torch.distributed`` + DDP).
+
+``torchrun --standalone --nproc_per_node=N -m worldmodels.train +exp=...`` starts N
+copies of the same program; torchrun's environment variables (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``) turn data parallelism on. Each rank draws its own data stream (the data
+factory's seed offset by the rank) with ``train.batch_size`` sequences, the gradients of
+the step are averaged across ranks by DistributedDataParallel, and rank 0 alone logs,
+evaluates and writes checkpoints and media. Every collective is called by every rank at
+the same step: no code path that only rank 0 takes touches one.
+
+Families with their own step (IRIS, Δ-IRIS), online RL and gradient-free stages are not
+supported yet and are refused before the run starts (:func:`refusal`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import WorldModelsError
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+class DistributedRunError(WorldModelsError, RuntimeError):
+    """A run that cannot run data-parallel as asked (family, world size)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this process stands: its rank among ``world_size`` processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def placement() -> Placement:
+    """This process's rank and world size from torchrun's environment variables; a
+    single process (world size 1) without them."""
+    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
+        return Placement()
+    return Placement(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+
+
+def is_main() -> bool:
+    """Whether this process logs and writes files (rank 0, or the only process)."""
+    return placement().is_main
+
+
+def backend_for(name: str, device: torch.device) -> str:
+    """``train.distributed.backend``: ``auto`` is NCCL on CUDA devices, gloo on the CPU."""
+    if name != "auto":
+        return name
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init(settings: Mapping[str, Any], device: torch.device) -> Placement:
+    """Join the process group (once) when torchrun started this process; a no-op for a
+    single process. ``settings`` is ``train.distributed``; its ``timeout_s`` bounds every
+    collective, so a rank that never arrives stops the others with an error instead of
+    a hang."""
+    where = placement()
+    if not where.enabled or dist.is_initialized():
+        return where
+    if device.type == "cuda":
+        torch.cuda.set_device(where.local_rank)
+    dist.init_process_group(backend=backend_for(str(settings.get("backend", "auto")), device),
+                            timeout=timedelta(seconds=float(settings.get("timeout_s", 600))))
+    return where
+
+
+def device_for(device: torch.device) -> torch.device:
+    """Under torchrun each rank takes the GPU of its ``LOCAL_RANK``."""
+    where = placement()
+    if where.enabled and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", where.local_rank)
+    return device
+
+
+class _LossForward(nn.Module):
+    """``forward(batch)`` is the model's ``compute_loss(batch)``: DDP hooks ``forward``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> Any:
+        return self.model.compute_loss(batch)
+
+
+class DataParallel:
+    """A model's ``compute_loss`` run through DistributedDataParallel: its backward
+    averages the gradients across ranks. The parameters are the model's own, so the
+    optimiser built on the model steps them."""
+
+    def __init__(self, model: nn.Module, *, find_unused_parameters: bool = True):
+        device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
+        self.ddp = DistributedDataParallel(_LossForward(model), device_ids=device_ids,
+                                           find_unused_parameters=find_unused_parameters)
+        self.model = model
+
+    def compute_loss(self, batch: Any) -> Any:
+        return self.ddp(batch)
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def no_sync(self) -> Any:
+        """A context whose backward passes keep their gradients local (accumulation)."""
+        return self.ddp.no_sync()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def wrap(model: nn.Module, settings: Mapping[str, Any]) -> Any:
+    """The object the gradient step calls ``compute_loss`` on: ``model`` itself for a
+    single process, a :class:`DataParallel` under torchrun."""
+    if not dist.is_initialized():
+        return model
+    return DataParallel(model, find_unused_parameters=bool(settings.get("find_unused_parameters", True)))
+
+
+def average(values: torch.Tensor) -> torch.Tensor:
+    """``values`` averaged over the ranks (the loss and metrics of a step, so that every
+    rank logs and stops on the same figures); unchanged for a single process."""
+    if not dist.is_initialized():
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / dist.get_world_size()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (a stop request seen by one rank stops all)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order; ``[value]`` for one process."""
+    if not dist.is_initialized():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group (the end of a run)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def data_config(cfg: DictConfig) -> DictConfig:
+    """The config the data factory sees on this rank: ``seed + rank``, so that each rank
+    draws a different stream (the model and evaluator keep ``seed``)."""
+    where = placement()
+    if not where.enabled:
+        return cfg
+    copy = cfg.copy()
+    copy.seed = int(cfg.seed) + where.rank
+    return copy
+
+
+def refusal(family_name: str, supported: list[str], recorded_world_size: int | None) -> str | None:
+    """Why this command cannot run under torchrun, in one line, or None."""
+    where = placement()
+    if recorded_world_size is not None and recorded_world_size != where.world_size:
+        return (f"this run was trained with {recorded_world_size} process(es) and cannot resume with "
+                f"{where.world_size}; resume it with torchrun --nproc_per_node={recorded_world_size} "
+                f"(or without torchrun for 1).")
+    if where.enabled and family_name not in supported:
+        return (f"torchrun: algo.name={family_name} does not run data-parallel yet; supported: "
+                f"{', '.join(supported)} (online RL, IRIS, Δ-IRIS and gradient-free stages run in one process).")
+    return None
+
+
+__all__ = ["DataParallel", "DistributedRunError", "Placement", "TORCHRUN_VARIABLES", "any_rank", "average",
+           "backend_for", "barrier", "cleanup", "data_config", "device_for", "gather", "init", "is_main",
+           "placement", "refusal", "wrap"]
