@@ -35,7 +35,7 @@ from ..envs.spaces import EnvSpaces, VectorEnv
 from ..training.contract import TrainData
 from .collector import Collector
 from .replay import Replay
-from .resume import online_state, restore_online_state
+from .resume import OnlineResumable
 from .selectors import Selector, make_selector
 
 FRAME_KEYS = ("observations", "actions", "rewards", "ends", "mask_padding")
@@ -86,7 +86,7 @@ def transitions(window: dict[str, np.ndarray], frames: int) -> dict[str, np.ndar
     return out
 
 
-class ComponentData(TrainData):
+class ComponentData(OnlineResumable, TrainData):
     """The training loop's data for component agents (see the module docstring).
 
     Args:
@@ -117,8 +117,6 @@ class ComponentData(TrainData):
         self.model: Any = None
         self.run_dir: Path | None = None
         self.writer: EpisodeWriter | None = None
-        self._snapshot: str | None = None       # the replay snapshot of the latest state_dict
-        self._kept: str | None = None           # the one last.pt names
         self.updates = 0
         self.on_disk = bool(on_disk)
 
@@ -206,18 +204,8 @@ class ComponentData(TrainData):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: the replay as it was at the checkpoint, the envs
         where they were (replayed; see :mod:`worldmodels.rl.resume`)."""
-        restore_online_state(state, self.collector, self.replay, self.writer, self.run_dir, int(state["updates"]))
-        self._kept = state.get("replay_file")
+        self._restore_online(state)
         self.updates = int(state["updates"])
-
-    def _online_state(self) -> dict[str, Any]:
-        state = online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates, self._kept)
-        self._snapshot = state.get("replay_file")
-        return state
-
-    def checkpoint_saved(self) -> None:
-        """Keep the replay snapshot ``last.pt`` now names until the next checkpoint."""
-        self._kept = self._snapshot
 
     def close(self) -> None:
         self.collector.close()

@@ -66,3 +66,31 @@ def restore_online_state(state: dict[str, Any], collector: Collector, replay: Re
 
 
 __all__ = ["online_state", "restore_online_state"]
+
+
+class OnlineResumable:
+    """The snapshot bookkeeping an online run's data shares: subclasses hold
+    ``collector``, ``replay``, ``writer``, ``run_dir`` and ``updates``, and call
+    :meth:`_online_state` from ``state_dict`` and :meth:`_restore_online` from
+    ``load_state_dict``."""
+
+    collector: Collector
+    replay: Replay
+    writer: EpisodeWriter | None
+    run_dir: Path | None
+    updates: int
+    _snapshot: str | None = None   # the replay snapshot of the latest state_dict
+    _kept: str | None = None       # the one last.pt names
+
+    def _online_state(self) -> dict[str, Any]:
+        state = online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates, self._kept)
+        self._snapshot = state.get("replay_file")
+        return state
+
+    def _restore_online(self, state: dict[str, Any]) -> None:
+        restore_online_state(state, self.collector, self.replay, self.writer, self.run_dir, int(state["updates"]))
+        self._kept = state.get("replay_file")
+
+    def checkpoint_saved(self) -> None:
+        """Keep the replay snapshot ``last.pt`` now names until the next checkpoint."""
+        self._kept = self._snapshot

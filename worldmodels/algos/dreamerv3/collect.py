@@ -34,7 +34,7 @@ from ...envs.factory import VectorEnv, make_env, spec_from_config
 from ...rl.actions import onehot, random_policy, stored_action, to_env_action  # noqa: F401  (re-exported)
 from ...rl.collector import Collector
 from ...rl.replay import Replay
-from ...rl.resume import online_state, restore_online_state
+from ...rl.resume import OnlineResumable
 from ...rl.selectors import make_selector
 from ...training.contract import TrainData
 
@@ -46,7 +46,7 @@ def batch_to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[s
     return {key: torch.from_numpy(np.ascontiguousarray(value)).to(device) for key, value in batch.items()}
 
 
-class OnlineData(TrainData):
+class OnlineData(OnlineResumable, TrainData):
     """Collects experience with the bound model and samples replay batches.
 
     Args:
@@ -75,8 +75,6 @@ class OnlineData(TrainData):
         self.model: Any = None
         self.run_dir: Path | None = None
         self.writer: EpisodeWriter | None = None
-        self._snapshot: str | None = None       # the replay snapshot of the latest state_dict
-        self._kept: str | None = None           # the one last.pt names
         self.updates = 0
         self.owed = 0.0          # env steps owed to the train ratio, carried between updates
         self.prefilled = False
@@ -145,19 +143,9 @@ class OnlineData(TrainData):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: the replay as it was at the checkpoint, the envs
         where they were (replayed; see :mod:`worldmodels.rl.resume`)."""
-        restore_online_state(state, self.collector, self.replay, self.writer, self.run_dir, int(state["updates"]))
-        self._kept = state.get("replay_file")
+        self._restore_online(state)
         self.updates, self.owed = int(state["updates"]), float(state["owed"])
         self.prefilled = bool(state["prefilled"]) and self.replay.can_sample(self.batch_length)
-
-    def _online_state(self) -> dict[str, Any]:
-        state = online_state(self.collector, self.replay, self.writer, self.run_dir, self.updates, self._kept)
-        self._snapshot = state.get("replay_file")
-        return state
-
-    def checkpoint_saved(self) -> None:
-        """Keep the replay snapshot ``last.pt`` now names until the next checkpoint."""
-        self._kept = self._snapshot
 
     def close(self) -> None:
         self.collector.close()
