@@ -43,6 +43,8 @@ FAMILIES = {   # overrides, the experiment module, and the data method that coll
                   "OnlineData.next_batch"),
     "dreamerv3-replay-on-disk": ([*TINY_DREAMER, "algo.replay_on_disk=true"], "worldmodels.algos.dreamerv3.experiment",
                                  "worldmodels.algos.dreamerv3.collect", "OnlineData.next_batch"),
+    "dreamerv3-envpool": ([*TINY_DREAMER, "env.backend=envpool"], "worldmodels.algos.dreamerv3.experiment",
+                          "worldmodels.algos.dreamerv3.collect", "OnlineData.next_batch"),
     "iris": (TINY_IRIS, "worldmodels.algos.iris.experiment", "worldmodels.rl.component_data",
              "ComponentData.begin_update")}
 
