@@ -73,15 +73,21 @@ class Run:
     best: float = float("inf")
     saved_step: int | None = None  # the step checkpoints/last.pt holds; None before the first
 
-    def state_dict(self, cfg: DictConfig) -> dict[str, Any]:
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between the ranks of a data-parallel run: the data position
+        (for online data, with a replay snapshot written now) and the RNGs."""
+        return {"data": self.data.state_dict(), "rng": capture_rng_state()}
+
+    def state_dict(self, cfg: DictConfig, rank_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint; ``rank_state`` is this rank's :meth:`rank_state` when the caller
+        already took it (it is not taken twice)."""
         return {
             "step": self.step,
             "best": self.best,
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "data": self.data.state_dict(),
-            "rng": capture_rng_state(),
+            **(rank_state or self.rank_state()),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "env_spaces": self.model.env_spaces.to_state() if isinstance(self.model, HasEnvSpaces) else None,
             "world_size": distributed.placement().world_size,
@@ -243,12 +249,13 @@ def _what_is_saved(run: Run, ckpt_dir: Path, advice: str = "") -> str:
 def _checkpoint(cfg: DictConfig, run: Run, ckpt_dir: Path) -> None:
     """``last.pt``, then each component's weights (and a kept snapshot every
     ``train.snapshot_every`` steps) for models made of components."""
-    ranks = distributed.gather({"data": run.data.state_dict(), "rng": capture_rng_state()})  # every rank calls it
+    own = run.rank_state()
+    ranks = distributed.gather(own)  # every rank calls it
     run.data.checkpoint_saved()
     run.saved_step = run.step
     if not distributed.is_main():
         return
-    state = run.state_dict(cfg)
+    state = run.state_dict(cfg, own)
     if len(ranks) > 1:
         state["ranks"] = ranks
     save_checkpoint(ckpt_dir / "last.pt", state)
