@@ -180,18 +180,6 @@ def test_boundary_warmup_keeps_the_detector_out_of_the_gradient():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector)
 
 
-def test_a_forced_warmup_places_only_the_boundaries_the_limits_force():
-    model = make(boundary_warmup=1, boundary_warmup_mode="forced", seg_len=3, boundary_grad="disarm")
-    model.train()
-    out = model(frames(), torch.zeros(3, 12, 0), 8, 2)
-    mask = (out.mask > 0.5)[:, 1:]
-    assert mask.shape[0] == 3                   # one draw per sequence: no antithetic pair during warm-up
-    for row in mask:                            # every third step, as seg_len=3 forces with no boundary of its own
-        assert row.nonzero().flatten().tolist() == [2, 5]
-    with pytest.raises(ValueError, match="boundary_warmup_mode='later'"):
-        VTAConfig(boundary_warmup_mode="later")
-
-
 def test_the_detector_starts_at_one_boundary_per_segment_length():
     model = make(seg_len=4)
     logits = model.hrssm.boundary_logits(torch.randn(64, 12, 16), torch.zeros(64, 12, 0))

@@ -254,7 +254,6 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.abs_free_nats": NON_NEGATIVE,
         "model.mask_kl_balance": fraction().or_null(),
         "model.boundary_warmup": integer(0),
-        "model.boundary_warmup_mode": choice("frozen", "forced"),
         "model.logit_decay": NON_NEGATIVE,
         "model.boundary_source": choice("learned", "events", "random"),
         "model.detector_norm": choice("group", "none"),

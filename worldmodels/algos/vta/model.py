@@ -26,7 +26,6 @@ from ...ops.sampling import BoundarySample
 
 Tensor = torch.Tensor
 LOSS_TYPES = ("bce", "gaussian")
-WARMUP_MODES = ("frozen", "forced")
 BOUNDARY_SOURCES = ("learned", "events", "random")
 BOUNDARY_GRADS = ("st", "disarm")
 
@@ -56,9 +55,8 @@ class VTAConfig:
     max_beta: float = 1.0
     abs_free_nats: float = 0.0   # training only: KL_abs below this many nats per boundary is free
     mask_kl_balance: float | None = None  # training only: weight of KL(sg(q) || p) in KL_mask (rest on q)
-    boundary_warmup: int = 0     # training steps before the detector is trained (see boundary_warmup_mode)
+    boundary_warmup: int = 0     # training steps with the detector frozen at its start (boundaries at its initial rate)
     logit_decay: float = 0.0     # training only: + logit_decay * mean(detector log-odds^2), a pull towards 0 that keeps a gradient
-    boundary_warmup_mode: str = "frozen"  # frozen: the detector's initial draws, out of the gradient | forced: only the boundaries seg_len/seg_num force
     boundary_source: str = "learned"  # learned | events (ground truth) | random (at the events' rate)
     detector_norm: str = "group"  # group | none: normalised hidden layers of the boundary detector
     limits_in_kl: str = "prior"   # prior: KL_mask charges the detector where the segment limits decide
@@ -71,8 +69,6 @@ class VTAConfig:
             raise ValueError(f"boundary_source={self.boundary_source!r} is not one of {BOUNDARY_SOURCES}.")
         if self.boundary_grad not in BOUNDARY_GRADS:
             raise ValueError(f"boundary_grad={self.boundary_grad!r} is not one of {BOUNDARY_GRADS}.")
-        if self.boundary_warmup_mode not in WARMUP_MODES:
-            raise ValueError(f"boundary_warmup_mode={self.boundary_warmup_mode!r} is not one of {WARMUP_MODES}.")
         if self.obs_bit is not None and not 1 <= self.obs_bit <= 8:
             raise ValueError(f"obs_bit={self.obs_bit} must be None or in 1..8.")
         if min(self.mask_beta, self.min_beta, self.max_beta, self.obs_std) <= 0 or self.beta_anneal < 0:
@@ -179,8 +175,6 @@ class VTA(nn.Module):
         given = boundaries if boundaries is not None else self.given_boundaries(events, init_size, seq_size,
                                                                                 obs.shape[:2])
         frozen = self.training and int(self.step) < self.config.boundary_warmup
-        if frozen and given is None and self.config.boundary_warmup_mode == "forced":
-            given = torch.zeros(obs.shape[0], seq_size, dtype=torch.bool, device=obs.device)  # the limits' only
         embed, target = self.embed(inputs), inputs[:, init_size : init_size + seq_size]
         if given is None and self.training and not frozen and self.config.boundary_grad == "disarm":
             return self._disarm_forward(embed, act, target, init_size, seq_size, obs_std, loss_type)
