@@ -50,8 +50,11 @@ FAMILIES = {   # overrides, the experiment module, and the data method that coll
 
 CHILD = """
 import importlib, os, signal, sys
+import torch
 from hydra import compose, initialize_config_module
 from worldmodels.training.loop import fit
+
+torch.set_num_threads({threads})      # as the test process, which resumes the run: the same float sums
 
 experiment, data_module = importlib.import_module("{experiment}"), importlib.import_module("{data_module}")
 data_class = getattr(data_module, "{data_class}")
@@ -85,7 +88,7 @@ def kill_after_checkpoint(run_dir: Path, family: str, kill: int) -> None:
     overrides, experiment, data_module, method = FAMILIES[family]
     data_class, method = method.split(".")
     code = CHILD.format(experiment=experiment, data_module=data_module, data_class=data_class, method=method,
-                        kill=kill)
+                        kill=kill, threads=torch.get_num_threads())
     root = Path(__file__).resolve().parents[2]
     child = subprocess.run([sys.executable, "-c", code, str(run_dir), *overrides],
                            cwd=root, capture_output=True, text=True, timeout=300)

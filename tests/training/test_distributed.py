@@ -93,6 +93,8 @@ def rank_worker(rank: int, world_size: int, port: int, out: str) -> None:
         torch.save({"grads": grads, "accum_grads": accum_grads, "loss": result.loss, "grad_norm": result.grad_norm,
                     "params": {name: p.detach().clone() for name, p in model.named_parameters()}},
                    Path(out) / f"rank{rank}.pt")
+        del trainable, model, optimizer, accum_model, accum_optimizer   # the DDP reducers go before the group
+        distributed.barrier()                                            # neither rank leaves while one still works
     finally:
         distributed.cleanup()
 
@@ -104,8 +106,16 @@ def two_ranks(tmp_path_factory):
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
 
 
-def test_two_rank_gradients_equal_one_step_on_the_concatenated_batch(two_ranks):
+@pytest.fixture
+def one_thread():
+    """One thread, as the ranks run, for this test only."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_rank_gradients_equal_one_step_on_the_concatenated_batch(two_ranks, one_thread):
     model, optimizer = new_model_and_optimizer()
     reference = one_step(model, model, optimizer, global_batch(1))
     for saved in two_ranks:
