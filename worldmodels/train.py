@@ -179,6 +179,7 @@ def cli() -> None:
         if cfg is not None and distributed.placement().enabled:
             sys.argv += rank_overrides(cfg, sys.argv[1:])
         main()
+        distributed.finish()
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None

@@ -235,3 +235,32 @@ def test_each_rank_draws_its_own_data_stream(monkeypatch, tiny_config):
         assert rank_cfg.seed == 3 + rank and cfg.seed == 3  # the model and evaluator keep the seed
         batches.append(build_data(rank_cfg, torch.device("cpu")).next_batch()["image"])
     assert batches[0].shape == batches[1].shape and not torch.equal(batches[0], batches[1])
+
+
+def test_leaving_the_group_frees_the_ddp_wrapper_first(tmp_path):
+    """DDP sits in a reference cycle and its reducer holds the process group: left to the
+    interpreter's shutdown, gloo aborts the process ("terminate called without an active
+    exception"). Leaving the group frees the unreferenced wrapper before the group goes."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    collecting = gc.isenabled()
+    gc.disable()  # only an explicit collection can free the cycle
+    try:
+        model = ConvVAE(TINY_VAE)
+        trainable = distributed.wrap(model, {"find_unused_parameters": False})
+        loss, _ = trainable.compute_loss({"image": torch.rand(2, 1, 16, 16)})
+        loss.backward()
+        wrapper = weakref.ref(trainable.ddp)
+        del trainable
+        assert wrapper() is not None  # still alive: the cycle
+        distributed.finish()
+        assert wrapper() is None
+    finally:
+        distributed.cleanup()
+        if collecting:
+            gc.enable()
+    assert not dist.is_initialized()

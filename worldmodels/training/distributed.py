@@ -14,6 +14,7 @@ supported yet and are refused before the run starts (:func:`refusal`).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -173,10 +174,28 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Leave the process group (the end of a run)."""
+def finish() -> None:
+    """The end of a run that succeeded on this rank: wait until every rank is there, so
+    that none leaves the group while another still talks to it (rank 0 writes the last
+    checkpoint and media after the others are done)."""
     if dist.is_initialized():
+        _release_wrappers()
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group (the end of a run, whatever its outcome)."""
+    if dist.is_initialized():
+        _release_wrappers()
         dist.destroy_process_group()
+
+
+def _release_wrappers() -> None:
+    """Free the DDP wrappers that are no longer referenced. DistributedDataParallel sits
+    in a reference cycle, so it outlives the run until the collector runs; its reducer
+    holds the process group, and a group freed during interpreter shutdown aborts the
+    process (gloo's threads are still joinable then)."""
+    gc.collect()
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
