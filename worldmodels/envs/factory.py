@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import WorldModelsError
+from .catch import register as register_catch
 from .backends import CrafterAdapter, EnvpoolVectorEnv, FireReset, GymnasiumVectorEnv
 from .spaces import (  # noqa: F401  (re-exported: the factory is where users import them from)
     FLAGS,
@@ -254,6 +255,7 @@ def _gymnasium_envs(spec: EnvSpec, gym_id: str) -> list:
     import gymnasium
 
     _check_packages(spec)
+    register_catch()
     if spec.suite == "atari":
         gymnasium.register_envs(_import("ale_py"))
     if gym_id not in gymnasium.registry:
