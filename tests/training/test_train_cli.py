@@ -54,8 +54,8 @@ def test_run_then_resume_from_the_command_line(tmp_path, tiny_overrides):
 @pytest.mark.parametrize(
     "override,expected",
     [
-        ("+exp=nope", "Unknown experiment 'nope'. Known experiments: delta_iris_atari, delta_iris_crafter, "
-                      "delta_iris_tiny, dreamer_atari100k"),
+        ("+exp=nope", "Unknown experiment 'nope'. Known experiments: delta_iris_atari, delta_iris_catch, "
+                      "delta_iris_crafter, delta_iris_tiny, dreamer_atari100k"),
         ("train.max_stepz=5", "Unknown config key 'train.max_stepz'. Keys under 'train': max_steps"),
         ("model=nope", "Unknown model option 'nope'"),
     ],
