@@ -203,7 +203,7 @@ def test_update_cpu(benchmark, shape):
     params_ours, ours_s = worldmodels_seconds(shape, 0 if benchmark.disabled else ROUNDS)
     params_sheeprl, update = sheeprl_update_fn(shape)
     benchmark.extra_info.update(environment_info("cpu"))
-    benchmark.extra_info.update(dict(size="dreamer_12m", batch=batch, length=length, sheeprl=sheeprl.__version__,
+    benchmark.extra_info.update(dict(size="dreamer2024_12m", batch=batch, length=length, sheeprl=sheeprl.__version__,
                                      sheeprl_overrides=list(SHEEPRL_OVERRIDES), params_sheeprl=params_sheeprl,
                                      params_worldmodels=params_ours))
     benchmark.pedantic(update, rounds=ROUNDS, iterations=1, warmup_rounds=1)

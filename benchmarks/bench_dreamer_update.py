@@ -39,7 +39,7 @@ CUDA_SHAPE = (16, 64)
 _SECONDS: dict = {}
 
 
-def preset(size: str = "dreamer_12m", **overrides) -> DreamerConfig:
+def preset(size: str = "dreamer2024_12m", **overrides) -> DreamerConfig:
     """The :class:`DreamerConfig` of ``configs/model/dreamerv3.yaml`` under ``configs/size/<size>.yaml``."""
     configs = resources.files("worldmodels.configs")
     model = OmegaConf.load(configs / "model" / "dreamerv3.yaml")
@@ -95,7 +95,7 @@ def _row(benchmark, device: str, impl: str, shape: tuple[int, int], repeats: int
     batch, length = shape
     params = sum(p.numel() for p in agent.parameters())
     benchmark.extra_info.update(environment_info(device))
-    benchmark.extra_info.update(dict(size="dreamer_12m", params=params, batch=batch, length=length, rssm_impl=impl))
+    benchmark.extra_info.update(dict(size="dreamer2024_12m", params=params, batch=batch, length=length, rssm_impl=impl))
     if impl != "ref":
         _SECONDS[device, shape] = _time(_update_fn(device, "ref", shape)[1], repeats)
     update()

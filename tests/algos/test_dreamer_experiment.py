@@ -288,10 +288,10 @@ def test_dreamer_experiments_compose_into_agent_configs(config_from, exp):
         assert cfg.algo.prefill + per_update * cfg.train.max_steps == 100_000  # agent steps (400k frames)
 
 
-@pytest.mark.parametrize("size,deter", [("dreamer_1m", 512), ("dreamer_12m", 2048), ("dreamer_25m", 3072),
-                                        ("dreamer_50m", 4096), ("dreamer_100m", 6144), ("dreamer_200m", 8192),
-                                        ("dreamer_400m", 12288)])
-def test_size_presets_set_the_paper_widths(config_from, size, deter):
+@pytest.mark.parametrize("size,deter", [("dreamer2024_1m", 512), ("dreamer2024_12m", 2048), ("dreamer2024_25m", 3072),
+                                        ("dreamer2024_50m", 4096), ("dreamer2024_100m", 6144),
+                                        ("dreamer2024_200m", 8192), ("dreamer2024_400m", 12288)])
+def test_2024_size_presets_set_the_2024_code_widths(config_from, size, deter):
     from worldmodels.algos.dreamerv3.config import DreamerConfig
 
     cfg = config_from(["algo=dreamerv3", "model=dreamerv3", "env=gym", f"size={size}"])
@@ -299,6 +299,34 @@ def test_size_presets_set_the_paper_widths(config_from, size, deter):
     assert (config.deter, config.stoch, config.blocks) == (deter, 32, 8)
     assert config.hidden == config.mlp_units == config.head_units == deter // 8
     assert config.classes == config.cnn_depth == deter // 128
+
+
+# danijar/dreamerv3's configs.yaml of February 2023: rssm.deter, .*\.cnn_depth, .*\.units, .*\.layers
+PAPER_2023 = {"small": (512, 32, 512, 2), "medium": (1024, 48, 640, 3), "large": (2048, 64, 768, 4),
+              "xlarge": (4096, 96, 1024, 5)}
+
+
+@pytest.mark.parametrize("name", list(PAPER_2023))
+def test_2023_size_presets_set_the_2023_code_widths_everywhere(config_from, name):
+    from worldmodels.algos.dreamerv3.config import DreamerConfig
+
+    cfg = config_from(["algo=dreamerv3", "model=dreamerv3", "env=gym", f"size=dreamer2023_{name}"])
+    config = dataclass_from_config(DreamerConfig, cfg.model)
+    deter, depth, units, layers = PAPER_2023[name]
+    assert (config.deter, config.blocks, config.stoch, config.classes, config.cnn_depth) == (deter, 1, 32, 32, depth)
+    assert config.hidden == config.mlp_units == config.head_units == units
+    assert config.mlp_layers == config.head_layers == config.actor_layers == config.critic_layers == layers
+    # the 2023 optimiser and losses (configs/model/dreamerv3.yaml)
+    assert (config.model_lr, config.actor_lr, config.critic_lr) == (1e-4, 3e-5, 3e-5)
+
+
+@pytest.mark.parametrize("exp,size", [("dreamer_atari100k", "small"), ("dreamer_dmc", "small"),
+                                      ("dreamer_crafter", "xlarge")])
+def test_benchmark_experiments_use_the_2023_presets(config_from, exp, size):
+    cfg = config_from([f"+exp={exp}"])
+    deter, depth, units, layers = PAPER_2023[size]
+    assert (cfg.model.deter, cfg.model.blocks, cfg.model.cnn_depth, cfg.model.mlp_units) == (deter, 1, depth, units)
+    assert f"dreamer2023_{size}" in (Path(__file__).parents[2] / "configs" / "exp" / f"{exp}.yaml").read_text()
 
 
 def test_unknown_algorithm_lists_every_algorithm():
