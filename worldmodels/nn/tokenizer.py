@@ -11,7 +11,13 @@ Training loss on the [-1, 1] scale, as in IRIS::
 
     loss = commitment_weight    * vq_loss          (codebook + beta-weighted commitment)
          + reconstruction_weight * mean |x - x_hat|
+         + l2_weight            * mean (x - x_hat)^2                (0 in IRIS)
          + perceptual_weight    * mean LPIPS(x, x_hat)              (only with weights)
+
+IRIS's perceptual term is what makes small objects worth reconstructing; without its
+weights, frames of a few small objects on a plain background (Catch) leave the L1 term
+at the background everywhere, and the squared term (``l2_weight``, as Δ-IRIS's tokenizer
+has) brings the objects back.
 
 The perceptual term needs ``perceptual_weights_path`` (see :mod:`worldmodels.nn.perceptual`);
 that frozen network is kept outside the module tree (not in ``parameters()`` or
@@ -35,7 +41,7 @@ __all__ = ["Decoder", "Encoder", "Tokenizer", "TokenizerConfig", "TokenizerEncod
            "codebook_usage", "psnr"]
 
 Tensor = torch.Tensor
-_WEIGHTS = ("reconstruction_weight", "commitment_weight", "perceptual_weight")
+_WEIGHTS = ("reconstruction_weight", "l2_weight", "commitment_weight", "perceptual_weight")
 
 
 @dataclass
@@ -53,7 +59,8 @@ class TokenizerConfig:
     ema: bool = False
     dead_threshold: float = 0.0
     impl: str = "auto"             # of the VQ op
-    reconstruction_weight: float = 1.0
+    reconstruction_weight: float = 1.0   # of the mean L1 error
+    l2_weight: float = 0.0               # of the mean squared error (not in IRIS)
     commitment_weight: float = 1.0
     perceptual_weight: float = 1.0
     perceptual_weights_path: str | None = None
@@ -178,7 +185,8 @@ class Tokenizer(nn.Module):
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """IRIS's tokenizer loss on ``batch["observations"] [B, T, C, R, R]`` (float in
         [0, 1] or uint8). Metrics: ``reconstruction`` (mean L1 on [-1, 1]),
-        ``commitment``, ``codebook``, ``perceptual`` (only with LPIPS weights),
+        ``commitment``, ``codebook``, ``l2`` (mean squared error on [-1, 1]),
+        ``perceptual`` (only with LPIPS weights),
         ``psnr`` (dB, mean over frames, clamped reconstructions) and
         ``codebook_usage`` (fraction of the codes used in the batch)."""
         if "observations" not in batch:
@@ -188,10 +196,12 @@ class Tokenizer(nn.Module):
         _, out = self._quantize(targets)
         recon = self._decode_latents(out.z_q)
         c = self.config
-        reconstruction = (targets - recon.float()).abs().mean()
-        loss = c.commitment_weight * out.losses["loss"] + c.reconstruction_weight * reconstruction
-        metrics = {"reconstruction": reconstruction.detach(), "commitment": out.losses["commitment"].detach(),
-                   "codebook": out.losses["codebook"].detach()}
+        error = targets - recon.float()
+        reconstruction, l2 = error.abs().mean(), error.square().mean()
+        loss = (c.commitment_weight * out.losses["loss"] + c.reconstruction_weight * reconstruction
+                + c.l2_weight * l2)
+        metrics = {"reconstruction": reconstruction.detach(), "l2": l2.detach(),
+                   "commitment": out.losses["commitment"].detach(), "codebook": out.losses["codebook"].detach()}
         if self.perceptual is not None:
             perceptual = self.perceptual.to(targets.device)(targets, recon).mean()
             loss = loss + c.perceptual_weight * perceptual
