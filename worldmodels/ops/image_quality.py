@@ -33,7 +33,8 @@ def psnr_ref(prediction: torch.Tensor, target: torch.Tensor, data_range: float =
     ``eps`` so identical images give a large finite value.
     """
     _check_images("psnr", prediction, target)
-    mse = (prediction.float() - target.float()).square().flatten(-3).mean(-1)
+    dtype = torch.float64 if torch.float64 in (prediction.dtype, target.dtype) else torch.float32
+    mse = (prediction.to(dtype) - target.to(dtype)).square().flatten(-3).mean(-1)
     return 10.0 * torch.log10(data_range ** 2 / mse.clamp_min(eps))
 
 
@@ -58,7 +59,7 @@ def ssim_ref(prediction: torch.Tensor, target: torch.Tensor, data_range: float =
     channels and over the pixels whose whole window lies inside the image.
 
     prediction, target: ``[..., C, H, W]`` floats with ``H, W >= window_size``; returns
-    ``[...]``. Local means, variances and covariance use a Gaussian window (``sigma``)
+    ``[...]`` (float32, or float64 for float64 inputs). Local means, variances and covariance use a Gaussian window (``sigma``)
     and the population (biased) estimates, with ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2``:
     scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=L, channel_axis=...)``.
@@ -68,9 +69,10 @@ def ssim_ref(prediction: torch.Tensor, target: torch.Tensor, data_range: float =
     if min(height, width) < window_size:
         raise ValueError(f"ssim: images of {height}x{width} are smaller than the {window_size}x{window_size} window.")
     lead = prediction.shape[:-3]
-    x = prediction.reshape(-1, *prediction.shape[-3:]).float()
-    y = target.reshape(-1, *target.shape[-3:]).float()
-    window = gaussian_window(window_size, sigma, device=x.device)
+    dtype = torch.float64 if torch.float64 in (prediction.dtype, target.dtype) else torch.float32
+    x = prediction.reshape(-1, *prediction.shape[-3:]).to(dtype)
+    y = target.reshape(-1, *target.shape[-3:]).to(dtype)
+    window = gaussian_window(window_size, sigma, device=x.device, dtype=dtype)
     moments = _blur(torch.cat([x, y, x * x, y * y, x * y], 1), window)
     mu_x, mu_y, xx, yy, xy = moments.chunk(5, dim=1)
     var_x, var_y, cov = xx - mu_x.square(), yy - mu_y.square(), xy - mu_x * mu_y
