@@ -47,7 +47,10 @@ def test_the_prediction_depends_on_the_action_through_film():
     model = tiny_model()
     frames = torch.rand(2, 4, 3, 16, 16)
     same = model(frames, torch.tensor([0, 0])), model(frames, torch.tensor([3, 3]))
-    torch.testing.assert_close(*same)   # FiLM starts as the identity
+    torch.testing.assert_close(same[0], frames[:, -1])   # the head starts at zero: copy-last-frame
+    torch.testing.assert_close(*same)
+    nn.init.normal_(model.head.weight, std=0.1)
+    torch.testing.assert_close(model(frames, torch.tensor([0, 0])), model(frames, torch.tensor([3, 3])))  # FiLM: identity
     for film in [model.bottleneck_film, *model.films]:
         nn.init.normal_(film.linear.weight)
     assert (model(frames, torch.tensor([0, 0])) - model(frames, torch.tensor([3, 3]))).abs().max() > 1e-3

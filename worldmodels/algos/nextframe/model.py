@@ -77,6 +77,8 @@ class NextFramePredictor(nn.Module):
         self.merge = nn.ModuleList(_block(2 * a, a) for a in widths[:-1])
         self.films = nn.ModuleList(FiLM(c.action_embed, a) for a in widths[:-1])
         self.head = nn.Conv2d(widths[0], c.channels, 3, padding=1)
+        nn.init.zeros_(self.head.weight)   # delta = 0: training starts from copy-last-frame
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The unclamped prediction ``last + delta`` (the loss sees it; :meth:`predict` clamps)."""
