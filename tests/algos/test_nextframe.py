@@ -142,9 +142,12 @@ def test_few_steps_of_training_evaluate_log_rollouts_media_and_resume(config_fro
         rows = [r for r in csv.DictReader(handle) if r.get("eval/psnr")]
     assert [int(r["step"]) for r in rows] == [2, 4]
     for key in ["eval/loss", "eval/mse", "eval/ssim", "eval/psnr_copy_last", "eval/ssim_copy_last",
-                f"eval/rollout_psnr_h{HORIZON}", "eval/rollout_shuffled_psnr_h1", "eval/rollout_delta_psnr_mean"]:
+                f"eval/rollout_psnr_h{HORIZON}", "eval/rollout_shuffled_psnr_h1", "eval/rollout_delta_psnr_mean", "eval/psnr_shuffled"]:
         assert np.isfinite(float(rows[-1][key])), key
     assert 0 < float(rows[-1]["eval/ssim"]) <= 1 and float(rows[-1]["eval/psnr_copy_last"]) > 10
+    last = rows[-1]
+    assert float(last["eval/delta_psnr_shuffled"]) == pytest.approx(
+        float(last["eval/psnr"]) - float(last["eval/psnr_shuffled"]), abs=1e-9)
     with (run / ROLLOUT_CSV).open(newline="") as handle:
         table = list(csv.DictReader(handle))
     assert [(int(r["step"]), int(r["horizon"])) for r in table] == [(s, h) for s in (2, 4) for h in (1, 2, 3)]

@@ -16,7 +16,7 @@ from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from ...utils.images import image_grid, openloop_frames, save_png, write_gif
 from .model import NextFrameConfig, NextFramePredictor
-from .rollout import append_rollout_csv, rollout_table
+from .rollout import append_rollout_csv, rollout_table, shuffle_actions
 
 ROLLOUT_CSV = "val_rollout_metrics.csv"
 
@@ -93,8 +93,8 @@ def _fixed_subset(windows: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 
 class NextFrameEvaluator(Evaluator):
-    """One-step scores (loss, MSE, PSNR, SSIM, and copy-last-frame's) on fixed held-out
-    stacks, and open-loop rollouts to ``algo.val_rollout_horizon`` against copy-last and
+    """One-step scores (loss, MSE, PSNR, SSIM; copy-last-frame's PSNR and SSIM; the PSNR
+    with shuffled actions) on fixed held-out stacks, and open-loop rollouts to ``algo.val_rollout_horizon`` against copy-last and
     shuffled actions; media: image strips, the rollout GIF, rows of
     ``val_rollout_metrics.csv`` beside ``media/``."""
 
@@ -107,6 +107,7 @@ class NextFrameEvaluator(Evaluator):
                                  int(algo.val_samples), self.seed)
         self.frames, actions = gather_windows(shards, one_step, self.stack)
         self.actions = torch.from_numpy(actions[:, 0])
+        self.shuffled = shuffle_actions(self.actions, self.seed)   # the same stacks with other stacks' actions
         self.horizon = int(algo.val_rollout_horizon)
         rollouts = _fixed_subset(check_stack_fits(val, self.stack, self.horizon, "validation", shards.root),
                                  int(algo.val_rollouts), self.seed + 1)
@@ -117,14 +118,15 @@ class NextFrameEvaluator(Evaluator):
         self.rollout: torch.Tensor | None = None
 
     def _one_step(self, model: NextFramePredictor) -> dict[str, float]:
-        sums = {"loss": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0, "psnr_copy_last": 0.0, "ssim_copy_last": 0.0}
+        sums = dict.fromkeys(("loss", "mse", "psnr", "ssim", "psnr_copy_last", "ssim_copy_last", "psnr_shuffled"), 0.0)
         for start in range(0, len(self.frames), self.batch_size):
             frames = to_unit(self.frames[start:start + self.batch_size], self.device)
-            batch = {"frames": frames[:, :self.stack], "target": frames[:, self.stack],
-                     "actions": self.actions[start:start + self.batch_size].to(self.device)}
+            actions = self.actions[start:start + self.batch_size].to(self.device)
+            batch = {"frames": frames[:, :self.stack], "target": frames[:, self.stack], "actions": actions}
             loss, _ = model.compute_loss(batch)
-            prediction, target, last = model.predict(batch["frames"], batch["actions"]).float(), batch["target"], \
+            prediction, target, last = model.predict(batch["frames"], actions).float(), batch["target"], \
                 batch["frames"][:, -1]
+            shuffled = model.predict(batch["frames"], self.shuffled[start:start + self.batch_size].to(self.device))
             count = len(target)
             sums["loss"] += float(loss) * count
             sums["mse"] += float((prediction - target).square().mean()) * count
@@ -132,7 +134,10 @@ class NextFrameEvaluator(Evaluator):
             sums["ssim"] += float(ssim_ref(prediction, target).sum())
             sums["psnr_copy_last"] += float(psnr_ref(last, target).sum())
             sums["ssim_copy_last"] += float(ssim_ref(last, target).sum())
-        return {f"eval/{name}": value / len(self.frames) for name, value in sums.items()}
+            sums["psnr_shuffled"] += float(psnr_ref(shuffled.float(), target).sum())
+        metrics = {f"eval/{name}": value / len(self.frames) for name, value in sums.items()}
+        metrics["eval/delta_psnr_shuffled"] = metrics["eval/psnr"] - metrics["eval/psnr_shuffled"]
+        return metrics
 
     def evaluate(self, model: NextFramePredictor) -> dict[str, float]:
         metrics = self._one_step(model)
