@@ -15,7 +15,7 @@ from torch import nn
 from worldmodels.algos.nextframe import FACTORIES, NextFrameConfig, NextFramePredictor
 from worldmodels.algos.nextframe.experiment import ROLLOUT_CSV, open_shards
 from worldmodels.algos.nextframe.rollout import COLUMNS, open_loop, rollout_table, shuffle_actions
-from worldmodels.data.frames import FrameDataError
+from worldmodels.data.frames import FrameDataError, split_episodes
 from worldmodels.ops import psnr_ref, ssim_ref
 from worldmodels.training.config_check import check_config
 from worldmodels.training.loop import fit
@@ -173,6 +173,20 @@ def test_the_data_config_is_checked_naming_the_key(config_from, coinrun):
         open_shards(config_from([*SMOKE, f"data.root={coinrun}", "model.image_size=32"]))
     with pytest.raises(FrameDataError, match="no validation episode holds 4 \\+ 5000 frames"):
         FACTORIES.evaluator(config_from([*SMOKE, f"data.root={coinrun}", "algo.val_rollout_horizon=5000"]), "cpu")
+
+
+def test_the_split_does_not_follow_the_seed(config_from, coinrun):
+    from worldmodels.algos.nextframe.experiment import split
+
+    def held_out(*overrides):
+        cfg = config_from([*SMOKE, f"data.root={coinrun}", *overrides])
+        return split(cfg, open_shards(cfg))[1]
+
+    cfg = config_from([*SMOKE, f"data.root={coinrun}"])
+    episodes = open_shards(cfg).episodes
+    assert split_episodes(episodes, 0.1, 0)[1] != split_episodes(episodes, 0.1, 5)[1]   # the seeds would differ
+    assert held_out("seed=0") == held_out("seed=5")   # ranks of a data-parallel run see seed + rank
+    assert held_out("data.split_seed=0") != held_out("data.split_seed=5")
 
 
 def test_a_missing_dataset_stops_the_run_with_the_generator_command(tmp_path):

@@ -204,6 +204,7 @@ ALGOS: dict[str, dict[str, Rule]] = {
         "data.root": PATH,
         "data.stack": COUNT,
         "data.val_ratio": fraction(low_open=True, high_open=True),
+        "data.split_seed": integer(0),
     },
     "iris": {"algo.name": text(), **_IRIS_FAMILY},
     "delta_iris": {"algo.name": text(), **_IRIS_FAMILY, "algo.tokenizer_sequence_length": integer(2),
