@@ -4,6 +4,7 @@ and a few-step training, evaluation and resume on Procgen CoinRun frames."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -155,6 +156,20 @@ def test_few_steps_of_training_evaluate_log_rollouts_media_and_resume(config_fro
     for name in ("strip_step000004.png", "rollout_step000004.gif"):
         assert (run / "media" / name).stat().st_size > 0
     assert (run / "checkpoints" / "best.pt").is_file()
+
+    from worldmodels.algos.nextframe.eval_frames import SERIES, main as eval_frames
+
+    assert eval_frames([str(run / "checkpoints" / "best.pt"), "--sequences", "3", "--horizon", "2",
+                        "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "rollout_metrics.json").read_text())
+    assert result["sequences"] == 3 and result["steps_ahead"] == [1, 2]
+    for name in SERIES:
+        assert len(result[name]["mean"]) == 2 and all(ci >= 0 for ci in result[name]["ci95"])
+    assert result["delta_psnr"]["mean"] == pytest.approx(
+        [m - s for m, s in zip(result["psnr"]["mean"], result["shuffled_psnr"]["mean"])])
+    with (tmp_path / "eval" / "rollout_metrics_vs_horizon.csv").open(newline="") as handle:
+        assert [row["horizon"] for row in csv.DictReader(handle)] == ["1", "2"]
+    assert (tmp_path / "eval" / "rollout.gif").stat().st_size > 0
 
 
 def test_the_data_config_is_checked_naming_the_key(config_from, coinrun):

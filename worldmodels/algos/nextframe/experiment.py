@@ -43,8 +43,9 @@ def open_shards(cfg: DictConfig) -> FrameShards:
 def split(cfg: DictConfig, shards: FrameShards):
     """Train and validation episodes (``data.val_ratio``, seeded by ``data.split_seed``, not
     by ``seed``: every rank of a data-parallel run, whose data factory sees ``seed + rank``,
-    and every seed of a sweep hold out the same episodes)."""
-    return split_episodes(shards.episodes, float(cfg.data.val_ratio), int(cfg.data.split_seed))
+    and every seed of a sweep hold out the same episodes; checkpoints from before the key
+    split by ``seed``)."""
+    return split_episodes(shards.episodes, float(cfg.data.val_ratio), int(cfg.data.get("split_seed", cfg.seed)))
 
 
 def to_unit(frames: np.ndarray, device: torch.device) -> torch.Tensor:

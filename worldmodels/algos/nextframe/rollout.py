@@ -43,26 +43,28 @@ def shuffle_actions(actions: torch.Tensor, seed: int) -> torch.Tensor:
     return actions.flatten()[order].view_as(actions)
 
 
-def per_horizon(prediction: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean PSNR and SSIM over sequences at each step ahead: two ``[H]`` tensors."""
-    return psnr_ref(prediction, truth).mean(0), ssim_ref(prediction, truth).mean(0)
-
-
 @torch.no_grad()
-def rollout_table(model: nn.Module, frames: torch.Tensor, actions: torch.Tensor, stack: int, seed: int
-                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Per-horizon scores of the model, copy-last and shuffled actions on ``frames
-    [B, K + H, C, H_img, W_img]`` in [0, 1] with ``actions [B, H]``; returns the table
-    (``[H]`` tensors keyed by :data:`COLUMNS` names) and the model's rollout."""
-    context, truth = frames[:, :stack], frames[:, stack:]
+def rollout_scores(model: nn.Module, frames: torch.Tensor, actions: torch.Tensor, stack: int, seed: int
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-sequence scores ``[B, H]`` of the model, copy-last and shuffled actions on
+    ``frames [B, K + H, C, H_img, W_img]`` in [0, 1] with ``actions [B, H]``, keyed by the
+    :data:`COLUMNS` names; and the model's rollout ``[B, H, C, H_img, W_img]``."""
+    context, truth = frames[:, :stack], frames[:, stack:].float()
     prediction = open_loop(model, context, actions)
     shuffled = open_loop(model, context, shuffle_actions(actions, seed))
     copy_last = context[:, -1:].expand_as(truth)
-    table = {}
+    scores = {}
     for prefix, guess in (("", prediction), ("copy_last_", copy_last), ("shuffled_", shuffled)):
-        table[f"{prefix}psnr"], table[f"{prefix}ssim"] = per_horizon(guess.float(), truth.float())
-    table["delta_psnr"] = table["psnr"] - table["shuffled_psnr"]
-    return table, prediction
+        scores[f"{prefix}psnr"], scores[f"{prefix}ssim"] = psnr_ref(guess.float(), truth), ssim_ref(guess.float(), truth)
+    scores["delta_psnr"] = scores["psnr"] - scores["shuffled_psnr"]
+    return scores, prediction
+
+
+def rollout_table(model: nn.Module, frames: torch.Tensor, actions: torch.Tensor, stack: int, seed: int
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`rollout_scores` averaged over the sequences: ``[H]`` per name."""
+    scores, prediction = rollout_scores(model, frames, actions, stack, seed)
+    return {name: value.mean(0) for name, value in scores.items()}, prediction
 
 
 def append_rollout_csv(path: Path, step: int, table: dict[str, torch.Tensor]) -> Path:
@@ -78,4 +80,4 @@ def append_rollout_csv(path: Path, step: int, table: dict[str, torch.Tensor]) ->
     return path
 
 
-__all__ = ["COLUMNS", "append_rollout_csv", "open_loop", "per_horizon", "rollout_table", "shuffle_actions"]
+__all__ = ["COLUMNS", "append_rollout_csv", "open_loop", "rollout_scores", "rollout_table", "shuffle_actions"]
