@@ -65,6 +65,15 @@ def test_leading_dimensions_are_kept():
     assert psnr(prediction.view(2, 3, 3, 16, 16), target.view(2, 3, 3, 16, 16)).shape == (2, 3)
 
 
+def test_ssim_keeps_fp32_under_bf16_autocast():
+    prediction, target = image_pairs(3, 3, 32, 32)
+    prediction, target = prediction.float(), target.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ssim(prediction, target)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, ssim(prediction, target), atol=1e-6, rtol=0)
+
+
 def test_ssim_reference_gradient_is_correct_in_float64():
     prediction, target = image_pairs(2, 1, 12, 13)
     prediction.requires_grad_(True)

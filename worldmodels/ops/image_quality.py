@@ -59,7 +59,7 @@ def ssim_ref(prediction: torch.Tensor, target: torch.Tensor, data_range: float =
     channels and over the pixels whose whole window lies inside the image.
 
     prediction, target: ``[..., C, H, W]`` floats with ``H, W >= window_size``; returns
-    ``[...]`` (float32, or float64 for float64 inputs). Local means, variances and covariance use a Gaussian window (``sigma``)
+    ``[...]`` (float32, or float64 for float64 inputs, also under autocast). Local means, variances and covariance use a Gaussian window (``sigma``)
     and the population (biased) estimates, with ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2``:
     scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=L, channel_axis=...)``.
@@ -73,7 +73,8 @@ def ssim_ref(prediction: torch.Tensor, target: torch.Tensor, data_range: float =
     x = prediction.reshape(-1, *prediction.shape[-3:]).to(dtype)
     y = target.reshape(-1, *target.shape[-3:]).to(dtype)
     window = gaussian_window(window_size, sigma, device=x.device, dtype=dtype)
-    moments = _blur(torch.cat([x, y, x * x, y * y, x * y], 1), window)
+    with torch.autocast(x.device.type, enabled=False):   # E[x^2] - E[x]^2 needs fp32, also under bf16 autocast
+        moments = _blur(torch.cat([x, y, x * x, y * y, x * y], 1), window)
     mu_x, mu_y, xx, yy, xy = moments.chunk(5, dim=1)
     var_x, var_y, cov = xx - mu_x.square(), yy - mu_y.square(), xy - mu_x * mu_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
