@@ -52,6 +52,7 @@ _VAE = ("eval/loss", "eval/recon", "eval/kl")
 _VTA = ("eval/loss", "eval/obs_cost", "eval/kl_abs", "eval/kl_obs", "eval/kl_mask")
 _OFFLINE = ("eval/loss", "eval/episode_loss", "eval/kl", "eval/reward", "eval/cont")
 _RETURN = ("eval/neg_return",)
+_NEXTFRAME = ("eval/loss", "eval/mse")
 
 FAMILIES: dict[str, Family] = {
     "vae": Family("worldmodels.algos.vae:FACTORIES", visualizer=True, best_metrics=_VAE, data_parallel=True),
@@ -69,6 +70,8 @@ FAMILIES: dict[str, Family] = {
     "delta_iris": Family("worldmodels.algos.delta_iris.experiment:FACTORIES",
                          agent_loader="worldmodels.algos.delta_iris.experiment:load_agent", playable=True,
                          visualizer=True, best_metrics=_RETURN),
+    "nextframe": Family("worldmodels.algos.nextframe:FACTORIES", steps_env=False, best_metrics=_NEXTFRAME,
+                        data_parallel=True),
 }
 
 

@@ -39,6 +39,11 @@ _EXPORTS = {
     "VQOutput": "vq",
     "vq_ema_update_": "vq",
     "restart_dead_codes_": "vq",
+    # image quality (next-frame prediction scores)
+    "psnr": "image_quality",
+    "psnr_ref": "image_quality",
+    "ssim": "image_quality",
+    "ssim_ref": "image_quality",
     # sampling
     "st_categorical": "sampling",
     "st_categorical_ref": "sampling",
