@@ -3,9 +3,10 @@
 pycma's strategy object is only saved by pickling, which this package never loads.
 Instead every generation's candidates and losses are kept (an npz, written atomically)
 and a resumed run rebuilds the strategy from its seed by replaying ``ask``/``tell`` on
-the recorded losses: pycma draws from NumPy's global generator seeded by the ``seed``
-option, so the replayed strategy, and the next generation it asks for, are the ones
-the uninterrupted run has. Each replayed ``ask`` is checked against the record.
+the recorded losses: pycma draws its samples through the ``randn`` option, here a
+NumPy generator of the strategy's own seeded from the run's seed (not NumPy's global
+one, which other code may touch), so the replayed strategy, and the next generation it
+asks for, are the ones the uninterrupted run has. Each replayed ``ask`` is checked against the record.
 
 Fitness is the authors' ``mean return - weight_decay * mean(theta^2)`` (weight decay
 0.01); pycma minimises, so it is told the negated fitness.
@@ -38,7 +39,9 @@ class PopulationSearch:
         import cma
 
         self.dim, self.popsize, self.sigma0, self.seed = dim, popsize, sigma0, seed
-        options = {"popsize": popsize, "seed": seed + 1, "verbose": -9}  # pycma treats seed 0 as "random"
+        self._rng = np.random.default_rng(seed)
+        options = {"popsize": popsize, "seed": seed + 1, "verbose": -9,  # pycma treats seed 0 as "random"
+                   "randn": lambda *shape: self._rng.standard_normal(shape)}
         self._es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma0, options)
         self.solutions: list[np.ndarray] = []
         self.losses: list[np.ndarray] = []

@@ -33,7 +33,11 @@ def unpack(theta: torch.Tensor, feature_dim: int, action_dim: int) -> tuple[torc
 
 def population_actions(theta: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Raw actions ``[P, R, A]`` in [-1, 1] of P candidates on their features ``[P, R, F]``."""
-    weight, bias = unpack(theta, features.shape[-1], theta.shape[1] // (features.shape[-1] + 1))
+    per_action = features.shape[-1] + 1
+    if theta.dim() != 2 or theta.shape[1] % per_action:
+        raise ValueError(f"theta has shape {tuple(theta.shape)}: [P, n] needs n = (F + 1) * A = {per_action} * A "
+                         f"for F={features.shape[-1]} features.")
+    weight, bias = unpack(theta, features.shape[-1], theta.shape[1] // per_action)
     return torch.tanh(torch.baddbmm(bias, features, weight))
 
 
