@@ -70,8 +70,10 @@ def sample_mixture(logit_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Te
     if tau == 0:
         index = logit_pi.argmax(-1, keepdim=True)
         return mu.gather(-1, index).squeeze(-1)
-    probs = F.softmax(logit_pi / tau, dim=-1)
-    below = (probs.cumsum(-1) <= uniform.unsqueeze(-1)).sum(-1, keepdim=True)
+    scaled = logit_pi / tau
+    weights = (scaled - scaled.amax(-1, keepdim=True)).exp()     # softmax numerators (a softmax over
+    cdf = weights.cumsum(-1)                                      # K=5 is slow on the CPU)
+    below = (cdf <= uniform.unsqueeze(-1) * cdf[..., -1:]).sum(-1, keepdim=True)
     index = below.clamp_max(logit_pi.shape[-1] - 1)
     mean = mu.gather(-1, index).squeeze(-1)
     sigma = log_sigma.gather(-1, index).squeeze(-1).exp()
