@@ -46,6 +46,7 @@ def test_the_tiny_pipeline_writes_every_output_and_each_opens(tiny_run):
     assert best["theta"].shape == ((cfg.latent_dim + cfg.hidden_size + 1) * 2,)
     results = json.loads((run / "evaluation_results.json").read_text())
     assert len(results["real_returns"]) == cfg.eval_episodes and np.isfinite(results["real_mean"])
+    assert np.isfinite(results["dream_mean"]) and np.isfinite(results["random_policy_mean"])
     with (run / "pipeline_summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["stage"] for row in rows] == list(STAGES) and all(float(row["seconds"]) >= 0 for row in rows)
@@ -133,3 +134,19 @@ def test_full_mode_has_the_papers_settings():
     assert (full.rollouts, full.vae_epochs, full.mdn_epochs) == (10000, 10, 20)
     assert (full.population, full.rollouts_per_candidate, full.generations) == (64, 16, 800)
     assert (full.latent_dim, full.hidden_size, full.num_mixtures, full.sigma0) == (32, 256, 5, 0.1)
+
+
+def test_the_controller_stage_trains_in_the_real_env_batched_over_candidates(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    real = tmp_path / "real"
+    shutil.copytree(run, real)
+    for name in ("cmaes_state.npz", "controller_best.pt"):
+        (real / name).unlink()
+    cfg = preset("tiny", env="tiny", train_in_dream=False, generations=2)
+    outcome = run_pipeline(cfg, real, ["controller", "eval"])
+    assert outcome["controller"].startswith("done: 2 generations in the real env")
+    state = load_npz(real / "cmaes_state.npz")
+    assert state["losses"].shape == (2, cfg.population) and np.isfinite(state["losses"]).all()
+    # the tiny env's reward is minus the distance to the centre over 8: at most 0, above -1.4 a step
+    returns = json.loads((real / "evaluation_results.json").read_text())["real_returns"]
+    assert all(-1.4 * cfg.controller_steps < r <= 0 for r in returns)

@@ -23,7 +23,7 @@ from .dream import DreamSettings, dream_rollouts
 from .envs import WorldModelsEnv, make_batch
 from .mdnrnn import MDNRNN, sample_mixture
 from .rundir import load_npz, save_json
-from .vm_stages import load_mdnrnn, load_vae, to_images
+from .vm_stages import collect_round, load_mdnrnn, load_vae, to_images
 
 
 @torch.no_grad()
@@ -159,15 +159,26 @@ def evaluate_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, dev
     settings = DreamSettings(cfg.eval_episodes, cfg.controller_steps, cfg.temperature)
     dream = dream_rollouts(model, theta, dream_starts(run), settings, cfg.seed + 10_000, to_env_action)
     real_np, dream_np = real.flatten().cpu().numpy(), dream.flatten().cpu().numpy()
+    random_np = random_policy_returns(cfg, env)
     results = {"env": env.env_id, "episodes": cfg.eval_episodes, "steps_cap": cfg.controller_steps,
                "real_mean": float(real_np.mean()), "real_std": float(real_np.std()), "real_returns": real_np.tolist(),
                "dream_mean": float(dream_np.mean()), "dream_std": float(dream_np.std()),
+               "random_policy_mean": float(random_np.mean()), "random_policy_std": float(random_np.std()),
                "temperature": cfg.temperature, "trained_in_dream": cfg.train_in_dream,
                "controller_generation": int(best["generation"]), "controller_fitness": float(best["fitness"])}
     save_json(run / "evaluation_results.json", results)
     if cfg.save_videos:
         write_videos(cfg, run, vae, model, theta, frames, to_env_action, device)
-    return f"done: real {results['real_mean']:.2f} +- {results['real_std']:.2f}, dream {results['dream_mean']:.2f}"
+    return (f"done: real {results['real_mean']:.2f} +- {results['real_std']:.2f}, dream {results['dream_mean']:.2f}, "
+            f"random policy {results['random_policy_mean']:.2f}")
+
+
+def random_policy_returns(cfg: PipelineConfig, env: WorldModelsEnv) -> np.ndarray:
+    """Returns ``[eval_episodes]`` of the random collection policy on the evaluation seeds."""
+    batch = make_batch(env, cfg.eval_episodes, cfg.seed + 10_000, cfg.controller_steps)
+    episodes = collect_round(env, batch, np.random.default_rng([cfg.seed, 10_000]), cfg.controller_steps)
+    batch.close()
+    return np.array([episode["reward"].sum() for episode in episodes])
 
 
 @torch.no_grad()

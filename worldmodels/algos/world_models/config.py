@@ -54,7 +54,7 @@ class PipelineConfig:
     mdn_lr: float = 1e-3
     predict_done: bool = False
     # C: the controller and CMA-ES
-    train_in_dream: bool = True
+    train_in_dream: bool = False   # CarRacing in the paper trains in the real env
     population: int = 8
     generations: int = 5
     rollouts_per_candidate: int = 2
@@ -91,10 +91,10 @@ class PipelineConfig:
 PRESETS: dict[str, dict[str, object]] = {
     "quick": {},
     "full": {"rollouts": 10000, "rollout_steps": 1000, "collect_envs": 16, "vae_epochs": 10, "vae_lr": 1e-4,
-             "mdn_epochs": 20, "mdn_seq_len": 999, "mdn_batch_size": 100, "train_in_dream": False,
+             "mdn_epochs": 20, "mdn_seq_len": 999, "mdn_batch_size": 100,
              "population": 64, "generations": 800, "rollouts_per_candidate": 16, "controller_steps": 1000,
              "eval_episodes": 100, "video_steps": 300},
-    "tiny": {"rollouts": 8, "rollout_steps": 20, "collect_envs": 4, "latent_dim": 4, "vae_widths": (8, 16),
+    "tiny": {"train_in_dream": True, "rollouts": 8, "rollout_steps": 20, "collect_envs": 4, "latent_dim": 4, "vae_widths": (8, 16),
              "vae_batch_size": 32, "hidden_size": 16, "num_mixtures": 3, "mdn_seq_len": 8, "mdn_batch_size": 8,
              "population": 4, "generations": 2, "rollouts_per_candidate": 2, "controller_steps": 10,
              "eval_episodes": 2, "video_steps": 8},

@@ -31,8 +31,9 @@ def random_actions(env: WorldModelsEnv, rng: np.random.Generator, count: int) ->
     return rng.uniform(-1, 1, (count, env.action_dim))
 
 
-def _collect_round(env: WorldModelsEnv, batch, rng: np.random.Generator, steps: int) -> list[dict[str, np.ndarray]]:
-    """One episode per env of ``batch`` under the random policy (actions held for a few steps)."""
+def collect_round(env: WorldModelsEnv, batch, rng: np.random.Generator, steps: int) -> list[dict[str, np.ndarray]]:
+    """One episode per env of ``batch`` under the random policy (each env keeps its action
+    and draws a new one with probability 0.2 a step)."""
     frames = [batch.reset()]
     actions, rewards, dones = [], [], []
     action = random_actions(env, rng, batch.num_envs)
@@ -63,7 +64,7 @@ def collect(cfg: PipelineConfig, run: Path, env: WorldModelsEnv) -> str:
     batch = make_batch(env, cfg.collect_envs, cfg.seed + have, cfg.rollout_steps)
     with tqdm(total=cfg.rollouts, initial=have, desc="collect", unit="episode") as bar:
         while have < cfg.rollouts:
-            for episode in _collect_round(env, batch, rng, cfg.rollout_steps)[: cfg.rollouts - have]:
+            for episode in collect_round(env, batch, rng, cfg.rollout_steps)[: cfg.rollouts - have]:
                 save_npz(folder / f"episode_{have:05d}.npz", **episode)
                 have += 1
                 bar.update(1)
