@@ -118,6 +118,8 @@ def test_current_ids_and_short_names_resolve():
 
 
 def test_bad_settings_and_stage_lists_are_refused_naming_them():
+    with pytest.raises(PipelineConfigError, match="mean_eval_every=-1 must be an integer >= 0"):
+        preset("quick", mean_eval_every=-1)
     with pytest.raises(PipelineConfigError, match="population=1"):
         preset("quick", population=1)
     with pytest.raises(PipelineConfigError, match="mdn_seq_len=100 must be < rollout_steps=100"):
@@ -142,11 +144,25 @@ def test_the_controller_stage_trains_in_the_real_env_batched_over_candidates(tin
     shutil.copytree(run, real)
     for name in ("cmaes_state.npz", "controller_best.pt"):
         (real / name).unlink()
-    cfg = preset("tiny", env="tiny", train_in_dream=False, generations=2)
+    cfg = preset("tiny", env="tiny", train_in_dream=False, generations=2, mean_eval_every=1)
     outcome = run_pipeline(cfg, real, ["controller", "eval"])
+    probes = np.loadtxt(real / "cmaes_mean_eval.csv", delimiter=",", skiprows=1)
+    assert probes.shape == (2, 3) and (probes[:, 0] == [0, 1]).all()
     assert outcome["controller"].startswith("done: 2 generations in the real env")
     state = load_npz(real / "cmaes_state.npz")
     assert state["losses"].shape == (2, cfg.population) and np.isfinite(state["losses"]).all()
     # the tiny env's reward is minus the distance to the centre over 8: at most 0, above -1.4 a step
     returns = json.loads((real / "evaluation_results.json").read_text())["real_returns"]
     assert all(-1.4 * cfg.controller_steps < r <= 0 for r in returns)
+
+
+def test_resume_from_the_command_line_reads_the_runs_settings_under_the_flags_given(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    resumed = tmp_path / "cli"
+    shutil.copytree(run, resumed)
+    assert main(["--resume", str(resumed), "--stage", "controller", "--generations", "4"]) == 0
+    settings = json.loads((resumed / "config.json").read_text())
+    assert settings["generations"] == 4 and settings["mode"] == "tiny" and settings["env"] == "tiny"
+    state = load_npz(resumed / "cmaes_state.npz")
+    assert state["solutions"].shape[0] == 4
+    np.testing.assert_array_equal(state["solutions"][:3], load_npz(run / "cmaes_state.npz")["solutions"])

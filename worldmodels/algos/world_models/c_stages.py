@@ -88,6 +88,40 @@ class Evaluator:
                                        cfg.controller_steps, self.to_env_action)
         return returns.mean(1)
 
+    def close(self) -> None:
+        if not self.cfg.train_in_dream:
+            self.batch.close()
+
+
+class MeanProbe:
+    """Every ``cfg.mean_eval_every`` generations (0: never), the CMA-ES mean over
+    ``cfg.eval_episodes`` real episodes, as the authors' code does; rows of
+    ``cmaes_mean_eval.csv`` (generation, mean_return, std_return)."""
+
+    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN):
+        self.cfg, self.run, self.env, self.device, self.model = cfg, run, env, device, model
+        self.vae = load_vae(run, device) if cfg.mean_eval_every else None
+        self.batch = None
+
+    def __call__(self, generation: int, mean: np.ndarray) -> None:
+        cfg = self.cfg
+        if not cfg.mean_eval_every or (generation + 1) % cfg.mean_eval_every:
+            return
+        if self.batch is None:
+            self.batch = make_batch(self.env, cfg.eval_episodes, cfg.seed + 20_000, cfg.controller_steps)
+        theta = torch.from_numpy(mean).float().to(self.device).unsqueeze(0)
+        returns, _ = real_rollouts(self.batch, self.vae, self.model, theta, cfg.eval_episodes, cfg.controller_steps,
+                                   action_map(self.env.action_map))
+        path = self.run / "cmaes_mean_eval.csv"
+        with path.open("a") as handle:
+            if handle.tell() == 0:
+                handle.write("generation,mean_return,std_return\n")
+            handle.write(f"{generation},{returns.mean().item():.4f},{returns.std(unbiased=False).item():.4f}\n")
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
+
 
 def _save_best(run: Path, search: PopulationSearch, feature_dim: int, action_dim: int) -> float:
     losses, solutions = np.stack(search.losses), np.stack(search.solutions)
@@ -131,6 +165,7 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
         search = PopulationSearch(dim, cfg.population, cfg.sigma0, cfg.seed)
     if search.generation >= cfg.generations:
         return f"skipped: {search.generation} generations already run"
+    probe = MeanProbe(cfg, run, env, device, evaluate.model)
     bar = tqdm(range(search.generation, cfg.generations), desc="cma-es", unit="generation")
     for generation in bar:
         solutions = search.ask()
@@ -140,6 +175,9 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
         search.save(state_path)
         best = _save_best(run, search, feature_dim, env.action_dim)
         bar.set_postfix(best=f"{fit.max():.2f}", mean=f"{fit.mean():.2f}", overall=f"{best:.2f}")
+        probe(generation, search.mean)
+    probe.close()
+    evaluate.close()
     write_curve(run, np.stack(search.losses))
     where = "dream" if cfg.train_in_dream else "real env"
     return f"done: {cfg.generations} generations in the {where}, best fitness {best:.2f}"

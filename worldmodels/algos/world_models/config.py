@@ -62,6 +62,7 @@ class PipelineConfig:
     weight_decay: float = 0.01
     controller_steps: int = 100
     temperature: float = 1.0
+    mean_eval_every: int = 0       # generations between real-env evaluations of the CMA-ES mean; 0: never
     # evaluation
     eval_episodes: int = 4
     save_videos: bool = False
@@ -75,8 +76,9 @@ class PipelineConfig:
             raise PipelineConfigError(f"device={self.device!r} is not cpu, cuda, cuda:N or auto.")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type == "int" and (value < 0 if field.name == "seed" else value < 1):
-                raise PipelineConfigError(f"{field.name}={value} must be an integer >= {0 if field.name == 'seed' else 1}.")
+            low = 0 if field.name in ("seed", "mean_eval_every") else 1
+            if field.type == "int" and value < low:
+                raise PipelineConfigError(f"{field.name}={value} must be an integer >= {low}.")
             if field.type == "float" and value < 0:
                 raise PipelineConfigError(f"{field.name}={value} must be >= 0.")
         if self.sigma0 <= 0 or self.vae_lr <= 0 or self.mdn_lr <= 0:
@@ -93,7 +95,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "full": {"rollouts": 10000, "rollout_steps": 1000, "collect_envs": 16, "vae_epochs": 10, "vae_lr": 1e-4,
              "mdn_epochs": 20, "mdn_seq_len": 999, "mdn_batch_size": 100,
              "population": 64, "generations": 800, "rollouts_per_candidate": 16, "controller_steps": 1000,
-             "eval_episodes": 100, "video_steps": 300},
+             "eval_episodes": 100, "mean_eval_every": 25, "video_steps": 300},
     "tiny": {"train_in_dream": True, "rollouts": 8, "rollout_steps": 20, "collect_envs": 4, "latent_dim": 4, "vae_widths": (8, 16),
              "vae_batch_size": 32, "hidden_size": 16, "num_mixtures": 3, "mdn_seq_len": 8, "mdn_batch_size": 8,
              "population": 4, "generations": 2, "rollouts_per_candidate": 2, "controller_steps": 10,
