@@ -166,3 +166,23 @@ def test_resume_from_the_command_line_reads_the_runs_settings_under_the_flags_gi
     state = load_npz(resumed / "cmaes_state.npz")
     assert state["solutions"].shape[0] == 4
     np.testing.assert_array_equal(state["solutions"][:3], load_npz(run / "cmaes_state.npz")["solutions"])
+
+
+def test_the_vae_and_mdnrnn_stages_resume_to_the_weights_of_an_uninterrupted_run(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    folders = {}
+    for name in ("whole", "split"):
+        (tmp_path / name / "episodes").mkdir(parents=True)
+        for path in (run / "episodes").glob("episode_*.npz"):
+            shutil.copy(path, tmp_path / name / "episodes")
+        folders[name] = tmp_path / name
+    run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=2), folders["whole"], ["vae", "encode", "mdnrnn"])
+    run_pipeline(preset("tiny", env="tiny", vae_epochs=1), folders["split"], ["vae"])
+    run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=1), folders["split"], ["vae", "encode", "mdnrnn"])
+    outcome = run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=2), folders["split"], ["mdnrnn"])
+    assert outcome["mdnrnn"].startswith("done: 2 epochs")
+    for name in ("vae.pt", "mdnrnn.pt"):
+        whole, split = load_checkpoint(folders["whole"] / name), load_checkpoint(folders["split"] / name)
+        assert whole["epoch"] == split["epoch"] == 2
+        for key, value in whole["model"].items():
+            torch.testing.assert_close(split["model"][key], value, atol=1e-6, rtol=1e-6)

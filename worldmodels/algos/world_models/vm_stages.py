@@ -99,7 +99,10 @@ def load_vae(run: Path, device: torch.device) -> ConvVAE:
 
 
 def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
-    """VAE epochs over every frame; loss = recon + max(KL, kl_tolerance * Z) (the authors' floor)."""
+    """VAE epochs over every frame; loss = recon + max(KL, kl_tolerance * Z) (the authors' floor).
+    The initial weights and each epoch's draws come from the seed (and the epoch), so a
+    resumed run ends with the weights of an uninterrupted one."""
+    torch.manual_seed(cfg.seed)
     model = build_vae(cfg, env).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.vae_lr)
     epoch = 0
@@ -112,6 +115,7 @@ def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch
     frames = load_frames(run)
     floor = cfg.kl_tolerance * cfg.latent_dim
     for epoch in range(epoch, cfg.vae_epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)
         order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(cfg.seed + epoch))
         bar = tqdm(order.split(cfg.vae_batch_size), desc=f"vae epoch {epoch + 1}/{cfg.vae_epochs}")
         for index in bar:
@@ -184,7 +188,9 @@ def sequence_batch(latents: dict[str, np.ndarray], seq_len: int, batch: int, rng
 
 
 def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
-    """MDN-RNN epochs (an epoch: as many chunks as the data has steps / seq_len)."""
+    """MDN-RNN epochs (an epoch: as many chunks as the data has steps / seq_len); seeded
+    per epoch as the VAE is."""
+    torch.manual_seed(cfg.seed)
     model = MDNRNN(mdn_config(cfg, env)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.mdn_lr)
     epoch = 0
