@@ -23,7 +23,6 @@ from worldmodels.training.checkpoint import load_checkpoint
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One complete tiny run (all stages, videos on)."""
-    torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("wm") / "run"
     cfg = preset("tiny", env="tiny", save_videos=True, generations=3)
     outcomes = run_pipeline(cfg, run, list(STAGES))
