@@ -111,8 +111,8 @@ def test_sampling_at_tau_one_draws_components_with_their_probabilities():
 
 def test_controller_of_carracing_has_867_parameters_and_env_bounds():
     assert parameter_count(32 + 256, 3) == 867
-    mapped = carracing_actions(torch.tensor([[-1.0, -1.0, 1.0], [0.5, 0.0, -1.0]]))
-    torch.testing.assert_close(mapped, torch.tensor([[-1.0, 0.0, 1.0], [0.5, 0.5, 0.0]]))
+    mapped = carracing_actions(torch.tensor([[-1.0, -1.0, 1.0], [0.5, 0.0, -1.0], [0.0, 1.0, 0.25]]))
+    torch.testing.assert_close(mapped, torch.tensor([[-1.0, 0.0, 1.0], [0.5, 0.5, 0.0], [0.0, 1.0, 0.25]]))
 
 
 def test_batched_controller_equals_a_loop_over_candidates():

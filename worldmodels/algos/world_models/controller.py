@@ -4,9 +4,9 @@ A candidate is a flat parameter vector ``theta = [vec(W), b]`` with ``W [F, A]``
 ``b [A]`` over features ``F = Z + H`` (``[z, h]``); its raw action is
 ``tanh(W^T [z, h] + b)``. The population ``[P, n]`` acts on its rollouts ``[P, R, F]``
 through one ``torch.baddbmm``. Each env maps raw actions in [-1, 1] to its own bounds
-(:data:`ACTION_MAPS`): CarRacing keeps steering in [-1, 1] and maps gas and brake to
-[0, 1] as ``(x + 1) / 2`` (the authors' code maps gas so and clips brake at 0; the
-affine map for both keeps every output reachable by tanh and is what we use).
+(:data:`ACTION_MAPS`): CarRacing keeps steering in [-1, 1], maps gas to [0, 1] as
+``(x + 1) / 2`` and clips brake to [0, 1], as the authors' code does (so a controller
+brakes only where its brake output is positive).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def population_actions(theta: torch.Tensor, features: torch.Tensor) -> torch.Ten
 
 
 def carracing_actions(raw: torch.Tensor) -> torch.Tensor:
-    """``[..., 3]`` in [-1, 1] -> steering in [-1, 1], gas and brake in [0, 1]."""
-    return torch.cat([raw[..., :1], (raw[..., 1:] + 1.0) * 0.5], dim=-1)
+    """``[..., 3]`` in [-1, 1] -> steering in [-1, 1], gas ``(x + 1) / 2``, brake ``max(x, 0)``."""
+    return torch.cat([raw[..., :1], (raw[..., 1:2] + 1.0) * 0.5, raw[..., 2:].clamp_min(0.0)], dim=-1)
 
 
 def identity_actions(raw: torch.Tensor) -> torch.Tensor:
