@@ -1,0 +1,187 @@
+"""The World Models pipeline end to end on the tiny env: every output exists and opens,
+stages refuse to start without their inputs, the controller stage resumes to the same
+generations, retired env ids are answered with the current one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels.algos.world_models import c_stages
+from worldmodels.algos.world_models.config import PipelineConfigError, preset, to_json
+from worldmodels.algos.world_models.envs import EnvIdError, resolve_env
+from worldmodels.algos.world_models.pipeline import main, parse_stages, run_pipeline
+from worldmodels.algos.world_models.rundir import STAGES, MissingInputError, load_npz
+from worldmodels.training.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One complete tiny run (all stages, videos on)."""
+    run = tmp_path_factory.mktemp("wm") / "run"
+    cfg = preset("tiny", env="tiny", save_videos=True, generations=3)
+    outcomes = run_pipeline(cfg, run, list(STAGES))
+    return cfg, run, outcomes
+
+
+def test_the_tiny_pipeline_writes_every_output_and_each_opens(tiny_run):
+    cfg, run, outcomes = tiny_run
+    assert list(outcomes) == list(STAGES) and all(o.startswith("done") for o in outcomes.values())
+    episodes = sorted((run / "episodes").glob("episode_*.npz"))
+    assert len(episodes) == cfg.rollouts
+    episode = load_npz(episodes[0])
+    assert episode["frames"].dtype == np.uint8 and episode["frames"].shape[1:] == (16, 16, 3)
+    assert len(episode["frames"]) == len(episode["action"]) + 1
+    for name in ("vae.pt", "mdnrnn.pt", "controller_best.pt"):
+        assert load_checkpoint(run / name)
+    latents, meta = load_npz(run / "latents.npz"), json.loads((run / "latents.json").read_text())
+    assert latents["mu"].shape == (meta["frames"], cfg.latent_dim) and meta["episodes"] == cfg.rollouts
+    best = load_checkpoint(run / "controller_best.pt")
+    assert best["theta"].shape == ((cfg.latent_dim + cfg.hidden_size + 1) * 2,)
+    results = json.loads((run / "evaluation_results.json").read_text())
+    assert len(results["real_returns"]) == cfg.eval_episodes and np.isfinite(results["real_mean"])
+    assert np.isfinite(results["dream_mean"]) and np.isfinite(results["random_policy_mean"])
+    with (run / "pipeline_summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["stage"] for row in rows] == list(STAGES) and all(float(row["seconds"]) >= 0 for row in rows)
+    curve = np.loadtxt(run / "cmaes_curve.csv", delimiter=",", skiprows=1)
+    assert curve.shape == (3, 4) and (curve[:, 1] >= curve[:, 2]).all() and (curve[:, 2] >= curve[:, 3]).all()
+    assert (run / "cmaes_curve.png").stat().st_size > 0 and (run / "videos" / "rollout.gif").stat().st_size > 0
+
+
+def test_a_finished_stage_is_skipped_when_run_again(tiny_run):
+    cfg, run, _ = tiny_run
+    outcomes = run_pipeline(cfg, run, ["vae", "mdnrnn", "controller"])
+    assert all(outcome.startswith("skipped") for outcome in outcomes.values())
+
+
+def test_the_controller_stage_resumes_to_the_generations_of_an_uninterrupted_run(tiny_run, tmp_path, monkeypatch):
+    cfg, run, _ = tiny_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    for name in ("cmaes_state.npz", "controller_best.pt"):
+        (resumed / name).unlink()
+    short = preset("tiny", env="tiny", generations=2)
+    run_pipeline(short, resumed, ["controller"])            # stopped after two generations
+    evaluated = []
+    evaluate = c_stages.Evaluator.__call__
+    monkeypatch.setattr(c_stages.Evaluator, "__call__",
+                        lambda self, theta, generation: evaluated.append(generation) or evaluate(self, theta, generation))
+    run_pipeline(preset("tiny", env="tiny", generations=3), resumed, ["controller"])
+    assert evaluated == [2]                                  # only the missing generation ran
+    whole, again = load_npz(run / "cmaes_state.npz"), load_npz(resumed / "cmaes_state.npz")
+    assert again["solutions"].shape[0] == 3
+    np.testing.assert_array_equal(again["solutions"], whole["solutions"])
+    np.testing.assert_allclose(again["losses"], whole["losses"], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("stage", "missing", "maker"), [
+    ("vae", "episodes", "collect"), ("encode", "episodes", "collect"), ("mdnrnn", "latents.npz", "encode"),
+    ("controller", "vae.pt", "vae"), ("eval", "vae.pt", "vae"),
+])
+def test_a_stage_without_its_inputs_names_them_and_the_command_that_makes_them(tmp_path, stage, missing, maker):
+    with pytest.raises(MissingInputError) as error:
+        run_pipeline(preset("tiny", env="tiny"), tmp_path, [stage])
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"stage {stage!r} needs {tmp_path / missing}" in message
+    assert message.endswith(f"python -m worldmodels.world_models --env tiny --stage {maker} --resume {tmp_path}")
+
+
+def test_the_command_line_prints_one_error_line_for_a_missing_input(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(to_json(preset("tiny", env="tiny"))))
+    assert main(["--stage", "controller", "--resume", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stage 'controller' needs ")
+
+
+@pytest.mark.parametrize(("old", "current"), [
+    ("CarRacing-v2", "CarRacing-v3"), ("LunarLander-v2", "LunarLander-v3"), ("PongNoFrameskip-v5", "ALE/Pong-v5"),
+])
+def test_retired_env_ids_are_answered_with_one_line_naming_the_current_id(old, current, capsys):
+    with pytest.raises(EnvIdError) as error:
+        resolve_env(old)
+    assert "\n" not in str(error.value) and f"the current id is {current}" in str(error.value)
+    assert main(["--env", old, "--run-dir", "unused"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_current_ids_and_short_names_resolve():
+    assert resolve_env("CarRacing-v3") is resolve_env("carracing")
+    assert resolve_env("carracing").image_size == 64 and resolve_env("carracing").action_dim == 3
+
+
+def test_bad_settings_and_stage_lists_are_refused_naming_them():
+    with pytest.raises(PipelineConfigError, match="mean_eval_every=-1 must be an integer >= 0"):
+        preset("quick", mean_eval_every=-1)
+    with pytest.raises(PipelineConfigError, match="population=1"):
+        preset("quick", population=1)
+    with pytest.raises(PipelineConfigError, match="mdn_seq_len=100 must be < rollout_steps=100"):
+        preset("quick", mdn_seq_len=100)
+    with pytest.raises(PipelineConfigError, match="unknown settings"):
+        preset("quick", populaton=4)
+    with pytest.raises(PipelineConfigError, match="stages are collect, vae"):
+        parse_stages("controler")
+    assert parse_stages("eval,controller") == ["controller", "eval"]
+
+
+def test_full_mode_has_the_papers_settings():
+    full = preset("full")
+    assert (full.rollouts, full.vae_epochs, full.mdn_epochs) == (10000, 10, 20)
+    assert (full.population, full.rollouts_per_candidate, full.generations) == (64, 16, 800)
+    assert (full.latent_dim, full.hidden_size, full.num_mixtures, full.sigma0) == (32, 256, 5, 0.1)
+
+
+def test_the_controller_stage_trains_in_the_real_env_batched_over_candidates(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    real = tmp_path / "real"
+    shutil.copytree(run, real)
+    for name in ("cmaes_state.npz", "controller_best.pt"):
+        (real / name).unlink()
+    cfg = preset("tiny", env="tiny", train_in_dream=False, generations=2, mean_eval_every=1)
+    outcome = run_pipeline(cfg, real, ["controller", "eval"])
+    probes = np.loadtxt(real / "cmaes_mean_eval.csv", delimiter=",", skiprows=1)
+    assert probes.shape == (2, 3) and (probes[:, 0] == [0, 1]).all()
+    assert outcome["controller"].startswith("done: 2 generations in the real env")
+    state = load_npz(real / "cmaes_state.npz")
+    assert state["losses"].shape == (2, cfg.population) and np.isfinite(state["losses"]).all()
+    # the tiny env's reward is minus the distance to the centre over 8: at most 0, above -1.4 a step
+    returns = json.loads((real / "evaluation_results.json").read_text())["real_returns"]
+    assert all(-1.4 * cfg.controller_steps < r <= 0 for r in returns)
+
+
+def test_resume_from_the_command_line_reads_the_runs_settings_under_the_flags_given(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    resumed = tmp_path / "cli"
+    shutil.copytree(run, resumed)
+    assert main(["--resume", str(resumed), "--stage", "controller", "--generations", "4"]) == 0
+    settings = json.loads((resumed / "config.json").read_text())
+    assert settings["generations"] == 4 and settings["mode"] == "tiny" and settings["env"] == "tiny"
+    state = load_npz(resumed / "cmaes_state.npz")
+    assert state["solutions"].shape[0] == 4
+    np.testing.assert_array_equal(state["solutions"][:3], load_npz(run / "cmaes_state.npz")["solutions"])
+
+
+def test_the_vae_and_mdnrnn_stages_resume_to_the_weights_of_an_uninterrupted_run(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    folders = {}
+    for name in ("whole", "split"):
+        (tmp_path / name / "episodes").mkdir(parents=True)
+        for path in (run / "episodes").glob("episode_*.npz"):
+            shutil.copy(path, tmp_path / name / "episodes")
+        folders[name] = tmp_path / name
+    run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=2), folders["whole"], ["vae", "encode", "mdnrnn"])
+    run_pipeline(preset("tiny", env="tiny", vae_epochs=1), folders["split"], ["vae"])
+    run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=1), folders["split"], ["vae", "encode", "mdnrnn"])
+    outcome = run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=2), folders["split"], ["mdnrnn"])
+    assert outcome["mdnrnn"].startswith("done: 2 epochs")
+    for name in ("vae.pt", "mdnrnn.pt"):
+        whole, split = load_checkpoint(folders["whole"] / name), load_checkpoint(folders["split"] / name)
+        assert whole["epoch"] == split["epoch"] == 2
+        for key, value in whole["model"].items():
+            torch.testing.assert_close(split["model"][key], value, atol=1e-6, rtol=1e-6)

@@ -1,0 +1,106 @@
+"""CMA-ES over controller parameters through pycma (``cma``), with a resume that needs no pickle.
+
+pycma's strategy object is only saved by pickling, which this package never loads.
+Instead every generation's candidates and losses are kept (an npz, written atomically)
+and a resumed run rebuilds the strategy from its seed by replaying ``ask``/``tell`` on
+the recorded losses: pycma draws its samples through the ``randn`` option, here a
+NumPy generator of the strategy's own seeded from the run's seed (not NumPy's global
+one, which other code may touch), so the replayed strategy, and the next generation it
+asks for, are the ones the uninterrupted run has. Each replayed ``ask`` is checked against the record.
+
+Fitness is the authors' ``mean return - weight_decay * mean(theta^2)`` (weight decay
+0.01); pycma minimises, so it is told the negated fitness.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import WorldModelsError
+
+
+class SearchStateError(WorldModelsError, RuntimeError):
+    """A recorded CMA-ES history does not match this run's settings."""
+
+
+def fitness(returns: np.ndarray, theta: np.ndarray, weight_decay: float) -> np.ndarray:
+    """``returns [P] - weight_decay * mean(theta^2)`` per candidate ``theta [P, n]``."""
+    return np.asarray(returns, np.float64) - weight_decay * np.square(theta).mean(1)
+
+
+class PopulationSearch:
+    """Ask/tell CMA-ES from zeros with step size ``sigma0``, keeping the history."""
+
+    def __init__(self, dim: int, popsize: int, sigma0: float, seed: int):
+        import cma
+
+        self.dim, self.popsize, self.sigma0, self.seed = dim, popsize, sigma0, seed
+        self._rng = np.random.default_rng(seed)
+        options = {"popsize": popsize, "seed": seed + 1, "verbose": -9,  # pycma treats seed 0 as "random"
+                   "randn": lambda *shape: self._rng.standard_normal(shape)}
+        self._es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma0, options)
+        self.solutions: list[np.ndarray] = []
+        self.losses: list[np.ndarray] = []
+
+    @property
+    def generation(self) -> int:
+        return len(self.losses)
+
+    def ask(self) -> np.ndarray:
+        """The next generation ``[P, n]`` float64."""
+        return np.stack(self._es.ask())
+
+    def tell(self, solutions: np.ndarray, fitnesses: np.ndarray) -> None:
+        """Record a generation and update the strategy (higher fitness is better)."""
+        losses = -np.asarray(fitnesses, np.float64)
+        self._es.tell(list(solutions), losses.tolist())
+        self.solutions.append(np.asarray(solutions, np.float64))
+        self.losses.append(losses)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The distribution's current mean ``[n]``."""
+        return np.asarray(self._es.mean, np.float64)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write settings and history to ``path`` (npz) atomically."""
+        path = Path(path)
+        arrays = {
+            "settings": np.array([self.dim, self.popsize, self.seed], np.int64),
+            "sigma0": np.array(self.sigma0, np.float64),
+            "solutions": np.asarray(self.solutions, np.float64).reshape(-1, self.popsize, self.dim),
+            "losses": np.asarray(self.losses, np.float64).reshape(-1, self.popsize),
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dim: int, popsize: int, sigma0: float, seed: int) -> "PopulationSearch":
+        """A strategy rebuilt by replaying the history in ``path``; its settings must match."""
+        with np.load(path, allow_pickle=False) as data:
+            settings, saved_sigma = data["settings"].tolist(), float(data["sigma0"])
+            solutions, losses = data["solutions"], data["losses"]
+        if settings != [dim, popsize, seed] or saved_sigma != sigma0:
+            raise SearchStateError(f"{path} was made with (dim, popsize, seed, sigma0)={(*settings, saved_sigma)}, "
+                                   f"this run has {(dim, popsize, seed, sigma0)}; use a new run directory.")
+        search = cls(dim, popsize, sigma0, seed)
+        for generation, (recorded, loss) in enumerate(zip(solutions, losses)):
+            asked = search.ask()
+            if not np.allclose(asked, recorded, rtol=0, atol=1e-12):
+                raise SearchStateError(f"{path}: replaying generation {generation} asked other candidates than "
+                                       "recorded (another pycma version or NumPy generator?); use a new run directory.")
+            search.tell(asked, -loss)
+        return search

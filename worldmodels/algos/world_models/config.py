@@ -1,0 +1,127 @@
+"""Every setting of the World Models pipeline, its presets (``quick``, ``full``) and checks.
+
+``full`` follows the paper and the authors' code for CarRacing (10,000 random rollouts,
+VAE 10 epochs, MDN-RNN 20 epochs, population 64 x 16 rollouts, up to 800 generations,
+100 evaluation episodes). ``quick`` is a smoke run for a 2-core CPU (under 10 minutes).
+``tiny`` on the ``tiny`` env is what the tests run.
+
+Differences from the authors' code, on purpose: the VAE loss is the package's Gaussian
+likelihood (1/2 squared error) with the authors' KL tolerance (KL floored at
+``kl_tolerance * latent_dim``); collected episodes and dream/real rollouts are capped at
+``rollout_steps`` / ``controller_steps`` (1,000 in ``full``, as CarRacing's own limit);
+MDN-RNN training samples chunks of ``mdn_seq_len`` steps instead of whole 1,000-step
+episodes, so that short quick-mode episodes train too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ...errors import WorldModelsError
+
+MODES = ("quick", "full", "tiny")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class PipelineConfigError(WorldModelsError, ValueError):
+    """A pipeline setting is out of range; the message names it."""
+
+
+@dataclass
+class PipelineConfig:
+    env: str = "carracing"
+    mode: str = "quick"
+    seed: int = 0
+    device: str = "cpu"
+    # collect: random rollouts
+    rollouts: int = 200
+    rollout_steps: int = 100
+    collect_envs: int = 8
+    # V: the VAE
+    latent_dim: int = 32
+    vae_widths: tuple[int, ...] = (32, 64, 128, 256)
+    vae_epochs: int = 1
+    vae_batch_size: int = 100
+    vae_lr: float = 1e-3
+    kl_tolerance: float = 0.5
+    # M: the MDN-RNN
+    hidden_size: int = 256
+    num_mixtures: int = 5
+    mdn_epochs: int = 2
+    mdn_seq_len: int = 32
+    mdn_batch_size: int = 32
+    mdn_lr: float = 1e-3
+    predict_done: bool = False
+    # C: the controller and CMA-ES
+    train_in_dream: bool = False   # CarRacing in the paper trains in the real env
+    population: int = 8
+    generations: int = 5
+    rollouts_per_candidate: int = 2
+    sigma0: float = 0.1
+    weight_decay: float = 0.01
+    controller_steps: int = 100
+    temperature: float = 1.0
+    mean_eval_every: int = 0       # generations between real-env evaluations of the CMA-ES mean; 0: never
+    # evaluation
+    eval_episodes: int = 4
+    save_videos: bool = False
+    video_steps: int = 60
+
+    def check(self) -> "PipelineConfig":
+        """Raise :class:`PipelineConfigError` naming the first bad setting; return self."""
+        if self.mode not in MODES:
+            raise PipelineConfigError(f"mode={self.mode!r} is not one of {', '.join(MODES)}.")
+        if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            raise PipelineConfigError(f"device={self.device!r} is not cpu, cuda, cuda:N or auto.")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            low = 0 if field.name in ("seed", "mean_eval_every") else 1
+            if field.type == "int" and value < low:
+                raise PipelineConfigError(f"{field.name}={value} must be an integer >= {low}.")
+            if field.type == "float" and value < 0:
+                raise PipelineConfigError(f"{field.name}={value} must be >= 0.")
+        if self.sigma0 <= 0 or self.vae_lr <= 0 or self.mdn_lr <= 0:
+            raise PipelineConfigError("sigma0, vae_lr and mdn_lr must be > 0.")
+        if self.population < 2:
+            raise PipelineConfigError(f"population={self.population} must be >= 2 for CMA-ES.")
+        if self.mdn_seq_len >= self.rollout_steps:
+            raise PipelineConfigError(f"mdn_seq_len={self.mdn_seq_len} must be < rollout_steps={self.rollout_steps}.")
+        return self
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    "quick": {},
+    "full": {"rollouts": 10000, "rollout_steps": 1000, "collect_envs": 16, "vae_epochs": 10, "vae_lr": 1e-4,
+             "mdn_epochs": 20, "mdn_seq_len": 999, "mdn_batch_size": 100,
+             "population": 64, "generations": 800, "rollouts_per_candidate": 16, "controller_steps": 1000,
+             "eval_episodes": 100, "mean_eval_every": 25, "video_steps": 300},
+    "tiny": {"train_in_dream": True, "rollouts": 8, "rollout_steps": 20, "collect_envs": 4, "latent_dim": 4, "vae_widths": (8, 16),
+             "vae_batch_size": 32, "hidden_size": 16, "num_mixtures": 3, "mdn_seq_len": 8, "mdn_batch_size": 8,
+             "population": 4, "generations": 2, "rollouts_per_candidate": 2, "controller_steps": 10,
+             "eval_episodes": 2, "video_steps": 8},
+}
+
+
+def preset(mode: str, **overrides: object) -> PipelineConfig:
+    """The settings of ``mode`` with ``overrides`` applied, checked."""
+    if mode not in PRESETS:
+        raise PipelineConfigError(f"mode={mode!r} is not one of {', '.join(PRESETS)}.")
+    known = {f.name for f in dataclasses.fields(PipelineConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise PipelineConfigError(f"unknown settings {unknown}; known: {', '.join(sorted(known))}.")
+    values = {**PRESETS[mode], **overrides, "mode": mode}
+    return PipelineConfig(**values).check()
+
+
+def to_json(config: PipelineConfig) -> dict:
+    """JSON-ready settings (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def from_json(values: dict) -> PipelineConfig:
+    """Settings read back from :func:`to_json`."""
+    values = dict(values)
+    values["vae_widths"] = tuple(values["vae_widths"])
+    return PipelineConfig(**values).check()

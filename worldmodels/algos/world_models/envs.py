@@ -1,0 +1,150 @@
+"""The environments of the World Models pipeline, as batches of envs that step together.
+
+``carracing``: CarRacing-v3 on envpool (gymnasium + box2d as the fallback), 96x96 frames
+cropped to the road (rows 0-83, dropping the dashboard, as the authors' code does) and
+resized to 64x64. ``tiny``: a small synthetic task (a dot steered towards the centre of
+a 16x16 frame, reward minus the distance) that the tests and smoke runs use; it needs no
+env package.
+
+Every batch gives ``reset() -> frames`` and ``step(actions) -> (frames, reward, done)``
+with frames uint8 ``[N, S, S, 3]``, reward float32 ``[N]``, done bool ``[N]``. After an
+episode ends its env restarts on its own; callers keep an alive mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import WorldModelsError
+
+
+class EnvIdError(WorldModelsError, ValueError):
+    """An env name this pipeline does not run; the message names the one to use."""
+
+
+@dataclass(frozen=True)
+class WorldModelsEnv:
+    """What the pipeline needs to know of an env."""
+
+    name: str
+    env_id: str
+    image_size: int
+    action_dim: int
+    action_map: str
+
+
+ENVS = {
+    "carracing": WorldModelsEnv("carracing", "CarRacing-v3", 64, 3, "carracing"),
+    "tiny": WorldModelsEnv("tiny", "tiny", 16, 2, "identity"),
+}
+ALIASES = {"CarRacing-v3": "carracing"}
+RETIRED = {
+    "CarRacing-v2": "CarRacing-v2 is retired in gymnasium 1.0; the current id is CarRacing-v3 (--env carracing).",
+    "CarRacing-v1": "CarRacing-v1 is retired in gymnasium 1.0; the current id is CarRacing-v3 (--env carracing).",
+    "LunarLander-v2": "LunarLander-v2 is retired in gymnasium 1.0; the current id is LunarLander-v3 "
+                      "(not yet an env of this pipeline: --env carracing or --env tiny).",
+    "PongNoFrameskip-v5": "PongNoFrameskip-v5 never existed in gymnasium; the current id is ALE/Pong-v5 "
+                          "(not yet an env of this pipeline: --env carracing or --env tiny).",
+}
+
+
+def resolve_env(name: str) -> WorldModelsEnv:
+    """The env called ``name`` (a short name or its current id); a retired id or an
+    unknown name raises :class:`EnvIdError` with one line naming what to use."""
+    if name in RETIRED:
+        raise EnvIdError(RETIRED[name])
+    key = ALIASES.get(name, name)
+    if key not in ENVS:
+        raise EnvIdError(f"env {name!r} is not one of {', '.join(ENVS)}.")
+    return ENVS[key]
+
+
+def preprocess_carracing(frames: np.ndarray) -> np.ndarray:
+    """``[N, 96, 96, 3]`` uint8 -> ``[N, 64, 64, 3]`` uint8: rows 0-83, bilinear resize."""
+    images = torch.from_numpy(np.ascontiguousarray(frames[:, :84])).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class CarRacingBatch:
+    """``num_envs`` CarRacing-v3 envs on envpool, or gymnasium's when envpool is missing."""
+
+    def __init__(self, num_envs: int, seed: int, max_steps: int):
+        self.num_envs = num_envs
+        try:
+            import envpool
+        except ModuleNotFoundError:
+            envpool = None
+        if envpool is not None:
+            self._env = envpool.make("CarRacing-v3", env_type="gymnasium", num_envs=num_envs, seed=seed,
+                                     max_episode_steps=max_steps)
+        else:
+            import gymnasium
+
+            self._env = gymnasium.vector.SyncVectorEnv(
+                [lambda: gymnasium.make("CarRacing-v3", max_episode_steps=max_steps) for _ in range(num_envs)])
+        self._seed = seed
+        self._envpool = envpool is not None
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self._env.reset() if self._envpool else self._env.reset(seed=self._seed)
+        return preprocess_carracing(np.asarray(obs))
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        obs, reward, terminated, truncated, _ = self._env.step(np.asarray(actions, np.float32))
+        done = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+        return preprocess_carracing(np.asarray(obs)), np.asarray(reward, np.float32), done
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class TinyBatch:
+    """A dot at a random spot of a 16x16 frame, moved by actions in [-1, 1]^2 (up to
+    1.5 px a step); reward is minus its distance to the centre over 8; episodes last
+    ``max_steps`` steps."""
+
+    SIZE = 16
+
+    def __init__(self, num_envs: int, seed: int, max_steps: int):
+        self.num_envs, self.max_steps = num_envs, max_steps
+        self._rng = np.random.default_rng(seed)
+        self._pos = np.zeros((num_envs, 2))
+        self._t = np.zeros(num_envs, np.int64)
+
+    def _frames(self) -> np.ndarray:
+        frames = np.zeros((self.num_envs, self.SIZE, self.SIZE, 3), np.uint8)
+        cells = np.clip(np.round(self._pos), 0, self.SIZE - 1).astype(np.int64)
+        frames[np.arange(self.num_envs), cells[:, 0], cells[:, 1]] = (255, 200, 80)
+        return frames
+
+    def _restart(self, which: np.ndarray) -> None:
+        self._pos[which] = self._rng.uniform(0, self.SIZE - 1, (int(which.sum()), 2))
+        self._t[which] = 0
+
+    def reset(self) -> np.ndarray:
+        self._restart(np.ones(self.num_envs, bool))
+        return self._frames()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._pos = np.clip(self._pos + 1.5 * np.clip(actions, -1, 1), 0, self.SIZE - 1)
+        self._t += 1
+        centre = (self.SIZE - 1) / 2
+        reward = (-np.linalg.norm(self._pos - centre, axis=1) / 8).astype(np.float32)
+        done = self._t >= self.max_steps
+        frames = self._frames()
+        self._restart(done)
+        return frames, reward, done
+
+    def close(self) -> None:
+        pass
+
+
+def make_batch(env: WorldModelsEnv, num_envs: int, seed: int, max_steps: int) -> CarRacingBatch | TinyBatch:
+    """``num_envs`` copies of ``env`` stepping together."""
+    maker = {"carracing": CarRacingBatch, "tiny": TinyBatch}[env.name]
+    return maker(num_envs, seed, max_steps)

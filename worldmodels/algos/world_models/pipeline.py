@@ -1,0 +1,148 @@
+"""The World Models pipeline's entry point: ``python -m worldmodels.world_models``.
+
+::
+
+    python -m worldmodels.world_models --env carracing --mode quick
+    python -m worldmodels.world_models --env carracing --stage controller,eval --resume runs/world_models/<run>
+    python -m worldmodels.world_models --env carracing --mode full --real-env --save-videos
+
+Stages run in order (``collect, vae, encode, mdnrnn, controller, eval``, or the subset
+``--stage`` names); each first checks that its inputs are in the run directory and
+otherwise stops with one line naming the missing file and the command that makes it.
+Every setting of :class:`~worldmodels.algos.world_models.config.PipelineConfig` is a flag
+(``--vae-epochs 3``, ``--population 16``, ...); ``--resume DIR`` reads the run's
+``config.json`` and applies the flags given on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ...errors import WorldModelsError
+from .c_stages import evaluate_controller, train_controller
+from .config import PRESETS, PipelineConfig, PipelineConfigError, from_json, preset, to_json
+from .envs import resolve_env
+from .rundir import STAGES, append_summary, check_inputs, save_json
+from .vm_stages import collect, encode, train_mdnrnn, train_vae
+
+STAGE_FUNCTIONS = {
+    "collect": lambda cfg, run, env, device: collect(cfg, run, env),
+    "vae": train_vae,
+    "encode": encode,
+    "mdnrnn": train_mdnrnn,
+    "controller": train_controller,
+    "eval": evaluate_controller,
+}
+
+
+def parse_stages(text: str) -> list[str]:
+    """``"controller,eval"`` -> the stages in pipeline order; ``"all"`` -> every stage."""
+    if text == "all":
+        return list(STAGES)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STAGES]
+    if unknown or not names:
+        raise PipelineConfigError(f"--stage {text!r}: stages are {', '.join(STAGES)} (comma separated) or all.")
+    return [stage for stage in STAGES if stage in names]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineConfigError(f"device={name!r} but torch sees no CUDA device; use --device cpu.")
+    return torch.device(name)
+
+
+def run_pipeline(cfg: PipelineConfig, run: Path, stages: list[str]) -> dict[str, str]:
+    """Run ``stages`` in ``run``; rows go to ``pipeline_summary.csv``. Returns stage -> outcome."""
+    env = resolve_env(cfg.env)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    run.mkdir(parents=True, exist_ok=True)
+    save_json(run / "config.json", to_json(cfg))
+    outcomes = {}
+    for stage in stages:
+        check_inputs(run, stage, cfg.env)
+        start = time.perf_counter()
+        try:
+            outcome = STAGE_FUNCTIONS[stage](cfg, run, env, device)
+        except BaseException as error:
+            append_summary(run, stage, time.perf_counter() - start, f"failed: {type(error).__name__}")
+            raise
+        append_summary(run, stage, time.perf_counter() - start, outcome)
+        outcomes[stage] = outcome
+        print(f"[{stage}] {outcome} ({time.perf_counter() - start:.1f} s)", flush=True)
+    return outcomes
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags for the entry point: the run-level ones and one per setting."""
+    parser = argparse.ArgumentParser(prog="python -m worldmodels.world_models", description=__doc__.split("\n")[0])
+    parser.add_argument("--stage", default="all", help="comma-separated subset of: " + ", ".join(STAGES))
+    parser.add_argument("--resume", type=Path, default=None, help="an existing run directory to continue")
+    parser.add_argument("--run-dir", type=Path, default=None, help="where a new run goes")
+    parser.add_argument("--real-env", dest="train_in_dream", action="store_false", default=None,
+                        help="CMA-ES evaluates candidates in the real env")
+    parser.add_argument("--train-in-dream", dest="train_in_dream", action="store_true", default=None,
+                        help="CMA-ES evaluates candidates in the MDN-RNN's dream")
+    parser.add_argument("--save-videos", dest="save_videos", action="store_true", default=None)
+    for field in dataclasses.fields(PipelineConfig):
+        if field.name in ("train_in_dream", "save_videos"):
+            continue
+        if field.type == "bool":
+            parser.add_argument(_flag(field.name), type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
+        elif field.type.startswith("tuple"):
+            parser.add_argument(_flag(field.name), type=int, nargs="+", default=None)
+        else:
+            kind = {"int": int, "float": float}.get(field.type, str)
+            parser.add_argument(_flag(field.name), type=kind, default=None)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
+    """Settings and run directory from parsed flags (a resumed run's config.json under them)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)
+             if getattr(args, f.name) is not None}
+    if "vae_widths" in given:
+        given["vae_widths"] = tuple(given["vae_widths"])
+    if args.resume is not None:
+        saved = args.resume / "config.json"
+        if not saved.is_file():
+            raise PipelineConfigError(f"--resume {args.resume}: no config.json there; is it a World Models run?")
+        values = {**json.loads(saved.read_text()), **given}
+        return from_json(values), args.resume
+    mode = given.pop("mode", "quick")
+    cfg = preset(mode, **given)
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    return cfg, args.run_dir or Path("runs") / "world_models" / f"{stamp}_{cfg.env}_{mode}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; a user error prints one ``error:`` line and returns 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, run = config_from_args(args)
+        resolve_env(cfg.env)
+        stages = parse_stages(args.stage)
+        print(f"World Models run: {run} (mode {cfg.mode}, env {cfg.env}, stages {', '.join(stages)})", flush=True)
+        run_pipeline(cfg, run, stages)
+    except WorldModelsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["PRESETS", "build_parser", "main", "parse_stages", "run_pipeline"]

@@ -1,0 +1,97 @@
+"""The run directory of the pipeline: where each stage's outputs live, the check that a
+stage's inputs exist, atomic npz/JSON writes and the stage summary CSV.
+
+::
+
+    <run>/config.json                 the settings
+    <run>/episodes/episode_00000.npz  collect: frames [T+1, S, S, 3] uint8, action [T, A], reward [T], done [T]
+    <run>/vae.pt                      vae
+    <run>/latents.npz, latents.json   encode: mu, logvar [N, Z], action, reward, done, starts
+    <run>/mdnrnn.pt                   mdnrnn
+    <run>/controller_best.pt, cmaes_state.npz, cmaes_curve.csv, cmaes_curve.png   controller
+    <run>/evaluation_results.json, videos/   eval
+    <run>/pipeline_summary.csv        stage, seconds, outcome
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import WorldModelsError
+
+STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")
+# what each stage reads, and which stage makes it
+INPUTS: dict[str, tuple[str, ...]] = {
+    "collect": (),
+    "vae": ("episodes",),
+    "encode": ("episodes", "vae.pt"),
+    "mdnrnn": ("latents.npz", "latents.json"),
+    "controller": ("vae.pt", "latents.npz", "mdnrnn.pt"),
+    "eval": ("vae.pt", "mdnrnn.pt", "controller_best.pt"),
+}
+MADE_BY = {"episodes": "collect", "vae.pt": "vae", "latents.npz": "encode", "latents.json": "encode",
+           "mdnrnn.pt": "mdnrnn", "controller_best.pt": "controller"}
+
+
+class MissingInputError(WorldModelsError, FileNotFoundError):
+    """A stage's input is missing; the message names it and the command that makes it."""
+
+
+def check_inputs(run: Path, stage: str, env: str) -> None:
+    """Raise :class:`MissingInputError` (one line) when an input of ``stage`` is missing."""
+    for name in INPUTS[stage]:
+        path = run / name
+        present = any(path.glob("episode_*.npz")) if name == "episodes" else path.is_file()
+        if not present:
+            maker = MADE_BY[name]
+            raise MissingInputError(
+                f"stage {stage!r} needs {path} (made by stage {maker!r}), which is missing; make it with: "
+                f"python -m worldmodels.world_models --env {env} --stage {maker} --resume {run}")
+
+
+def _atomic(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """``np.savez`` to ``path`` atomically (temp file, fsync, rename)."""
+    return _atomic(Path(path), lambda handle: np.savez(handle, **arrays))
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an npz file, read without unpickling."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def save_json(path: str | os.PathLike, value: object) -> Path:
+    """JSON to ``path`` atomically."""
+    return _atomic(Path(path), lambda handle: handle.write(json.dumps(value, indent=2).encode()))
+
+
+def append_summary(run: Path, stage: str, seconds: float, outcome: str) -> None:
+    """One row ``stage, seconds, outcome`` of ``pipeline_summary.csv`` (header when new)."""
+    path = run / "pipeline_summary.csv"
+    new = not path.is_file()
+    with path.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["stage", "seconds", "outcome"])
+        writer.writerow([stage, f"{seconds:.1f}", outcome])

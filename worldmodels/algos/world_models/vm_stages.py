@@ -1,0 +1,220 @@
+"""The first four stages: collect random rollouts, train V (the VAE), encode every frame,
+train M (the MDN-RNN). Each reads what the stage before wrote in the run directory and
+resumes from its own output (existing episodes are kept; the VAE and the MDN-RNN
+continue from their last finished epoch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ...nn.vae import ConvVAE, ConvVAEConfig
+from ...training.checkpoint import load_checkpoint, save_checkpoint
+from .config import PipelineConfig
+from .envs import WorldModelsEnv, make_batch
+from .mdnrnn import MDNRNN, MDNRNNConfig
+from .rundir import load_npz, save_json, save_npz
+
+ACTION_CHANGE_PROB = 0.2
+
+
+def random_actions(env: WorldModelsEnv, rng: np.random.Generator, count: int) -> np.ndarray:
+    """Env actions ``[count, A]`` of the random collection policy. CarRacing: steering in
+    [-1, 1], gas in [0, 1], brake in [0, 0.2] (a uniform brake in [0, 1] keeps the car
+    still); the tiny env: uniform in [-1, 1]."""
+    if env.name == "carracing":
+        return np.stack([rng.uniform(-1, 1, count), rng.uniform(0, 1, count), rng.uniform(0, 0.2, count)], 1)
+    return rng.uniform(-1, 1, (count, env.action_dim))
+
+
+def collect_round(env: WorldModelsEnv, batch, rng: np.random.Generator, steps: int) -> list[dict[str, np.ndarray]]:
+    """One episode per env of ``batch`` under the random policy (each env keeps its action
+    and draws a new one with probability 0.2 a step)."""
+    frames = [batch.reset()]
+    actions, rewards, dones = [], [], []
+    action = random_actions(env, rng, batch.num_envs)
+    length = np.full(batch.num_envs, steps)
+    alive = np.ones(batch.num_envs, bool)
+    for t in range(steps):
+        change = rng.random(batch.num_envs) < ACTION_CHANGE_PROB
+        action = np.where(change[:, None], random_actions(env, rng, batch.num_envs), action)
+        obs, reward, done = batch.step(action.astype(np.float32))
+        frames.append(obs), actions.append(action.astype(np.float32)), rewards.append(reward), dones.append(done)
+        length[alive & done] = t + 1
+        alive &= ~done
+        if not alive.any():
+            break
+    stacked = [np.stack(x, 1) for x in (frames, actions, rewards, dones)]
+    return [{"frames": stacked[0][i, :n + 1], "action": stacked[1][i, :n], "reward": stacked[2][i, :n],
+             "done": stacked[3][i, :n]} for i, n in enumerate(length.tolist())]
+
+
+def collect(cfg: PipelineConfig, run: Path, env: WorldModelsEnv) -> str:
+    """Write ``cfg.rollouts`` random episodes to ``run/episodes`` (keeping those there)."""
+    folder = run / "episodes"
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len(list(folder.glob("episode_*.npz")))
+    if have >= cfg.rollouts:
+        return f"skipped: {have} episodes already there"
+    rng = np.random.default_rng([cfg.seed, have])
+    batch = make_batch(env, cfg.collect_envs, cfg.seed + have, cfg.rollout_steps)
+    with tqdm(total=cfg.rollouts, initial=have, desc="collect", unit="episode") as bar:
+        while have < cfg.rollouts:
+            for episode in collect_round(env, batch, rng, cfg.rollout_steps)[: cfg.rollouts - have]:
+                save_npz(folder / f"episode_{have:05d}.npz", **episode)
+                have += 1
+                bar.update(1)
+    batch.close()
+    return f"done: {have} episodes"
+
+
+def episode_paths(run: Path) -> list[Path]:
+    return sorted((run / "episodes").glob("episode_*.npz"))
+
+
+def load_frames(run: Path) -> torch.Tensor:
+    """Every collected frame ``[N, S, S, 3]`` uint8."""
+    return torch.from_numpy(np.concatenate([load_npz(p)["frames"] for p in episode_paths(run)]))
+
+
+def to_images(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``[N, S, S, 3]`` -> float ``[N, 3, S, S]`` in [0, 1] on ``device``."""
+    return frames.to(device).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def build_vae(cfg: PipelineConfig, env: WorldModelsEnv) -> ConvVAE:
+    return ConvVAE(ConvVAEConfig(image_size=env.image_size, channels=3, latent_dim=cfg.latent_dim,
+                                 widths=list(cfg.vae_widths), beta=1.0, likelihood="gaussian"))
+
+
+def load_vae(run: Path, device: torch.device) -> ConvVAE:
+    state = load_checkpoint(run / "vae.pt")
+    model = ConvVAE(ConvVAEConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
+    """VAE epochs over every frame; loss = recon + max(KL, kl_tolerance * Z) (the authors' floor).
+    The initial weights and each epoch's draws come from the seed (and the epoch), so a
+    resumed run ends with the weights of an uninterrupted one."""
+    torch.manual_seed(cfg.seed)
+    model = build_vae(cfg, env).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.vae_lr)
+    epoch = 0
+    if (run / "vae.pt").is_file():
+        state = load_checkpoint(run / "vae.pt", device)
+        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])
+        epoch = int(state["epoch"])
+    if epoch >= cfg.vae_epochs:
+        return f"skipped: vae.pt has {epoch} epochs"
+    frames = load_frames(run)
+    floor = cfg.kl_tolerance * cfg.latent_dim
+    for epoch in range(epoch, cfg.vae_epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        bar = tqdm(order.split(cfg.vae_batch_size), desc=f"vae epoch {epoch + 1}/{cfg.vae_epochs}")
+        for index in bar:
+            images = to_images(frames[index], device)
+            mu, logvar = model.encode(images)
+            parts = model.losses(images, mu + torch.randn_like(mu) * (0.5 * logvar).exp(), mu, logvar)
+            loss = parts["recon"] + parts["kl"].clamp_min(floor)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.set_postfix(recon=f"{parts['recon'].item():.1f}", kl=f"{parts['kl'].item():.1f}")
+        save_checkpoint(run / "vae.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "config": dataclasses.asdict(model.config), "epoch": epoch + 1,
+                                         "recon": parts["recon"].item(), "kl": parts["kl"].item()})
+    return f"done: {cfg.vae_epochs} epochs, last batch recon {parts['recon'].item():.1f} kl {parts['kl'].item():.1f}"
+
+
+@torch.no_grad()
+def encode(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
+    """``latents.npz`` (mu, logvar of every frame; actions, rewards, dones; episode offsets)
+    and ``latents.json`` (what they are and where they came from)."""
+    vae = load_vae(run, device)
+    parts: dict[str, list[np.ndarray]] = {"mu": [], "logvar": [], "action": [], "reward": [], "done": []}
+    lengths = []
+    for path in tqdm(episode_paths(run), desc="encode", unit="episode"):
+        episode = load_npz(path)
+        mu, logvar = vae.encode(to_images(torch.from_numpy(episode["frames"]), device))
+        parts["mu"].append(mu.cpu().numpy()), parts["logvar"].append(logvar.cpu().numpy())
+        for key in ("action", "reward", "done"):
+            parts[key].append(episode[key])
+        lengths.append(len(episode["action"]))
+    steps = np.asarray(lengths, np.int64)
+    arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    arrays["step_starts"] = np.concatenate([[0], np.cumsum(steps)[:-1]]).astype(np.int64)
+    arrays["frame_starts"] = arrays["step_starts"] + np.arange(len(steps), dtype=np.int64)
+    arrays["lengths"] = steps
+    save_npz(run / "latents.npz", **arrays)
+    save_json(run / "latents.json", {"env": env.env_id, "latent_dim": cfg.latent_dim, "episodes": len(steps),
+                                     "frames": int(len(arrays["mu"])), "steps": int(steps.sum()),
+                                     "action_dim": env.action_dim, "source": "vae.pt",
+                                     "arrays": {k: list(v.shape) for k, v in arrays.items()}})
+    return f"done: {len(steps)} episodes, {len(arrays['mu'])} frames"
+
+
+def mdn_config(cfg: PipelineConfig, env: WorldModelsEnv) -> MDNRNNConfig:
+    return MDNRNNConfig(latent_dim=cfg.latent_dim, action_dim=env.action_dim, hidden_size=cfg.hidden_size,
+                        num_mixtures=cfg.num_mixtures, predict_reward=True, predict_done=cfg.predict_done)
+
+
+def load_mdnrnn(run: Path, device: torch.device) -> MDNRNN:
+    state = load_checkpoint(run / "mdnrnn.pt")
+    model = MDNRNN(MDNRNNConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def sequence_batch(latents: dict[str, np.ndarray], seq_len: int, batch: int, rng: np.random.Generator,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch`` random chunks of ``seq_len`` steps, z sampled from each frame's posterior."""
+    usable = np.flatnonzero(latents["lengths"] >= seq_len)
+    episodes = rng.choice(usable, batch)
+    offsets = rng.integers(0, latents["lengths"][episodes] - seq_len + 1)
+    frame_index = (latents["frame_starts"][episodes] + offsets)[:, None] + np.arange(seq_len + 1)
+    step_index = (latents["step_starts"][episodes] + offsets)[:, None] + np.arange(seq_len)
+    mu, logvar = latents["mu"][frame_index], latents["logvar"][frame_index]
+    z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32)
+    out = {"z": z, "action": latents["action"][step_index], "reward": latents["reward"][step_index],
+           "done": latents["done"][step_index].astype(np.float32)}
+    return {key: torch.from_numpy(np.ascontiguousarray(value, np.float32)).to(device) for key, value in out.items()}
+
+
+def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
+    """MDN-RNN epochs (an epoch: as many chunks as the data has steps / seq_len); seeded
+    per epoch as the VAE is."""
+    torch.manual_seed(cfg.seed)
+    model = MDNRNN(mdn_config(cfg, env)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.mdn_lr)
+    epoch = 0
+    if (run / "mdnrnn.pt").is_file():
+        state = load_checkpoint(run / "mdnrnn.pt", device)
+        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])
+        epoch = int(state["epoch"])
+    if epoch >= cfg.mdn_epochs:
+        return f"skipped: mdnrnn.pt has {epoch} epochs"
+    latents = load_npz(run / "latents.npz")
+    if not (latents["lengths"] >= cfg.mdn_seq_len).any():
+        raise ValueError(f"no episode has mdn_seq_len={cfg.mdn_seq_len} steps; lower --mdn-seq-len.")
+    batches = max(1, int(latents["lengths"].sum()) // (cfg.mdn_seq_len * cfg.mdn_batch_size))
+    for epoch in range(epoch, cfg.mdn_epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        bar = tqdm(range(batches), desc=f"mdnrnn epoch {epoch + 1}/{cfg.mdn_epochs}")
+        for _ in bar:
+            loss, metrics = model.compute_loss(sequence_batch(latents, cfg.mdn_seq_len, cfg.mdn_batch_size, rng, device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in metrics.items()})
+        save_checkpoint(run / "mdnrnn.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "config": dataclasses.asdict(model.config), "epoch": epoch + 1,
+                                            **{k: v.item() for k, v in metrics.items()}})
+    return "done: {} epochs, {}".format(cfg.mdn_epochs, ", ".join(f"{k} {v.item():.3f}" for k, v in metrics.items()))
