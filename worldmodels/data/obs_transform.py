@@ -62,8 +62,8 @@ def stack_cameras(obs: Mapping[str, np.ndarray], cameras: Sequence[str], flips: 
             raise EpisodeError(source, camera, f"camera missing (keys here: {sorted(obs)})")
         array = np.asarray(obs[camera])
         if frames and array.shape != frames[0].shape:
-            raise EpisodeError(source, camera, f"shape {array.shape} differs from {cameras[0]!r}'s "
-                                               f"{frames[0].shape}; stacked cameras need identical shapes")
+            raise EpisodeError(source, camera, f"shape {array.shape} differs from {frames[0].shape} of "
+                                               f"{cameras[0]!r}; stacked cameras need identical shapes")
         frames.append(flip_frames(array, flips.get(camera, "none")))
     out[image_key] = np.ascontiguousarray(np.concatenate(frames, axis=-1))
     return out
