@@ -19,6 +19,8 @@ from worldmodels.data.robomimic import write_robomimic
 from worldmodels.envs.factory import EnvSpec, make_env
 from worldmodels.record import record_episodes
 from worldmodels.training.checkpoint import load_checkpoint
+from worldmodels.training.config_check import check_config
+from worldmodels.training.validation import ConfigError
 from worldmodels.training.loop import fit
 
 TINY_MODEL = ["model.deter=16", "model.hidden=16", "model.blocks=2", "model.stoch=4", "model.classes=4",
@@ -125,3 +127,14 @@ def test_bc_on_the_file_is_evaluated_in_the_env_through_the_same_transform(demos
         want = agent.model({"image": torch.as_tensor(by_hand)}).argmax(-1).numpy()
     action, _ = agent.policy(obs, None)
     np.testing.assert_array_equal(action, want)
+
+
+@pytest.mark.parametrize("exp", ["dreamer_offline", "dreamer_bc"])
+def test_the_robomimic_options_pass_the_config_check_and_bad_flips_do_not(exp):
+    base = [f"+exp={exp}", "data.path=demos.hdf5", "data.obs_keys=[agentview_image,robot0_eye_in_hand_image]",
+            "data.cameras=[agentview_image,robot0_eye_in_hand_image]", "data.split=all"]
+    if exp == "dreamer_bc":
+        base.append("checkpoint=best.pt")
+    check_config(make_config(*base, "data.camera_flips={agentview_image:vertical}"))
+    with pytest.raises(ConfigError, match=r"data.camera_flips.agentview_image=.*upside"):
+        check_config(make_config(*base, "data.camera_flips={agentview_image:upside}"))

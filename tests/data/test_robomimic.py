@@ -98,9 +98,11 @@ def test_without_next_obs_the_last_transition_is_dropped_with_a_warning(tmp_path
 @pytest.mark.parametrize("edit, split, obs_keys, message", [
     (lambda f: f.__delitem__("mask"), "train", None, r"key 'mask/train': no mask group"),
     (None, "test", None, r"key 'mask/test': no such split mask \(masks: \['train', 'valid'\]\)"),
-    (lambda f: f.__delitem__("data/demo_2"), "train", None, r"key 'data/demo_2': demo group missing \(listed in mask/train"),
+    (lambda f: f.__delitem__("data/demo_2"), "train", None,
+     r"key 'data/demo_2': demo group missing \(listed in mask/train"),
     (None, "all", ["wrist"], r"key 'data/demo_0/obs/wrist': missing"),
-    (lambda f: f["data/demo_0"].attrs.__setitem__("num_samples", 9), "all", None, r"demo_0/actions': has 4 rows but num_samples is 9"),
+    (lambda f: f["data/demo_0"].attrs.__setitem__("num_samples", 9), "all", None,
+     r"demo_0/actions': has 4 rows but num_samples is 9"),
 ])
 def test_errors_name_the_file_and_the_key(demos, edit, split, obs_keys, message):
     path, _ = demos

@@ -25,6 +25,14 @@ best metric), ``eval/random_return_mean`` (a uniformly random policy in the same
 env, measured at the first evaluation and repeated after), and with
 ``data.eval_dir`` the held-out ``eval/accuracy`` (discrete) or ``eval/mse`` and
 ``eval/nll``.
+
+Observation transform: the world-model checkpoint records the cameras, flips and
+crop its data went through (:class:`~worldmodels.data.obs_transform.ObsTransform`);
+BC applies that transform (``data.crop`` / ``data.cameras`` replace its parts where
+set) to its episodes and to the env's observations before the policy sees them, and
+records it in its own checkpoint (:func:`load_bc_agent` reuses it). With
+``data.path`` the steps come from a robomimic file (``data.split``; held out:
+``data.eval_split``).
 """
 
 from __future__ import annotations

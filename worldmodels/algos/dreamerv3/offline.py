@@ -31,6 +31,15 @@ Images stay uint8: the encoder normalises them itself (``x / 255 - 0.5``) and
 symlog-compresses vectors, so ``data.standardize`` must be null (anything else
 raises); ``data.crop`` crops images (``data.crop_mode`` for training, always the
 center for evaluation).
+
+robomimic: with ``data.path`` (one HDF5 file, :mod:`worldmodels.data.robomimic`) the
+episodes are the demos of its ``data.split`` mask for training and of
+``data.eval_split`` for evaluation (``data.obs_keys``: the ``obs/<key>`` datasets
+read); ``data.train_dir`` / ``data.eval_dir`` are then unused. ``data.cameras`` stacks
+image keys along channels into ``image`` (flipped per ``data.camera_flips``) for
+either source. The transform (cameras, flips, crop;
+:class:`~worldmodels.data.obs_transform.ObsTransform`) is saved in the data state
+beside the spaces, so BC applies the same one to environment observations.
 """
 
 from __future__ import annotations
