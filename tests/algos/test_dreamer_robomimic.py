@@ -14,9 +14,12 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from worldmodels.algos.dreamerv3 import bc, offline
+from worldmodels.algos.registry import load_agent
 from worldmodels.data.episodes import EpisodeError, list_episodes, load_episode
+from worldmodels.data.obs_transform import TransformedAgent
 from worldmodels.data.robomimic import write_robomimic
 from worldmodels.envs.factory import EnvSpec, make_env
+from worldmodels.evaluate import evaluate
 from worldmodels.record import record_episodes
 from worldmodels.training.checkpoint import load_checkpoint
 from worldmodels.training.config_check import check_config
@@ -70,8 +73,8 @@ def demos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def offline_run(demos, tmp_path_factory):
-    cfg = make_config("+exp=dreamer_offline", f"data.path={demos[0]}", *ROBOMIMIC, *TINY_MODEL,
-                      "data.obs_keys=[image]", "device=cpu", "train.progress=false",
+    cfg = make_config("+exp=dreamer_offline", f"data.path={demos[0]}", *ROBOMIMIC, *TINY_MODEL, *CATCH,
+                      "model.train_actor=true", "data.obs_keys=[image]", "device=cpu", "train.progress=false",
                       "train.log_every=1", "train.eval_every=2", "train.checkpoint_every=2", "train.max_steps=2",
                       "train.batch_size=2", "algo.batch_length=4", "algo.openloop_sequences=1")
     run_dir = tmp_path_factory.mktemp("offline_run")
@@ -92,6 +95,27 @@ def test_offline_trains_on_the_train_split_and_records_the_transform(demos, offl
     assert state["data"]["transform"]["cameras"] == ["image"]
     assert state["data"]["transform"]["flips"] == {"image": "vertical"} and state["data"]["transform"]["crop"] == 28
     assert state["data"]["spaces"]["obs"]["image"]["shape"] == [28, 28, 3]
+
+
+def test_the_offline_agent_plays_the_env_through_its_recorded_transform(offline_run):
+    """``python -m worldmodels.evaluate`` (and play, record) put the run's transform in
+    front of the policy: 32x32 env frames reach the encoder flipped and cropped to 28x28."""
+    _, run_dir = offline_run
+    agent = load_agent_of(run_dir)
+    assert isinstance(agent, TransformedAgent) and agent.obs_space["image"][0] == (28, 28, 3)
+    seen = []
+    inner = agent.agent.policy
+    agent.agent.policy = lambda obs, state, *a, **k: (seen.append(obs["image"]), inner(obs, state, *a, **k))[1]
+    with make_env(EnvSpec("gym", "worldmodels/Catch-v0", num_envs=1, seed=5, size=(32, 32), render_image=True)) as env:
+        obs = env.reset()
+    agent.policy(obs, agent.init_policy_state(1), mode="greedy")
+    np.testing.assert_array_equal(seen[0], obs["image"][:, ::-1][:, 2:30, 2:30])
+    result = evaluate(run_dir, episodes=2, num_envs=1)
+    assert len(result["returns"]) == 2 and all(math.isfinite(r) for r in result["returns"])
+
+
+def load_agent_of(run_dir):
+    return load_agent(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
 
 
 def test_a_missing_split_is_one_line_naming_file_and_mask(demos):

@@ -16,7 +16,8 @@ environment:
 
 :meth:`ObsTransform.state_dict` gives plain values (safe for
 ``torch.load(weights_only=True)``), so a checkpoint records the transform and
-evaluation rebuilds it with :meth:`ObsTransform.from_state`.
+evaluation rebuilds it with :meth:`ObsTransform.from_state`; :class:`TransformedAgent`
+puts it in front of an agent's policy.
 """
 
 from __future__ import annotations
@@ -165,6 +166,11 @@ class ObsTransform:
             space[key] = (tuple(shape), np.dtype(np.float32) if self.standardize else np.dtype(dtype))
         return space
 
+    @property
+    def changes_observations(self) -> bool:
+        """Whether :meth:`observation` does anything (cameras, crop or standardisation set)."""
+        return bool(self.cameras) or self.crop is not None or self.standardize is not None
+
     def state_dict(self) -> dict[str, Any]:
         """Plain values (lists, str, int, None) for a checkpoint."""
         return {"cameras": list(self.cameras), "flips": dict(self.flips), "image_key": self.image_key,
@@ -180,3 +186,17 @@ class ObsTransform:
                    standardize=state.get("standardize"),
                    mean={k: np.asarray(v, np.float32) for k, v in (state.get("mean") or {}).items()},
                    std={k: np.asarray(v, np.float32) for k, v in (state.get("std") or {}).items()})
+
+
+class TransformedAgent:
+    """An agent whose :meth:`policy` sees env observations through ``transform`` (the
+    one its training data went through); every other attribute is the agent's own."""
+
+    def __init__(self, agent: Any, transform: ObsTransform, image_keys: Sequence[str]):
+        self.agent, self.transform, self.image_keys = agent, transform, list(image_keys)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["agent"], name)
+
+    def policy(self, obs: Mapping[str, np.ndarray], state: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.agent.policy(self.transform.observation(obs, self.image_keys, "env"), state, *args, **kwargs)
