@@ -29,11 +29,11 @@ import numpy as np
 
 from ..rl.replay import Replay
 from .episodes import EpisodeError, list_episodes, load_episode
+from .obs_transform import STANDARDIZE_MODES, ObsTransform, crop_frames
+from .robomimic import RobomimicFile
 
 CROP_MODES = ("center", "random")
-STANDARDIZE_MODES = (None, "image", "dataset")
 ON_ERROR = ("raise", "skip")
-EPS = 1e-6
 
 
 def _positive_int(name: str, value) -> int:
@@ -60,6 +60,21 @@ def _load_all(directory: Path, on_error: str) -> tuple[list[dict], list[Path], l
     if not episodes:
         raise EpisodeError(directory, None, f"none of the {len(skipped)} episode files could be read")
     return episodes, paths, skipped
+
+
+def load_source(source: str | os.PathLike | RobomimicFile, on_error: str = "raise",
+                transform: ObsTransform | None = None) -> tuple[list[dict], list, list[tuple[Path, str]]]:
+    """``(episodes, sources, skipped)`` of a folder of episode files (sources: their
+    paths) or a :class:`RobomimicFile` (every demo of its split; sources
+    ``"<file>:data/<demo>"``), cameras stacked by ``transform``."""
+    if isinstance(source, RobomimicFile):
+        episodes, names = list(source), [source.source(name) for name in source.demos]
+        skipped = []
+    else:
+        episodes, names, skipped = _load_all(Path(source), on_error)
+    if transform is not None:
+        episodes = [transform.stack(episode, str(name)) for episode, name in zip(episodes, names)]
+    return episodes, names, skipped
 
 
 def _select_keys(episodes: list[dict], paths: list[Path], keys: Sequence[str] | None) -> list[str]:
@@ -108,7 +123,8 @@ class OfflineDataset:
     """Episodes of ``directory`` served as training windows or evaluation sequences.
 
     Args:
-        directory: folder of episode files (:func:`list_episodes`).
+        directory: folder of episode files (:func:`list_episodes`), or a
+            :class:`~worldmodels.data.robomimic.RobomimicFile` (the demos of its split).
         batch_length: steps ``L`` per sequence.
         keys: keys to serve (``is_first`` is always added); all keys when None.
         crop: crop image keys ``(.., H, W, C)`` to ``crop x crop``; frames smaller than
@@ -123,11 +139,18 @@ class OfflineDataset:
         on_error: ``"raise"`` on an unreadable episode file, or ``"skip"`` it with a
             warning listing the skipped files (``skipped`` holds ``(path, reason)``).
             Episodes whose keys or shapes disagree always raise.
+        cameras, camera_flips: image keys stacked along channels into ``image`` in this
+            order, each flipped as ``camera_flips`` says (:func:`~worldmodels.data.obs_transform.stack_cameras`).
+
+    ``transform`` (:class:`~worldmodels.data.obs_transform.ObsTransform`) holds the
+    cameras, crop and standardisation (with the dataset statistics): evaluation in an
+    environment applies the same one to its observations.
     """
 
-    def __init__(self, directory: str | os.PathLike, batch_length: int, keys: Sequence[str] | None = None,
-                 crop: int | None = None, crop_mode: str = "center", standardize: str | None = None,
-                 seed: int = 0, on_error: str = "raise"):
+    def __init__(self, directory: str | os.PathLike | RobomimicFile, batch_length: int,
+                 keys: Sequence[str] | None = None, crop: int | None = None, crop_mode: str = "center",
+                 standardize: str | None = None, seed: int = 0, on_error: str = "raise",
+                 cameras: Sequence[str] | None = None, camera_flips: dict[str, str] | None = None):
         self.batch_length = _positive_int("batch_length", batch_length)
         self.crop = None if crop is None else _positive_int("crop", crop)
         for name, value, allowed in (("crop_mode", crop_mode, CROP_MODES),
@@ -135,8 +158,10 @@ class OfflineDataset:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.crop_mode, self.standardize = crop_mode, standardize
-        self.directory = Path(directory)
-        episodes, self.paths, self.skipped = _load_all(self.directory, on_error)
+        self.transform = ObsTransform(cameras=tuple(cameras or ()), flips=dict(camera_flips or {}),
+                                      crop=self.crop, standardize=standardize)
+        self.directory = directory.path if isinstance(directory, RobomimicFile) else Path(directory)
+        episodes, self.paths, self.skipped = load_source(directory, on_error, self.transform)
         self.keys = _select_keys(episodes, self.paths, keys)
         _check_consistent(episodes, self.paths, self.keys, exact=keys is None)
         self.image_keys = [key for key in self.keys if episodes[0][key].ndim == 4]
@@ -155,6 +180,7 @@ class OfflineDataset:
         if standardize == "dataset":
             for key in self.image_keys:
                 self.image_mean[key], self.image_std[key] = _channel_stats(self._data[key])
+        self.transform.mean, self.transform.std = self.image_mean, self.image_std
         self._rng = np.random.default_rng(seed)
 
     def _check_crop(self, episodes: list[dict]) -> None:
@@ -183,31 +209,22 @@ class OfflineDataset:
         """``frames`` ``[B, L, H, W, C]`` cropped to ``[B, L, crop, crop, C]`` (one offset per sequence)."""
         height, width, size = frames.shape[2], frames.shape[3], self.crop
         if self.crop_mode == "center":
-            top, left = (height - size) // 2, (width - size) // 2
-            return np.ascontiguousarray(frames[:, :, top:top + size, left:left + size])
+            return crop_frames(frames, size)
         tops = self._rng.integers(0, height - size + 1, size=len(frames))
         lefts = self._rng.integers(0, width - size + 1, size=len(frames))
-        out = np.empty((*frames.shape[:2], size, size, frames.shape[4]), frames.dtype)
-        for row, (top, left) in enumerate(zip(tops, lefts)):
-            out[row] = frames[row, :, top:top + size, left:left + size]
-        return out
-
-    def _standardize_images(self, key: str, frames: np.ndarray) -> np.ndarray:
-        """``frames`` ``[..., H, W, C]`` uint8 standardised to float32."""
-        x = frames.astype(np.float32)
-        if self.standardize == "image":
-            mean = x.mean(axis=(-3, -2, -1), keepdims=True)
-            std = x.std(axis=(-3, -2, -1), keepdims=True)
-            return (x - mean) / (std + EPS)
-        return (x - self.image_mean[key]) / (self.image_std[key] + EPS)
+        return np.stack([crop_frames(frames[row], size, top, left) for row, (top, left) in enumerate(zip(tops, lefts))])
 
     def _transform(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Image keys cropped (``crop_mode``) and standardised by :attr:`transform`, the
+        function environment observations go through too."""
         for key in self.image_keys:
             frames = batch[key]
-            if self.crop is not None:
+            if self.crop is not None and self.crop_mode == "random":
                 frames = self._crop_images(frames)
-            if self.standardize is not None:
-                frames = self._standardize_images(key, frames)
+                frames = ObsTransform(standardize=self.standardize, mean=self.image_mean,
+                                      std=self.image_std).images(key, frames)
+            else:
+                frames = self.transform.images(key, frames)
             batch[key] = frames
         return batch
 

@@ -131,6 +131,16 @@ _OFFLINE_DATA = {
     "data.eval_dir": PATH.or_null(),
     "data.crop": OPTIONAL_COUNT,
     "data.on_error": choice("raise", "skip"),
+    # a robomimic HDF5 file instead of the folders (worldmodels.data.robomimic)
+    "data.path": PATH.or_null(),
+    "data.split": text(),                    # all, or a mask/<name> of the file (train, valid)
+    "data.eval_split": text().or_null(),
+    "data.obs_keys": list_of(text(), min_len=1).or_null(),
+    # worldmodels.data.obs_transform
+    "data.cameras": list_of(text(), min_len=1).or_null(),
+    "data.camera_flips": Rule("a mapping camera -> none | vertical | horizontal | both",
+                              lambda v: v is None or v == {}),
+    "data.camera_flips.*": choice("none", "vertical", "horizontal", "both"),  # obs_transform.FLIPS
 }
 _IRIS_FAMILY = {
     "algo.batch_sizes.*": COUNT,

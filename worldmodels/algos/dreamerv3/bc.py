@@ -25,6 +25,14 @@ best metric), ``eval/random_return_mean`` (a uniformly random policy in the same
 env, measured at the first evaluation and repeated after), and with
 ``data.eval_dir`` the held-out ``eval/accuracy`` (discrete) or ``eval/mse`` and
 ``eval/nll``.
+
+Observation transform: the world-model checkpoint records the cameras, flips and
+crop its data went through (:class:`~worldmodels.data.obs_transform.ObsTransform`);
+BC applies that transform (``data.crop`` / ``data.cameras`` replace its parts where
+set) to its episodes and to the env's observations before the policy sees them, and
+records it in its own checkpoint (:func:`load_bc_agent` reuses it). With
+``data.path`` the steps come from a robomimic file (``data.split``; held out:
+``data.eval_split``).
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ...data.episodes import EpisodeError, first_readable_episode
+from ...data.episodes import EpisodeError
+from ...data.obs_transform import ObsTransform
 from ...data.offline import OfflineDataset
+from ...data.robomimic import RobomimicFile
 from ...envs.factory import ActionSpace, ObsSpace, VectorEnv, infer_spaces, make_env, spec_from_config
 from ...envs.spaces import EnvSpaces
 from ...nn.distributions import BoundedNormal
@@ -54,8 +64,10 @@ from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from .agent import DreamerAgent, DreamerConfig
 from .offline import (
-    episode_dir,
+    data_source,
+    data_transform,
     episode_obs_space,
+    first_episode,
     input_keys,
     offline_spaces,
     spaces_from_state,
@@ -98,14 +110,41 @@ def _checkpoint_path(cfg: DictConfig) -> Path:
     return Path(str(cfg.checkpoint))
 
 
+def checkpoint_transform(state: dict[str, Any], cfg: DictConfig) -> ObsTransform:
+    """The observation transform the checkpoint's world model was trained with: the one
+    its data state records, else (older offline runs) its ``data.crop``; online runs: none."""
+    saved = (state.get("data") or {}).get("transform")
+    if saved:
+        return ObsTransform.from_state(saved)
+    if cfg.algo.name == "dreamer_offline":
+        return data_transform(cfg.data)
+    return ObsTransform()
+
+
 @functools.lru_cache(maxsize=4)
-def _spaces_cached(path: str, mtime_ns: int) -> tuple[ObsSpace, ActionSpace, list[str], list[str]]:
+def _spaces_cached(path: str, mtime_ns: int) -> tuple[ObsSpace, ActionSpace, list[str], list[str], dict]:
     state = load_checkpoint(path)
     cfg = checkpoint_config(Path(path), state)
     obs_space, act_space = checkpoint_spaces(state, cfg)
     keys = input_keys(cfg, obs_space)
     cnn = [k for k in keys if len(obs_space[k][0]) == 3]
-    return obs_space, act_space, cnn, [k for k in keys if k not in cnn]
+    return obs_space, act_space, cnn, [k for k in keys if k not in cnn], checkpoint_transform(state, cfg).state_dict()
+
+
+def bc_transform(cfg: DictConfig) -> ObsTransform:
+    """The transform BC applies to its episodes and to env observations: the world-model
+    checkpoint's (:func:`checkpoint_transform`), with ``data.crop`` and ``data.cameras``
+    (with ``data.camera_flips``) replacing its values where they are set."""
+    path = _checkpoint_path(cfg)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    state = dict(_spaces_cached(str(path.resolve()), path.stat().st_mtime_ns)[4])
+    data = cfg.data
+    if data.get("crop") is not None:
+        state["crop"] = int(data.crop)
+    if data.get("cameras"):
+        state["cameras"], state["flips"] = list(data.cameras), dict(data.get("camera_flips") or {})
+    return ObsTransform.from_state(state)
 
 
 def checkpoint_keys(cfg: DictConfig) -> tuple[ObsSpace, ActionSpace, list[str]]:
@@ -114,7 +153,7 @@ def checkpoint_keys(cfg: DictConfig) -> tuple[ObsSpace, ActionSpace, list[str]]:
     path = _checkpoint_path(cfg)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist.")
-    obs_space, act_space, cnn, mlp = _spaces_cached(str(path.resolve()), path.stat().st_mtime_ns)
+    obs_space, act_space, cnn, mlp, _ = _spaces_cached(str(path.resolve()), path.stat().st_mtime_ns)
     order = OmegaConf.select(cfg, "bc.key_order")
     return obs_space, act_space, resolve_key_order(cnn, mlp, None if order is None else list(order))
 
@@ -212,17 +251,21 @@ class BCPolicy(nn.Module):
 
 
 class StepData:
-    """The single steps of a folder of episodes (``is_last`` steps left out) as arrays
-    ``{key: [N, ...]}`` for ``keys`` and ``action``, checked against the checkpoint."""
+    """The single steps of a folder of episodes or a robomimic file (``is_last`` steps
+    left out) as arrays ``{key: [N, ...]}`` for ``keys`` and ``action``, transformed by
+    ``transform`` (cameras, center crop) and checked against the checkpoint."""
 
-    def __init__(self, directory: Path, obs_space: ObsSpace, act_space: Any, keys: list[str],
-                 crop: int | None = None, on_error: str = "raise"):
-        first, episode = first_readable_episode(directory, on_error)
-        check_keys(obs_space, keys, episode_obs_space(episode, crop), str(first))
+    def __init__(self, directory: Path | RobomimicFile, obs_space: ObsSpace, act_space: Any, keys: list[str],
+                 transform: ObsTransform | None = None, on_error: str = "raise"):
+        transform = transform or ObsTransform()
+        first, episode = first_episode(directory, transform, on_error)
+        check_keys(obs_space, keys, episode_obs_space(episode, transform.crop), first)
         if episode["action"].shape[-1] != act_space.size:
             raise EpisodeError(first, "action", f"has {episode['action'].shape[-1]} dimensions, the checkpoint's "
                                                 f"agent {act_space.size}")
-        dataset = OfflineDataset(directory, 1, keys=[*keys, "action", "is_last"], crop=crop, on_error=on_error)
+        dataset = OfflineDataset(directory, 1, keys=[*keys, "action", "is_last"], crop=transform.crop,
+                                 on_error=on_error, cameras=transform.cameras, camera_flips=transform.flips)
+        self.transform = dataset.transform
         parts = list(dataset.episodes())
         keep = ~np.concatenate([p["is_last"][0] for p in parts])
         self.arrays = {k: np.concatenate([p[k][0] for p in parts])[keep] for k in [*keys, "action"]}
@@ -237,7 +280,9 @@ class StepData:
 
 
 class BCData(TrainData):
-    """``TrainData``: ``batch_size`` uniformly sampled steps ``{key: [B, ...]}``; state: its RNG."""
+    """``TrainData``: ``batch_size`` uniformly sampled steps ``{key: [B, ...]}``; state: its
+    RNG and ``transform`` (the steps' :class:`ObsTransform`, which :func:`load_bc_agent`
+    applies to env observations)."""
 
     def __init__(self, steps: StepData, batch_size: int, seed: int, device: torch.device | str = "cpu"):
         self.steps, self.batch_size, self.device = steps, int(batch_size), torch.device(device)
@@ -247,7 +292,7 @@ class BCData(TrainData):
         return self.steps.batch(self._rng.integers(0, len(self.steps), self.batch_size), self.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.bit_generator.state}
+        return {"rng": self._rng.bit_generator.state, "transform": self.steps.transform.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._rng.bit_generator.state = state["rng"]
@@ -256,15 +301,18 @@ class BCData(TrainData):
 class BCAgent:
     """:class:`~worldmodels.rl.protocols.Agent` view of a :class:`BCPolicy` (stateless,
     always greedy), in the agent's action form (``mse`` actions are mapped from the
-    env's units back to ``[-1, 1]``)."""
+    env's units back to ``[-1, 1]``). Env observations go through ``transform`` (the
+    training data's cameras, crop and standardisation) first."""
 
-    def __init__(self, model: BCPolicy, act_space: Any):
+    def __init__(self, model: BCPolicy, act_space: Any, transform: ObsTransform | None = None):
         self.model, self.act_space = model, act_space
+        self.transform = transform or ObsTransform()
 
     def init_policy_state(self, num_envs: int) -> None:
         return None
 
     def policy(self, obs: dict[str, np.ndarray], state: None, mode: str = "greedy", **kwargs: Any):
+        obs = self.transform.observation(obs, self.model.encoder.cnn_keys, "env")
         action = self.model.act(obs)
         if not self.model.discrete and self.model.loss_kind == "mse":
             action = from_env_action(self.act_space, action)
@@ -275,8 +323,9 @@ class BCEvaluator(Evaluator):
     """Greedy episodes of the BC policy, a random baseline and held-out metrics (module docstring)."""
 
     def __init__(self, env: VectorEnv, keys: list[str], obs_space: ObsSpace, held_out: StepData | None = None,
-                 seed: int = 0, batch_size: int = 1024):
-        check_keys(obs_space, keys, env.obs_space, "env")
+                 seed: int = 0, batch_size: int = 1024, transform: ObsTransform | None = None):
+        self.transform = transform or ObsTransform()
+        check_keys(obs_space, keys, self.transform.space(env.obs_space), "env")
         self.runner = EpisodeEvaluator(env, env.num_envs, mode="greedy", seed=seed)
         self.held_out, self.batch_size = held_out, int(batch_size)
         self.random_returns: np.ndarray | None = None
@@ -286,7 +335,7 @@ class BCEvaluator(Evaluator):
         return self.runner.env
 
     def evaluate(self, model: BCPolicy) -> dict[str, float]:
-        returns = self.runner.run(BCAgent(model, self.env.act_space)).returns
+        returns = self.runner.run(BCAgent(model, self.env.act_space, self.transform)).returns
         if self.random_returns is None:
             self.random_returns = self.runner.run(None).returns
         metrics = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
@@ -325,6 +374,25 @@ def load_agent(path: str | Path) -> tuple[DreamerAgent, ObsSpace]:
     return agent.eval(), obs_space
 
 
+def load_bc_agent(path: str | Path, act_space: Any | None = None) -> BCAgent:
+    """The greedy :class:`BCAgent` of a BC checkpoint ``path``, in eval mode, with the
+    observation transform its training data recorded (so env observations are
+    stacked, flipped and cropped as its episodes were). ``act_space``: the env's (for
+    ``mse`` policies' action units); the checkpoint's world model's when None."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    state = load_checkpoint(path)
+    saved = path.resolve().parent.parent / "resolved_config.yaml"
+    cfg = OmegaConf.load(saved) if saved.is_file() else OmegaConf.create(state.get("config") or {})
+    if OmegaConf.select(cfg, "algo.name") != "dreamer_bc":
+        raise CheckpointError(f"{path} was not written by a dreamer_bc run.")
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    transform = ObsTransform.from_state((state.get("data") or {}).get("transform") or {})
+    return BCAgent(model.eval(), act_space or checkpoint_keys(cfg)[1], transform)
+
+
 def build_model(cfg: DictConfig) -> BCPolicy:
     _, act_space, keys = checkpoint_keys(cfg)
     agent, _ = load_agent(_checkpoint_path(cfg))
@@ -334,19 +402,19 @@ def build_model(cfg: DictConfig) -> BCPolicy:
                     max_std=float(agent.config.actor_max_std))
 
 
-def _steps(cfg: DictConfig, directory: Any, option: str) -> StepData:
+def _steps(cfg: DictConfig, split_option: str, dir_option: str) -> StepData:
     obs_space, act_space, keys = checkpoint_keys(cfg)
-    crop = cfg.data.get("crop")
-    steps = StepData(episode_dir(directory, option), obs_space, act_space, keys,
-                     None if crop is None else int(crop), str(cfg.data.get("on_error", "raise")))
+    source = data_source(cfg.data, split_option, dir_option)
+    steps = StepData(source, obs_space, act_space, keys, bc_transform(cfg), str(cfg.data.get("on_error", "raise")))
     if not act_space.discrete and str(cfg.bc.continuous_loss) == "nll" and np.abs(steps.arrays["action"]).max() > 1:
-        raise EpisodeError(directory, "action", "continuous actions outside [-1, 1] cannot be fitted by "
-                                                "bc.continuous_loss=nll (tanh-bounded); use bc.continuous_loss=mse")
+        where = source.path if isinstance(source, RobomimicFile) else source
+        raise EpisodeError(where, "action", "continuous actions outside [-1, 1] cannot be fitted by "
+                                            "bc.continuous_loss=nll (tanh-bounded); use bc.continuous_loss=mse")
     return steps
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> BCData:
-    return BCData(_steps(cfg, cfg.data.train_dir, "data.train_dir"), int(cfg.train.batch_size), int(cfg.seed), device)
+    return BCData(_steps(cfg, "split", "train_dir"), int(cfg.train.batch_size), int(cfg.seed), device)
 
 
 def build_optimizer(cfg: DictConfig, model: BCPolicy) -> torch.optim.Optimizer:
@@ -356,12 +424,12 @@ def build_optimizer(cfg: DictConfig, model: BCPolicy) -> torch.optim.Optimizer:
 
 def build_evaluator(cfg: DictConfig, device: torch.device) -> BCEvaluator:
     obs_space, _, keys = checkpoint_keys(cfg)
-    eval_dir = cfg.data.get("eval_dir")
-    held_out = None if eval_dir is None else _steps(cfg, eval_dir, "data.eval_dir")
+    held = cfg.data.get("eval_split") if cfg.data.get("path") else cfg.data.get("eval_dir")
+    held_out = None if held is None else _steps(cfg, "eval_split", "eval_dir")
     seed = int(cfg.seed) + EVAL_SEED_OFFSET
     env = make_env(spec_from_config(eval_env_config(cfg), seed=seed, num_envs=int(cfg.algo.eval_episodes)))
     try:
-        return BCEvaluator(env, keys, obs_space, held_out, seed)
+        return BCEvaluator(env, keys, obs_space, held_out, seed, transform=bc_transform(cfg))
     except BaseException:
         env.close()
         raise

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from ...data.obs_transform import ObsTransform, TransformedAgent
 from ...envs.factory import infer_spaces, spec_from_config
 from ...envs.spaces import EnvSpaces
 from ...rl.protocols import rebuild_agent
@@ -39,18 +40,25 @@ def build_model(cfg: DictConfig) -> DreamerAgent:
     return agent_from_spaces(cfg, infer_spaces(spec_from_config(cfg.env, seed=int(cfg.seed), num_envs=1)))
 
 
-def load_agent(state: dict) -> DreamerAgent:
+def load_agent(state: dict) -> DreamerAgent | TransformedAgent:
     """The agent of an online or offline DreamerV3 checkpoint (the registry's
-    ``agent_loader``); checkpoints of offline runs that predate recorded env spaces get
-    theirs from the data state."""
+    ``agent_loader``, for play, record and evaluate in an env); checkpoints of offline
+    runs that predate recorded env spaces get theirs from the data state. An offline
+    run's recorded observation transform (cameras, flips, crop) is put in front of the
+    policy (:class:`TransformedAgent`), so env observations look like its episodes."""
     spaces = None
-    saved = (state.get("data") or {}).get("spaces")
+    data = state.get("data") or {}
+    saved = data.get("spaces")
     if not state.get("env_spaces") and saved:
         from .offline import spaces_from_state
 
         obs, act, _ = spaces_from_state(saved)
         spaces = EnvSpaces(obs, act)
-    return rebuild_agent(state, agent_from_spaces, spaces)
+    agent = rebuild_agent(state, agent_from_spaces, spaces)
+    transform = ObsTransform.from_state(data["transform"]) if data.get("transform") else None
+    if transform is None or not transform.changes_observations:
+        return agent
+    return TransformedAgent(agent, transform, agent.world_model.encoder.cnn_keys)
 
 
 def build_optimizer(cfg: DictConfig, model: Any) -> torch.optim.Optimizer:

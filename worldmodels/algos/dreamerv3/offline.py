@@ -31,6 +31,15 @@ Images stay uint8: the encoder normalises them itself (``x / 255 - 0.5``) and
 symlog-compresses vectors, so ``data.standardize`` must be null (anything else
 raises); ``data.crop`` crops images (``data.crop_mode`` for training, always the
 center for evaluation).
+
+robomimic: with ``data.path`` (one HDF5 file, :mod:`worldmodels.data.robomimic`) the
+episodes are the demos of its ``data.split`` mask for training and of
+``data.eval_split`` for evaluation (``data.obs_keys``: the ``obs/<key>`` datasets
+read); ``data.train_dir`` / ``data.eval_dir`` are then unused. ``data.cameras`` stacks
+image keys along channels into ``image`` (flipped per ``data.camera_flips``) for
+either source. The transform (cameras, flips, crop;
+:class:`~worldmodels.data.obs_transform.ObsTransform`) is saved in the data state
+beside the spaces, so BC applies the same one to environment observations.
 """
 
 from __future__ import annotations
@@ -45,7 +54,9 @@ import torch
 from omegaconf import DictConfig
 
 from ...data.episodes import EPISODE_SUFFIXES, EpisodeError, first_readable_episode
+from ...data.obs_transform import ObsTransform
 from ...data.offline import OfflineDataset
+from ...data.robomimic import RobomimicFile
 from ...envs.factory import ActionSpace, ObsSpace
 from ...envs.spaces import EnvSpaces
 from ...nn.multi_io import is_bookkeeping, select_keys
@@ -80,6 +91,34 @@ def episode_dir(path: Any, option: str) -> Path:
                             f"`{RECORD_COMMAND.format(dir=directory)}` (another --seed for the evaluation folder).")
 
 
+def data_transform(data: DictConfig) -> ObsTransform:
+    """The observation transform of ``data.cameras``, ``data.camera_flips`` and ``data.crop``."""
+    cameras, flips, crop = data.get("cameras"), data.get("camera_flips"), data.get("crop")
+    return ObsTransform(cameras=tuple(cameras or ()), flips=dict(flips or {}), crop=None if crop is None else int(crop))
+
+
+def data_source(data: DictConfig, split_option: str, dir_option: str) -> Path | RobomimicFile:
+    """Where episodes come from: the robomimic file ``data.path`` (its split
+    ``data.<split_option>``, observation keys ``data.obs_keys``) when set, else the
+    folder ``data.<dir_option>``."""
+    if data.get("path"):
+        keys = data.get("obs_keys")
+        return RobomimicFile(str(data.path), str(data.get(split_option) or "all"),
+                             None if keys is None else [str(k) for k in keys])
+    return episode_dir(data.get(dir_option), f"data.{dir_option}")
+
+
+def first_episode(source: Path | RobomimicFile, transform: ObsTransform,
+                  on_error: str = "raise") -> tuple[str, dict[str, np.ndarray]]:
+    """``(source name, episode)`` of the first readable episode of ``source``, cameras stacked."""
+    if isinstance(source, RobomimicFile):
+        name, episode = source.source(source.demos[0]), source.read(source.demos[0])
+    else:
+        path, episode = first_readable_episode(source, on_error)
+        name = str(path)
+    return name, transform.stack(episode, name)
+
+
 def episode_obs_space(episode: dict[str, np.ndarray], crop: int | None = None) -> ObsSpace:
     """``{key: (per-step shape, dtype)}`` of the observation keys of an episode
     ``{key: [T, ...]}``; images ``[T, H, W, C]`` become ``(crop, crop, C)`` when cropping."""
@@ -110,8 +149,10 @@ def decide_discrete(episode: dict[str, np.ndarray], mode: Any, source: str) -> b
 
 
 def offline_spaces(cfg: DictConfig) -> tuple[ObsSpace, ActionSpace]:
-    """``(obs_space, act_space)`` read from the first episode of ``cfg.data.train_dir``."""
-    path, episode = first_readable_episode(episode_dir(cfg.data.train_dir, "data.train_dir"), _on_error(cfg))
+    """``(obs_space, act_space)`` read from the first training episode (``data.path``'s
+    ``data.split`` or ``data.train_dir``), cameras stacked and images cropped."""
+    source = data_source(cfg.data, "split", "train_dir")
+    path, episode = first_episode(source, data_transform(cfg.data), _on_error(cfg))
     crop = cfg.data.get("crop")
     discrete = decide_discrete(episode, cfg.data.get("discrete", "auto"), str(path))
     return episode_obs_space(episode, crop), ActionSpace(discrete, int(episode["action"].shape[-1]))
@@ -185,7 +226,10 @@ class OfflineData(TrainData):
         return batch_to_torch(self.dataset.sample(self.batch_size), self.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset.state_dict(), "spaces": self.spaces}
+        """The sampling state, the spaces and ``transform`` (the dataset's
+        :class:`ObsTransform`, applied by BC to environment observations)."""
+        return {"dataset": self.dataset.state_dict(), "spaces": self.spaces,
+                "transform": self.dataset.transform.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dataset.load_state_dict(state["dataset"])
@@ -313,12 +357,11 @@ def check_same_space(reference: ObsSpace, episode: dict[str, np.ndarray], keys: 
                                             f"{reference[key][0]} {reference[key][1]} in data.train_dir")
 
 
-def _dataset(cfg: DictConfig, directory: Path, keys: list[str], crop_mode: str) -> OfflineDataset:
-    data = cfg.data
-    crop = data.get("crop")
-    return OfflineDataset(directory, int(cfg.algo.batch_length), keys=[*keys, *BATCH_KEYS],
-                          crop=None if crop is None else int(crop), crop_mode=crop_mode, standardize=None,
-                          seed=int(cfg.seed), on_error=_on_error(cfg))
+def _dataset(cfg: DictConfig, source: Path | RobomimicFile, keys: list[str], crop_mode: str) -> OfflineDataset:
+    transform = data_transform(cfg.data)
+    return OfflineDataset(source, int(cfg.algo.batch_length), keys=[*keys, *BATCH_KEYS], crop=transform.crop,
+                          crop_mode=crop_mode, standardize=None, seed=int(cfg.seed), on_error=_on_error(cfg),
+                          cameras=transform.cameras, camera_flips=transform.flips)
 
 
 def _on_error(cfg: DictConfig) -> str:
@@ -337,7 +380,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> OfflineData:
     check_data_options(cfg.data)
     obs_space, act_space = offline_spaces(cfg)
     keys = input_keys(cfg, obs_space)
-    dataset = _dataset(cfg, episode_dir(cfg.data.train_dir, "data.train_dir"), keys,
+    dataset = _dataset(cfg, data_source(cfg.data, "split", "train_dir"), keys,
                        str(cfg.data.get("crop_mode", "center")))
     return OfflineData(dataset, int(cfg.train.batch_size), device, spaces_state(obs_space, act_space, keys))
 
@@ -346,8 +389,8 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> OfflineEvaluator:
     check_data_options(cfg.data)
     obs_space, act_space = offline_spaces(cfg)
     keys = input_keys(cfg, obs_space)
-    directory = episode_dir(cfg.data.eval_dir, "data.eval_dir")
-    first, episode = first_readable_episode(directory, _on_error(cfg))
+    directory = data_source(cfg.data, "eval_split", "eval_dir")
+    first, episode = first_episode(directory, data_transform(cfg.data), _on_error(cfg))
     check_same_space(obs_space, episode, keys, cfg.data.get("crop"), str(first))
     if episode["action"].shape[-1] != act_space.size:
         raise EpisodeError(first, "action", f"has {episode['action'].shape[-1]} dimensions, "
