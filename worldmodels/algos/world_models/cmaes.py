@@ -15,12 +15,12 @@ Fitness is the authors' ``mean return - weight_decay * mean(theta^2)`` (weight d
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import WorldModelsError
+from ...utils.atomic import atomic_write
 
 
 class SearchStateError(WorldModelsError, RuntimeError):
@@ -75,17 +75,7 @@ class PopulationSearch:
             "solutions": np.asarray(self.solutions, np.float64).reshape(-1, self.popsize, self.dim),
             "losses": np.asarray(self.losses, np.float64).reshape(-1, self.popsize),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike, dim: int, popsize: int, sigma0: float, seed: int) -> "PopulationSearch":

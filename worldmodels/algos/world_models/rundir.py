@@ -18,12 +18,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import WorldModelsError
+from ...utils.atomic import atomic_write
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")
 # what each stage reads, and which stage makes it
@@ -55,24 +55,9 @@ def check_inputs(run: Path, stage: str, env: str) -> None:
                 f"python -m worldmodels.world_models --env {env} --stage {maker} --resume {run}")
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     """``np.savez`` to ``path`` atomically (temp file, fsync, rename)."""
-    return _atomic(Path(path), lambda handle: np.savez(handle, **arrays))
+    return atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -83,7 +68,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def save_json(path: str | os.PathLike, value: object) -> Path:
     """JSON to ``path`` atomically."""
-    return _atomic(Path(path), lambda handle: handle.write(json.dumps(value, indent=2).encode()))
+    return atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=2).encode()))
 
 
 def append_summary(run: Path, stage: str, seconds: float, outcome: str) -> None:
