@@ -254,6 +254,7 @@ def test_leaving_the_group_frees_the_ddp_wrapper_first(tmp_path):
         trainable = distributed.wrap(model, {"find_unused_parameters": False})
         loss, _ = trainable.compute_loss({"image": torch.rand(2, 1, 16, 16)})
         loss.backward()
+        trainable.ddp.cycle = trainable   # DDP's own cycle comes and goes with torch's hooks: make one for sure
         wrapper = weakref.ref(trainable.ddp)
         del trainable
         assert wrapper() is not None  # still alive: the cycle
