@@ -98,6 +98,17 @@ def load_vae(run: Path, device: torch.device) -> ConvVAE:
     return model.to(device).eval()
 
 
+def resume_epoch(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device) -> int:
+    """Load ``path``'s model and optimiser state where it exists; the epochs it holds (0 without it)."""
+    if not path.is_file():
+        return 0
+    state = load_checkpoint(path, device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"])
+
+
 def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
     """VAE epochs over every frame; loss = recon + max(KL, kl_tolerance * Z) (the authors' floor).
     The initial weights and each epoch's draws come from the seed (and the epoch), so a
@@ -105,11 +116,7 @@ def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch
     torch.manual_seed(cfg.seed)
     model = build_vae(cfg, env).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.vae_lr)
-    epoch = 0
-    if (run / "vae.pt").is_file():
-        state = load_checkpoint(run / "vae.pt", device)
-        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])
-        epoch = int(state["epoch"])
+    epoch = resume_epoch(run / "vae.pt", model, optimizer, device)
     if epoch >= cfg.vae_epochs:
         return f"skipped: vae.pt has {epoch} epochs"
     frames = load_frames(run)
@@ -193,11 +200,7 @@ def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: to
     torch.manual_seed(cfg.seed)
     model = MDNRNN(mdn_config(cfg, env)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.mdn_lr)
-    epoch = 0
-    if (run / "mdnrnn.pt").is_file():
-        state = load_checkpoint(run / "mdnrnn.pt", device)
-        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])
-        epoch = int(state["epoch"])
+    epoch = resume_epoch(run / "mdnrnn.pt", model, optimizer, device)
     if epoch >= cfg.mdn_epochs:
         return f"skipped: mdnrnn.pt has {epoch} epochs"
     latents = load_npz(run / "latents.npz")
