@@ -332,3 +332,27 @@ def test_logit_decay_adds_the_mean_squared_log_odds_and_pulls_them_to_zero():
     assert bias_grad.sign().item() == logits[:, 1:].mean().sign().item()   # descending it moves the log-odds to 0
     with pytest.raises(ValueError, match="logit_decay=-1"):
         VTAConfig(logit_decay=-1)
+
+
+def test_common_noise_gives_equal_boundaries_equal_draws():
+    model = make(boundary_grad="disarm", common_noise=True).train()
+    obs, act = frames(), torch.zeros(3, 12, 0)
+    embed = model.embed(obs)
+    same = torch.zeros(3, 8, dtype=torch.bool)
+    noise = torch.randn(3, 8, 2, 4).repeat(2, 1, 1, 1)
+    pair = dict(boundaries=same.repeat(2, 1), latent_noise=noise)
+    out = model.hrssm(embed.repeat(2, 1, 1), act.repeat(2, 1, 1), 2, 8, 1.0, **pair)
+    first, second = out.kl_obs.chunk(2)
+    torch.testing.assert_close(first, second)                   # same boundaries, same noise: same draws
+    fresh = model.hrssm(embed.repeat(2, 1, 1), act.repeat(2, 1, 1), 2, 8, 1.0, boundaries=same.repeat(2, 1))
+    assert not torch.allclose(*fresh.feat.chunk(2))            # fresh noise: different draws
+    with pytest.raises(ValueError, match=r"latent_noise must be \[B, seq_size, 2, state\]"):
+        model.hrssm(embed, act, 2, 8, 1.0, boundaries=same, latent_noise=torch.zeros(3, 8, 4))
+
+
+def test_common_noise_trains_through_the_disarm_path():
+    model = make(boundary_grad="disarm", common_noise=True).train()
+    loss, _ = model.compute_loss({"frames": frames()})
+    loss.backward()
+    grad = model.hrssm.post_boundary.out.bias.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0

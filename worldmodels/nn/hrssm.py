@@ -105,6 +105,7 @@ class _Window:
     past: Tensor      # [B, S, belief]: a_{t-1}, the forward summary before each step
     segment: Tensor   # [B, S, belief]: b_t, the backward summary of t's segment
     action: Tensor    # [B, S, A]: the action taken before each step
+    noise: Tensor | None = None  # [B, S, 2, state]: N(0, I) draws for z_t and s_t; None: fresh
 
 
 class HierarchicalRSSM(nn.Module):
@@ -161,7 +162,8 @@ class HierarchicalRSSM(nn.Module):
 
     def forward(self, embed: Tensor, action: Tensor, init_size: int, seq_size: int,
                 beta: float, noise: Tensor | None = None, boundaries: Tensor | None = None,
-                boundary_logits: Tensor | None = None, freeze_boundaries: bool = False) -> HRSSMOutput:
+                boundary_logits: Tensor | None = None, freeze_boundaries: bool = False,
+                latent_noise: Tensor | None = None) -> HRSSMOutput:
         """Infer both levels over the window ``[init_size, init_size + seq_size)``.
 
         Args:
@@ -177,6 +179,11 @@ class HierarchicalRSSM(nn.Module):
                 that drew them (a score-function estimator's draws): ``KL_mask`` charges
                 them instead of the point mass on the given boundaries.
             freeze_boundaries: keep the boundary detector out of the gradient.
+            latent_noise: optional ``N(0, I)`` draws ``[B, seq_size, 2, state]`` behind
+                the posterior samples ``z_t = mu + sigma * noise[:, t, 0]`` and
+                ``s_t = mu + sigma * noise[:, t, 1]`` (common random numbers: two
+                boundary draws scored with the same noise differ by what their
+                boundaries change, not by the latents' sampling noise).
         """
         self._check(embed, action, init_size, seq_size)
         window = slice(init_size, init_size + seq_size)
@@ -191,7 +198,7 @@ class HierarchicalRSSM(nn.Module):
             if freeze_boundaries:
                 logits = logits.detach()
             boundary = self.sample_boundaries(logits, beta, noise)
-        inputs = self._window(embed, action, init_size, boundary.mask)
+        inputs = self._window(embed, action, init_size, boundary.mask, latent_noise)
         _, records = self._filter(inputs)
         forced, forbidden = self.limits(boundary.mask)
         prior_log_probs = self.prior_boundary_log_probs(records["feat"], forced, forbidden)
@@ -218,14 +225,19 @@ class HierarchicalRSSM(nn.Module):
             logits = torch.where(forced | forbidden, fixed, logits)
         return bernoulli_log_probs(logits)
 
-    def _window(self, embed: Tensor, action: Tensor, init_size: int, mask: Tensor) -> _Window:
+    def _window(self, embed: Tensor, action: Tensor, init_size: int, mask: Tensor,
+                noise: Tensor | None = None) -> _Window:
         """The posterior's per-step inputs over the ``mask.shape[1]`` window steps."""
         steps = mask.shape[1]
+        expected = (mask.shape[0], steps, 2, self.config.state_size)
+        if noise is not None and tuple(noise.shape) != expected:
+            raise ValueError(f"latent_noise must be [B, seq_size, 2, state] = {list(expected)}, "
+                             f"got {list(noise.shape)}.")
         past = self.past_summary(embed[:, : init_size + steps])
         past = F.pad(past, (0, 0, 1, 0))[:, init_size : init_size + steps]  # a_{t-1}; a_{-1} = 0
         x = embed[:, init_size : init_size + steps]
         prev_action = F.pad(action, (0, 0, 1, 0))[:, init_size : init_size + steps]
-        return _Window(x, mask, past, self.segment_summaries(x, mask), prev_action)
+        return _Window(x, mask, past, self.segment_summaries(x, mask), prev_action, noise)
 
     def segment_summaries(self, embed: Tensor, mask: Tensor) -> Tensor:
         """``b_t``: a backward GRU over the window's embeddings ``[B, S, F]`` that
@@ -247,7 +259,7 @@ class HierarchicalRSSM(nn.Module):
         abstract posterior (whose inputs are known up front), the priors, the
         features and the KL terms run once over all steps."""
         post_abs = self.post_abs(torch.cat([inputs.past, inputs.segment], dim=-1))
-        abs_draws = post_abs.rsample()
+        abs_draws = draw(post_abs, None if inputs.noise is None else inputs.noise[:, :, 0])
         state, steps = None, []
         for t in range(inputs.mask.shape[1]):
             state, post_obs = self._transition(state, inputs, abs_draws, t)
@@ -283,7 +295,7 @@ class HierarchicalRSSM(nn.Module):
         updated = self.update_obs_belief(torch.cat([obs_state, abs_feat, inputs.action[:, t]], dim=-1), obs_belief)
         obs_belief = read * self.init_obs_belief(abs_feat) + copy * updated
         post_obs = self.post_obs(torch.cat([obs_belief, inputs.embed[:, t]], dim=-1))
-        obs_state = post_obs.rsample()
+        obs_state = draw(post_obs, None if inputs.noise is None else inputs.noise[:, t, 1])
         return (abs_belief, abs_state, obs_belief, obs_state), post_obs
 
     def _state_sizes(self) -> tuple[int, int, int, int]:
@@ -390,3 +402,10 @@ def mask_kl(q_log_probs: Tensor, p_log_probs: Tensor) -> Tensor:
     """``KL_mask`` per step ``[B, S]`` from ``[B, S, 2]`` log-probabilities; 0 at step 0,
     which starts a segment by construction."""
     return F.pad(bernoulli_kl(q_log_probs[:, 1:], p_log_probs[:, 1:]), (1, 0))
+
+
+def draw(dist: Normal, noise: Tensor | None) -> Tensor:
+    """A reparameterised sample ``mu + sigma * noise`` (fresh ``N(0, I)`` when ``noise`` is None)."""
+    if noise is None:
+        return dist.rsample()
+    return dist.loc + dist.scale * noise.to(dist.loc.dtype)

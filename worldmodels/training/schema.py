@@ -281,6 +281,7 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.detector_norm": choice("group", "none"),
         "model.limits_in_kl": choice("prior", "both"),
         "model.boundary_grad": choice("st", "disarm"),
+        "model.common_noise": boolean(),
     },
     "nextframe": {
         **_IMAGE_MODEL,

@@ -61,6 +61,7 @@ class VTAConfig:
     detector_norm: str = "group"  # group | none: normalised hidden layers of the boundary detector
     limits_in_kl: str = "prior"   # prior: KL_mask charges the detector where the segment limits decide
     boundary_grad: str = "st"     # st: straight-through Gumbel-sigmoid (the paper) | disarm (two antithetic draws)
+    common_noise: bool = False    # disarm only: both draws share the latents' Gaussian noise (common random numbers)
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -189,13 +190,19 @@ class VTA(nn.Module):
                         obs_std: float, loss_type: str) -> VTAOutput:
         """Training with DisARM boundary gradients (:mod:`worldmodels.nn.disarm`): two
         antithetic boundary draws of the detector, both scored in one batch of ``2B``;
-        the model trains on their mean loss, the detector on the DisARM estimate. The
-        output holds the ``2B`` rows (the first ``B`` are the first draw)."""
+        the model trains on their mean loss, the detector on the DisARM estimate. With
+        ``common_noise`` both draws share the latent posteriors' Gaussian noise, so
+        ``f(b) - f(b~)`` holds what the boundaries change and not the sampling noise of
+        ``z`` and ``s``. The output holds the ``2B`` rows (the first ``B`` are the first draw)."""
         logits = self.hrssm.boundary_logits(embed, act)[:, init_size : init_size + seq_size]
         first, second = antithetic_pair(logits)
+        noise = None
+        if self.config.common_noise:
+            noise = torch.randn(*logits.shape, 2, self.config.state_size, device=logits.device, dtype=embed.dtype)
+            noise = torch.cat([noise, noise])
         embed, act, target, pair_logits = (torch.cat([x, x]) for x in (embed, act, target, logits))
         out = self.hrssm(embed, act, init_size, seq_size, self.mask_beta(),
-                         boundaries=torch.cat([first, second]), boundary_logits=pair_logits)
+                         boundaries=torch.cat([first, second]), boundary_logits=pair_logits, latent_noise=noise)
         scored = self._decode_and_score(out, target, loss_type, obs_std)
         f_first, f_second = scored.sequence_loss.detach().chunk(2)
         score = disarm_surrogate(logits, first, second, f_first, f_second) / logits.numel()
