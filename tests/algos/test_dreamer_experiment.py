@@ -20,7 +20,7 @@ from worldmodels.training.contract import Evaluator, TrainData
 from worldmodels.training.loop import Factories, fit
 from worldmodels.utils.config import dataclass_from_config
 
-DREAMER_EXPS = ("dreamer_cartpole", "dreamer_atari100k", "dreamer_dmc", "dreamer_crafter")
+DREAMER_EXPS = ("dreamer_cartpole", "dreamer_atari100k", "dreamer_dmc", "dreamer_dmc_vision", "dreamer_crafter")
 TINY_MODEL = ["model.deter=16", "model.hidden=16", "model.blocks=1", "model.stoch=4", "model.classes=4",
               "model.mlp_units=16", "model.head_units=16", "model.horizon=3", "model.reward_bins=17"]
 
@@ -320,7 +320,7 @@ def test_2023_size_presets_set_the_2023_code_widths_everywhere(config_from, name
     assert (config.model_lr, config.actor_lr, config.critic_lr) == (1e-4, 3e-5, 3e-5)
 
 
-@pytest.mark.parametrize("exp,size", [("dreamer_atari100k", "small"), ("dreamer_dmc", "small"),
+@pytest.mark.parametrize("exp,size", [("dreamer_atari100k", "small"), ("dreamer_dmc", "small"), ("dreamer_dmc_vision", "small"),
                                       ("dreamer_crafter", "xlarge")])
 def test_benchmark_experiments_use_the_2023_presets(config_from, exp, size):
     cfg = config_from([f"+exp={exp}"])

@@ -248,7 +248,7 @@ def test_task_names():
     ({"suite": "crafter", "task": "hard"}, "unknown crafter task 'hard'; known: reward, noreward"),
     ({"size": (64, 0)}, "size must be an integer >= 1, got 0"),
     ({"sticky_actions": 1.5}, r"sticky_actions must be in \[0, 1\], got 1.5"),
-    ({"suite": "atari", "task": "pong", "render_image": True}, "render_image is only for suites 'classic' and 'gym'"),
+    ({"suite": "atari", "task": "pong", "render_image": True}, "render_image is only for suites 'classic', 'gym' and 'dmc', not 'atari'"),
 ])
 def test_bad_spec(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -303,7 +303,9 @@ def test_missing_ale_py(monkeypatch, capsys):
 
 def test_missing_envpool(monkeypatch):
     monkeypatch.setitem(sys.modules, "envpool", None)
-    with pytest.raises(MissingEnvPackageError, match=r"dmc task 'walker_walk' needs envpool here: pip install worldmodels\[envs\]"):
+    monkeypatch.setitem(sys.modules, "dm_control", None)
+    with pytest.raises(MissingEnvPackageError,
+                       match=r"dmc task 'walker_walk' needs envpool or dm_control here: pip install worldmodels\[envs\]"):
         make_env(EnvSpec("dmc", "walker_walk"))
     with pytest.raises(MissingEnvPackageError, match=r"classic task 'cartpole' needs envpool here: pip install worldmodels\[envs\]"):
         make_env(EnvSpec("classic", "cartpole", backend="envpool"))
@@ -416,8 +418,10 @@ def test_auto_prefers_envpool_and_falls_back(fake_envpool):
         assert isinstance(env, fc.EnvpoolVectorEnv)
     with make_env(EnvSpec("classic", "cartpole")) as env:  # the fake has no CartPole-v1
         assert isinstance(env, fc.GymnasiumVectorEnv)
-    with pytest.raises(ValueError, match="envpool has no task 'CheetahRun-v1'"):
-        make_env(EnvSpec("dmc", "cheetah_run"))
+    with pytest.MonkeyPatch.context() as patch:   # without dm_control to fall back on
+        patch.setitem(sys.modules, "dm_control", None)
+        with pytest.raises(ValueError, match="envpool has no task 'CheetahRun-v1'"):
+            make_env(EnvSpec("dmc", "cheetah_run"))
     with pytest.raises(ValueError, match="backend 'envpool' does not support render_image"):
         make_env(EnvSpec("classic", "cartpole", backend="envpool", render_image=True))
 

@@ -27,8 +27,11 @@ def test_the_env_backend_is_recorded_for_runs_that_step_an_env(config_from, monk
 
 def test_a_missing_env_package_is_found_before_the_run_starts(monkeypatch):
     monkeypatch.setitem(sys.modules, "envpool", None)
+    monkeypatch.setitem(sys.modules, "dm_control", None)
     problem = train.precheck(["+exp=dreamer_dmc", "device=cpu"])
-    assert problem == "dmc task 'walker_walk' needs envpool here: pip install worldmodels[envs]"
+    assert problem == "dmc task 'walker_walk' needs envpool or dm_control here: pip install worldmodels[envs]"
+    problem = train.precheck(["+exp=dreamer_dmc_vision", "device=cpu"])
+    assert problem == "dmc task 'walker_walk' from pixels needs dm_control: pip install worldmodels[envs]"
 
 
 @pytest.mark.parametrize("key,value,shown", [

@@ -4,9 +4,10 @@
 :func:`make_env` builds a :class:`VectorEnv` of ``num_envs`` copies on envpool when it
 is installed and has the task (classic control, Atari, DMC), otherwise on gymnasium
 (a Python loop over ``gymnasium.make`` envs; Atari through ale-py, Crafter through
-the ``crafter`` package). DMC needs envpool (``pip install worldmodels[envs]``) and
-gives proprioceptive ``vector`` observations (its observation dict flattened in key
-order); dm_control/shimmy are not used.
+the ``crafter`` package). DMC gives proprioceptive ``vector`` observations (its
+observation dict flattened in key order) on envpool, and on dm_control
+(:mod:`worldmodels.envs.dmc`) when envpool is missing or when ``render_image`` asks for
+camera frames (``image``, rendered headless by MuJoCo: DMC from pixels).
 
 Every call returns a dict of arrays with leading dim ``N``: observations (``image``
 uint8 ``[N, H, W, C]`` and/or ``vector`` float32 ``[N, D]``), ``reward`` float32
@@ -106,8 +107,8 @@ class EnvSpec:
     """What to build: ``suite`` and ``task`` plus batch size, seed and preprocessing.
 
     ``size`` is ``(H, W)`` of image observations; ``action_repeat`` defaults per suite
-    (atari 4, dmc 2, others 1); ``render_image`` (classic/gym only) adds ``image`` from
-    ``env.render()``.
+    (atari 4, dmc 2, others 1); ``render_image`` (classic, gym, dmc) adds ``image`` from
+    ``env.render()`` (dmc: the MuJoCo camera, on dm_control).
 
     Atari only: ``sticky_actions`` (probability of repeating the previous action;
     Machado et al.'s full-Atari protocol uses 0.25, Atari100k 0), ``noop_max`` (up to
@@ -154,8 +155,8 @@ class EnvSpec:
             _check_int("max_episode_steps", self.max_episode_steps, 1)
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; known backends: {', '.join(BACKENDS)}")
-        if self.render_image and self.suite not in ("classic", "gym"):
-            raise ValueError(f"render_image is only for suites 'classic' and 'gym', not {self.suite!r}")
+        if self.render_image and self.suite not in ("classic", "gym", "dmc"):
+            raise ValueError(f"render_image is only for suites 'classic', 'gym' and 'dmc', not {self.suite!r}")
         _check_int("noop_max", self.noop_max, 0)
         atari_only = ("terminal_on_life_loss", "use_fire_reset", "full_action_space")
         for name in atari_only:
@@ -183,6 +184,10 @@ def _import(name: str) -> Any:
 def _choose_backend(spec: EnvSpec, envpool_id: str | None) -> tuple[str, Any, str | None]:
     """``("envpool", module, None)`` or ``("gymnasium", None, note)`` for ``spec``; the note
     says why an Atari task falls back to gymnasium (None otherwise)."""
+    if spec.suite == "dmc" and (spec.render_image or spec.backend == "gymnasium"):
+        if spec.backend == "envpool":
+            raise ValueError("backend 'envpool' renders no DMC frames; use backend 'auto' or 'gymnasium' (dm_control)")
+        return "gymnasium", None, None
     if envpool_id is None or spec.render_image:
         if spec.backend == "envpool":
             why = "render_image" if spec.render_image else f"suite {spec.suite!r}"
@@ -193,12 +198,16 @@ def _choose_backend(spec: EnvSpec, envpool_id: str | None) -> tuple[str, Any, st
     envpool = _import("envpool")
     atari = spec.suite == "atari"
     if envpool is None:
-        if spec.backend == "envpool" or spec.suite == "dmc":
+        if spec.suite == "dmc" and spec.backend != "envpool":
+            return "gymnasium", None, None   # dm_control; _check_packages names it when it is missing
+        if spec.backend == "envpool":
             raise MissingEnvPackageError(f"{spec.suite} task {spec.task!r} needs envpool here: {ENVS_HINT}")
         note = f"envpool not installed, running {envpool_id} on gymnasium + ale-py (slower; {ENVS_HINT})"
         return "gymnasium", None, note if atari else None
     if envpool_id in envpool.list_all_envs():
         return "envpool", envpool, None
+    if spec.suite == "dmc" and _installed("dm_control"):
+        return "gymnasium", None, None
     if spec.backend == "envpool" or spec.suite == "dmc":
         raise ValueError(f"envpool has no task {envpool_id!r} (from {spec.suite} task {spec.task!r})")
     return "gymnasium", None, f"envpool has no {envpool_id}, running it on gymnasium + ale-py" if atari else None
@@ -225,6 +234,9 @@ def _check_packages(spec: EnvSpec) -> None:
     if spec.suite == "atari" and not (_installed("ale_py") and _installed("cv2")):
         raise MissingEnvPackageError("atari without envpool needs ale-py and OpenCV: pip install ale-py opencv-python "
                                      f"(or envpool: {ENVS_HINT})")
+    if spec.suite == "dmc" and not _installed("dm_control"):
+        what = "from pixels needs dm_control" if spec.render_image else "needs envpool or dm_control here"
+        raise MissingEnvPackageError(f"dmc task {spec.task!r} {what}: {ENVS_HINT}")
     if spec.render_image and spec.suite == "classic" and not _installed("pygame"):
         raise MissingEnvPackageError(f"render_image on classic task {spec.task!r} needs pygame: pip install pygame "
                                      f"(or {ENVS_HINT})")
@@ -239,7 +251,7 @@ def backend_name(spec: EnvSpec) -> str:
     if backend == "envpool":
         return "envpool"
     _check_packages(spec)
-    return {"crafter": "crafter", "atari": "gymnasium+ale-py"}.get(spec.suite, "gymnasium")
+    return {"crafter": "crafter", "atari": "gymnasium+ale-py", "dmc": "dm_control"}.get(spec.suite, "gymnasium")
 
 
 def _offscreen_rendering() -> None:
@@ -287,6 +299,14 @@ def _crafter_envs(spec: EnvSpec) -> list:
             for i in range(spec.num_envs)]
 
 
+def _dmc_tasks(spec: EnvSpec) -> list:
+    from .dmc import DMCTask
+
+    _check_packages(spec)
+    limit = None if spec.max_episode_steps is None else spec.max_episode_steps * spec.action_repeat
+    return [DMCTask(spec.task, spec.size, spec.seed + i, limit) for i in range(spec.num_envs)]
+
+
 def make_env(spec: EnvSpec) -> VectorEnv:
     """Build ``spec``'s :class:`VectorEnv` (see the module docstring for backends).
 
@@ -306,6 +326,8 @@ def make_env(spec: EnvSpec) -> VectorEnv:
         return env
     repeat = 1 if spec.suite == "atari" else spec.action_repeat  # AtariPreprocessing skips frames
     image_size = spec.size if spec.render_image else None
+    if spec.suite == "dmc":
+        return GymnasiumVectorEnv(_dmc_tasks(spec), spec.seed, repeat, image_size)
     return GymnasiumVectorEnv(_gymnasium_envs(spec, gym_id), spec.seed, repeat, image_size)
 
 
