@@ -471,3 +471,47 @@ def test_actor_grad_dynamics_differs_from_reinforce_and_needs_continuous_actions
         make_agent(DISCRETE, actor_grad="dynamics")
     with pytest.raises(ValueError, match="actor_grad='backprop' is not one of"):
         make_agent(CONTINUOUS, actor_grad="backprop")
+
+
+@pytest.mark.parametrize("space", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+def test_behaviour_cloning_is_the_actors_nll_of_the_taken_actions_and_leaves_the_world_model_alone(space):
+    agent = make_agent(space, bc_scale=0.5, train_actor=False)
+    batch = make_batch(space)
+    batch["is_last"] = np.zeros((2, 5), bool)
+    batch["is_last"][0, 2] = True                         # the action at an episode's last step is never taken
+    torch.manual_seed(5)                                  # the same posterior samples in all three
+    loss, metrics = agent.compute_loss(batch)
+    plain_agent = make_agent(space, train_actor=False)
+    torch.manual_seed(5)
+    plain, _ = plain_agent.compute_loss(batch)
+    tensors = as_tensors(batch)
+    torch.manual_seed(5)
+    _, post, _ = agent.world_model.loss({k: tensors[k] for k in ("image", "vector", "action", "reward",
+                                                                   "is_first", "is_terminal")})
+    with torch.no_grad():
+        dist = agent.actor_critic.policy(agent.world_model.features(post.deter, post.stoch))
+        nll = -dist.log_prob(tensors["action"])
+    taken = ~tensors["is_last"]
+    torch.testing.assert_close(metrics["ac/bc_nll"], nll[taken].mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, plain + 0.5 * metrics["ac/bc_nll"], rtol=1e-4, atol=1e-4)
+    (0.5 * agent.behaviour_cloning_loss(post, tensors)).backward()
+    assert all(g is None for g in grads(agent.world_model))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(agent.actor_critic.actor))
+
+
+def test_behaviour_cloning_learns_a_demonstrators_actions():
+    agent = make_agent(DISCRETE, bc_scale=1.0, train_actor=False)
+    batch = make_batch(DISCRETE, batch=4, steps=6)
+    demonstrator = (batch["vector"][..., 0] > 0).astype(int) * 2           # action 2 when x_0 > 0, else 0
+    batch["action"] = np.eye(3, dtype=np.float32)[demonstrator]
+    optimizer = agent.make_optimizer()
+    for group in optimizer.param_groups:
+        group["lr"] = 3e-3
+    first = None
+    for _ in range(150):
+        loss, metrics = agent.compute_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        first = metrics["ac/bc_nll"].item() if first is None else first
+    assert first > 1.0 and metrics["ac/bc_nll"].item() < 0.35 * first    # from ~log 3 towards 0

@@ -319,6 +319,7 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.return_norm_decay": fraction(high_open=True),
         "model.return_norm_low": fraction(), "model.return_norm_high": fraction(),
         "model.train_actor": boolean(),
+        "model.bc_scale": NON_NEGATIVE,
         "model.model_lr": positive(), "model.actor_lr": positive(), "model.critic_lr": positive(),
         "model.model_eps": positive(), "model.ac_eps": positive(),
         "model.model_grad_clip": positive().or_null(), "model.ac_grad_clip": positive().or_null(),

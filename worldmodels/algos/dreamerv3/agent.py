@@ -73,7 +73,8 @@ class DreamerAgent(nn.Module):
 
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """``L = L_model + actor_scale L_actor + critic_scale L_critic`` on a replay batch
-        ``{key: [B, T, ...]}`` (see :mod:`worldmodels.data.episodes`).
+        ``{key: [B, T, ...]}`` (see :mod:`worldmodels.data.episodes`), plus
+        ``bc_scale * L_bc`` (:meth:`behaviour_cloning_loss`) when ``bc_scale > 0``.
 
         In training mode it first moves the slow critic toward the critic (the EMA that
         DreamerV3 applies after every update; at the start of the next call it is the
@@ -81,7 +82,10 @@ class DreamerAgent(nn.Module):
         detached posterior states. Metrics: ``model/<term>``, ``ac/<term>`` (detached).
         """
         c = self.config
+        is_last = batch.get("is_last")
         batch = self._to_tensors(batch)
+        if is_last is not None:
+            batch["is_last"] = _as_tensor(is_last, self.device)
         if self.training and c.train_actor:
             self.actor_critic.update_slow_critic()
         terms, post, _ = self.world_model.loss(batch)
@@ -93,8 +97,27 @@ class DreamerAgent(nn.Module):
                 self.world_model, post.deter.detach().flatten(0, 1), post.stoch.detach().flatten(0, 1), start_cont)
             loss = loss + c.actor_scale * ac_terms["actor"] + c.critic_scale * ac_terms["critic"]
             metrics.update({f"ac/{k}": v.detach() for k, v in {**ac_terms, **ac_metrics}.items()})
+        if c.bc_scale > 0:
+            bc = self.behaviour_cloning_loss(post, batch)
+            loss = loss + c.bc_scale * bc
+            metrics["ac/bc_nll"] = bc.detach()
         metrics["loss"] = loss.detach()
         return loss, metrics
+
+    def behaviour_cloning_loss(self, post: Any, batch: Mapping[str, Tensor]) -> Tensor:
+        """``mean_t -log pi(a_t | sg(h_t, z_t))`` over the steps whose action was taken
+        (not ``is_last``): the actor clones the batch's actions from the detached
+        posterior states, so, like the actor-critic's losses, it never shapes the world
+        model. ``a_t`` is the action taken after observation ``t`` (one-hot when discrete,
+        in ``[-1, 1]`` when continuous)."""
+        feat = self.world_model.features(post.deter.detach(), post.stoch.detach())
+        dist = self.actor_critic.policy(feat)
+        action = batch["action"].to(feat.dtype)
+        if not self.actor_critic.discrete:
+            action = action.clamp(-1.0, 1.0)
+        taken = (~batch["is_last"].bool()).to(feat.dtype) if "is_last" in batch else torch.ones_like(action[..., 0])
+        nll = -dist.log_prob(action)
+        return (nll * taken).sum() / taken.sum().clamp_min(1.0)
 
     def param_groups(self) -> list[dict]:
         """Three groups for one ``torch.optim.Adam``: world model (``model_lr``, eps

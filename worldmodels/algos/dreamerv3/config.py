@@ -78,6 +78,9 @@ class DreamerConfig:
     return_norm_low: float = 0.05  # percentiles of the return range S = max(1, P95 - P5)
     return_norm_high: float = 0.95
     train_actor: bool = True
+    # Behaviour cloning of the batch's own actions by the actor, jointly with the world
+    # model (offline demonstrations): + bc_scale * mean -log pi(a_t | sg(s_t)); 0: off.
+    bc_scale: float = 0.0
     # Optimisation (one Adam, three parameter groups).
     model_lr: float = 1e-4
     actor_lr: float = 3e-5

@@ -359,7 +359,7 @@ def check_same_space(reference: ObsSpace, episode: dict[str, np.ndarray], keys: 
 
 def _dataset(cfg: DictConfig, source: Path | RobomimicFile, keys: list[str], crop_mode: str) -> OfflineDataset:
     transform = data_transform(cfg.data)
-    return OfflineDataset(source, int(cfg.algo.batch_length), keys=[*keys, *BATCH_KEYS], crop=transform.crop,
+    return OfflineDataset(source, int(cfg.algo.batch_length), keys=[*keys, *BATCH_KEYS, "is_last"], crop=transform.crop,
                           crop_mode=crop_mode, standardize=None, seed=int(cfg.seed), on_error=_on_error(cfg),
                           cameras=transform.cameras, camera_flips=transform.flips)
 
