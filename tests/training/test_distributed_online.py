@@ -95,6 +95,48 @@ def test_the_resolved_config_states_the_shard_and_a_capacity_too_small_is_refuse
         "(each process keeps capacity // processes).")
 
 
+def normaliser_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    """This rank's half of a fixed set of returns folded into a return normaliser, twice."""
+    from worldmodels.algos.dreamerv3.returns import ReturnNormalizer
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    distributed.init({"backend": "gloo", "timeout_s": 60}, torch.device("cpu"))
+    try:
+        norm = ReturnNormalizer(decay=0.5)
+        for returns in normaliser_returns():
+            norm.update(returns.chunk(world_size)[rank])
+        torch.save({"low": norm.low, "high": norm.high}, Path(out) / f"norm{rank}.pt")
+        distributed.barrier()
+    finally:
+        distributed.cleanup()
+
+
+def normaliser_returns() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    # skewed so that the quantiles of one half differ from those of the whole
+    return [torch.cat([torch.randn(6, 5, generator=generator), 10 + torch.rand(6, 5, generator=generator)])
+            for _ in range(2)]
+
+
+def test_the_return_scale_comes_from_every_ranks_returns(tmp_path):
+    from worldmodels.algos.dreamerv3.returns import ReturnNormalizer
+
+    mp.spawn(normaliser_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    reference = ReturnNormalizer(decay=0.5)
+    for returns in normaliser_returns():
+        reference.update(returns)
+    halves = ReturnNormalizer(decay=0.5)
+    for returns in normaliser_returns():
+        halves.update(returns.chunk(2)[0])
+    assert not torch.allclose(halves.high - halves.low, reference.high - reference.low)   # the test can tell
+    for rank in (0, 1):
+        saved = torch.load(tmp_path / f"norm{rank}.pt", weights_only=True)
+        torch.testing.assert_close(saved["low"], reference.low)
+        torch.testing.assert_close(saved["high"], reference.high)
+
+
 def rank_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
     """``fit`` on this rank; its data's counters, replay contents and final parameters saved."""
     torch.set_num_threads(1)
