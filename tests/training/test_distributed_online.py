@@ -158,7 +158,8 @@ def rank_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
         fit(compose_config(TINY_DREAMER), factories, Path(run_dir))
         data, model = built["data"], built["model"]
         steps = data.replay.num_steps
-        torch.save({"updates": data.updates, "env_steps": data.env_steps, "replay_steps": steps,
+        torch.save({"updates": data.updates, "env_steps": data.env_steps, "episodes": data.episodes,
+                    "replay_steps": steps,
                     "vector": torch.from_numpy(np.array(data.replay._arrays["vector"][:steps])),
                     "params": {name: p.detach().clone() for name, p in model.named_parameters()}},
                    Path(run_dir) / f"rank{rank}_result.pt")
@@ -213,13 +214,15 @@ def test_parameters_stay_identical_across_ranks(two_rank_fit):
     assert any(name.startswith("actor_critic.critic.") for name in changed)
 
 
-def test_metrics_count_the_global_env_steps(two_rank_fit):
+def test_metrics_count_every_ranks_env_steps_episodes_and_replay(two_rank_fit):
     run_dir, ranks = two_rank_fit
     with (run_dir / "metrics.csv").open(newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("collect/env_steps")]
     assert [int(r["step"]) for r in rows] == list(range(1, UPDATES + 1))   # one row per update, from rank 0
-    assert float(rows[-1]["collect/global_env_steps"]) == 2 * float(rows[-1]["collect/env_steps"]) == (
-        2 * ranks[0]["env_steps"])
+    assert float(rows[-1]["collect/env_steps"]) == sum(saved["env_steps"] for saved in ranks)
+    assert float(rows[-1]["collect/replay_steps"]) == sum(saved["replay_steps"] for saved in ranks)
+    assert float(rows[-1]["collect/episodes"]) == sum(saved["episodes"] for saved in ranks)
+    assert all(saved["episodes"] > 0 for saved in ranks)
 
 
 def torchrun(*args, cwd):

@@ -285,11 +285,12 @@ def refusal(family_name: str, supported: list[str], recorded_world_size: int | N
                 f"(or without torchrun for 1).")
     if where.enabled and family_name not in supported:
         return (f"torchrun: algo.name={family_name} does not run data-parallel yet; supported: "
-                f"{', '.join(supported)} (IRIS, Δ-IRIS, behaviour cloning and gradient-free stages run in one process).")
+                f"{', '.join(supported)} (IRIS, Δ-IRIS, behaviour cloning and gradient-free stages run in one "
+                f"process).")
     return None
 
 
 __all__ = ["DataParallel", "DistributedRunError", "EnvShard", "Placement", "TORCHRUN_VARIABLES", "all_ranks",
-           "any_rank", "average", "backend_for", "barrier", "cleanup", "concat_ranks", "data_config", "device_for", "env_shard",
-           "gather", "init", "is_main", "placement", "rank_dir", "refusal", "same_config", "shard_capacity",
-           "shard_prefill", "wrap"]
+           "any_rank", "average", "backend_for", "barrier", "cleanup", "concat_ranks", "data_config", "device_for",
+           "env_shard", "gather", "init", "is_main", "placement", "rank_dir", "refusal", "same_config",
+           "shard_capacity", "shard_prefill", "wrap"]
