@@ -84,6 +84,25 @@ def record_world_size(cfg: DictConfig) -> None:
     global_batch = int(cfg.train.batch_size) * int(cfg.train.accum_steps) * world_size
     OmegaConf.update(cfg, "train.distributed.world_size", world_size, force_add=True)
     OmegaConf.update(cfg, "train.distributed.global_batch_size", global_batch, force_add=True)
+    record_replay_shard(cfg, world_size)
+
+
+def record_replay_shard(cfg: DictConfig, world_size: int) -> None:
+    """For an online family that runs data-parallel (a replay per rank), write each rank's
+    replay capacity (``algo.replay_capacity // world_size``) and prefill
+    (``ceil(algo.prefill / world_size)``) into ``train.distributed``; a capacity that
+    leaves a rank no room is refused."""
+    capacity, prefill = OmegaConf.select(cfg, "algo.replay_capacity"), OmegaConf.select(cfg, "algo.prefill")
+    name = str(cfg.algo.name)
+    if capacity is None or prefill is None or name not in registry.data_parallel_names():
+        return
+    per_rank = distributed.shard_capacity(int(float(capacity)), world_size)
+    if per_rank < 1:
+        raise ConfigError(f"algo.replay_capacity={capacity} split across {world_size} processes leaves none to a "
+                          f"process; raise it to at least {world_size} (each process keeps capacity // processes).")
+    OmegaConf.update(cfg, "train.distributed.replay_capacity_per_rank", per_rank, force_add=True)
+    OmegaConf.update(cfg, "train.distributed.prefill_per_rank", distributed.shard_prefill(int(prefill), world_size),
+                     force_add=True)
 
 
 @hydra.main(version_base=None, config_path="pkg://worldmodels.configs", config_name="config")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import CountingEnv
 
-from worldmodels.rl.collector import Collector
+from worldmodels.rl.collector import Collector, merge_windows
 from worldmodels.rl.evaluator import EpisodeEvaluator
 from worldmodels.rl.replay import Replay
 
@@ -61,6 +61,25 @@ def test_episode_bookkeeping_and_metrics(counting_env):
     assert collector.metrics()["collect/episodes"] == len(finished)      # totals stay, the window clears
     with pytest.raises(ValueError, match="policy mode 'fast'"):
         collector.collect(2, None, "fast")
+
+
+def test_merged_windows_report_the_episodes_and_steps_of_every_collector():
+    """Two collectors side by side (two processes) report as one collector over both."""
+    collectors = [Collector(CountingEnv(lengths=(3, 5))), Collector(CountingEnv(lengths=(4, 2)))]
+    finished = []
+    for collector in collectors:
+        collector.on_episode.append(lambda i, ret, length: finished.append((ret, length)))
+        collector.collect(2 * 12, ConstantAgent(0))
+    windows = [collector.window() for collector in collectors]
+    metrics = collectors[0].metrics(merge=lambda own: merge_windows([own, windows[1]]))
+    returns, lengths = np.array([r for r, _ in finished]), [n for _, n in finished]
+    assert metrics["collect/env_steps"] == 48 and metrics["collect/episodes"] == len(finished)
+    assert metrics["collect/return_mean"] == pytest.approx(returns.mean())
+    assert metrics["collect/return_std"] == pytest.approx(returns.std())
+    assert (metrics["collect/return_min"], metrics["collect/return_max"]) == (returns.min(), returns.max())
+    assert metrics["collect/length_mean"] == pytest.approx(np.mean(lengths))
+    assert metrics["perf/collect_steps_per_s"] == pytest.approx(
+        48 / np.mean([w["seconds"] for w in windows]), rel=1e-6)   # both collected at once: the rates add
 
 
 def test_random_actions_are_seeded_and_restored(counting_env):

@@ -201,17 +201,16 @@ def under_torchrun(monkeypatch, world_size=2):
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
 
 
-@pytest.mark.parametrize("exp,name", [("iris_tiny", "iris"), ("delta_iris_tiny", "delta_iris"),
-                                      ("dreamer_cartpole", "dreamerv3")])
+@pytest.mark.parametrize("exp,name", [("iris_tiny", "iris"), ("delta_iris_tiny", "delta_iris")])
 def test_families_without_the_generic_step_are_refused_under_torchrun(monkeypatch, exp, name):
     under_torchrun(monkeypatch)
     assert precheck([f"+exp={exp}"]) == (
-        f"torchrun: algo.name={name} does not run data-parallel yet; supported: dreamer_offline, nextframe, vae, vta "
-        "(online RL, IRIS, Δ-IRIS and gradient-free stages run in one process).")
+        f"torchrun: algo.name={name} does not run data-parallel yet; supported: dreamer_offline, dreamerv3, "
+        "nextframe, vae, vta (IRIS, Δ-IRIS, behaviour cloning and gradient-free stages run in one process).")
 
 
-@pytest.mark.parametrize("exp", ["vae_balls", "vta_balls", "dreamer_offline", "nextframe_coinrun"])
-def test_offline_families_pass_the_torchrun_check(monkeypatch, exp):
+@pytest.mark.parametrize("exp", ["vae_balls", "vta_balls", "dreamer_offline", "nextframe_coinrun", "dreamer_cartpole"])
+def test_data_parallel_families_pass_the_torchrun_check(monkeypatch, exp):
     under_torchrun(monkeypatch)
     problem = precheck([f"+exp={exp}"])
     assert problem is None or "torchrun" not in problem

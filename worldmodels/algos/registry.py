@@ -14,8 +14,9 @@ Each ``algo.name`` maps to where its factories live and what else the family off
 - ``steps_env``: it steps the env of its config (an offline family's env config only
   describes its data, so no env package is checked for it);
 - ``best_metrics``: the lower-is-better evaluation metrics ``train.best_metric`` may name;
-- ``data_parallel``: it trains through the generic gradient step on offline or generated
-  data, so ``torchrun`` runs it data-parallel (:mod:`worldmodels.training.distributed`).
+- ``data_parallel``: it trains through the generic gradient step (on offline or generated
+  data, or online with a replay shard per rank), so ``torchrun`` runs it data-parallel
+  (:mod:`worldmodels.training.distributed`).
 
 Adding a family: one folder ``worldmodels/algos/<family>/`` with its model, losses and
 factories, its configs (``configs/algo/<name>.yaml``, ``configs/model/...``,
@@ -60,7 +61,7 @@ FAMILIES: dict[str, Family] = {
                   data_parallel=True),
     "dreamerv3": Family("worldmodels.algos.dreamerv3.experiment:FACTORIES",
                         agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
-                        best_metrics=_RETURN),
+                        best_metrics=_RETURN, data_parallel=True),
     "dreamer_offline": Family("worldmodels.algos.dreamerv3.offline:FACTORIES",
                               agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
                               steps_env=False, best_metrics=_OFFLINE, data_parallel=True),

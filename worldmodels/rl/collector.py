@@ -166,14 +166,20 @@ class Collector:
     def _fresh_window() -> dict[str, Any]:
         return {"returns": [], "lengths": [], "env_steps": 0, "seconds": 0.0, "start": time.perf_counter()}
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, merge: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, float]:
         """Since the last call (then cleared): ``collect/return_{mean,std,min,max}`` and
         ``collect/length_mean`` (when episodes ended), totals ``collect/{env_steps,episodes}``,
         ``perf/env_steps_per_s`` (over wall time, training included) and
-        ``perf/collect_steps_per_s`` (over the time spent collecting)."""
-        window, now = self._window, time.perf_counter()
-        metrics = {"collect/env_steps": float(self.env_steps), "collect/episodes": float(self.episodes),
-                   "perf/env_steps_per_s": window["env_steps"] / max(now - window["start"], 1e-9)}
+        ``perf/collect_steps_per_s`` (over the time spent collecting).
+
+        ``merge`` turns this collector's window (:meth:`window`) into the one the metrics
+        describe, e.g. every process's windows merged (:func:`merge_windows`)."""
+        window = self.window()
+        if merge is not None:
+            window = merge(window)
+        metrics = {"collect/env_steps": float(window["total_env_steps"]),
+                   "collect/episodes": float(window["total_episodes"]),
+                   "perf/env_steps_per_s": window["env_steps"] / max(window["elapsed"], 1e-9)}
         if window["env_steps"] and window["seconds"] > 0:
             metrics["perf/collect_steps_per_s"] = window["env_steps"] / window["seconds"]
         if window["returns"]:
@@ -183,6 +189,16 @@ class Collector:
                             "collect/length_mean": float(np.mean(window["lengths"]))})
         self._window = self._fresh_window()
         return metrics
+
+    def window(self) -> dict[str, Any]:
+        """What :meth:`metrics` reports, as plain numbers and lists: the episodes finished
+        (``returns``, ``lengths``), ``env_steps`` and collecting ``seconds`` since the last
+        call, its wall time ``elapsed``, and the totals ``total_env_steps``, ``total_episodes``."""
+        window = self._window
+        return {"returns": list(window["returns"]), "lengths": list(window["lengths"]),
+                "env_steps": int(window["env_steps"]), "seconds": float(window["seconds"]),
+                "elapsed": time.perf_counter() - window["start"], "total_env_steps": int(self.env_steps),
+                "total_episodes": int(self.episodes)}
 
     # -------------------------------------------------------- save, restore
     def state_dict(self) -> dict[str, Any]:
@@ -243,6 +259,19 @@ class Collector:
 
     def close(self) -> None:
         self.env.close()
+
+
+def merge_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The :meth:`Collector.window` of collectors that ran side by side (one per process)
+    as one: episodes, env steps and totals summed; the times averaged, so that the rates
+    are those of all of them together."""
+    return {"returns": [r for w in windows for r in w["returns"]],
+            "lengths": [n for w in windows for n in w["lengths"]],
+            "env_steps": sum(w["env_steps"] for w in windows),
+            "seconds": sum(w["seconds"] for w in windows) / len(windows),
+            "elapsed": sum(w["elapsed"] for w in windows) / len(windows),
+            "total_env_steps": sum(w["total_env_steps"] for w in windows),
+            "total_episodes": sum(w["total_episodes"] for w in windows)}
 
 
 class EnvHistory:
@@ -336,4 +365,4 @@ def _policy_from_leaves(template: Any, leaves: list[torch.Tensor]) -> Any:
     return pytree.tree_unflatten(restored, spec)
 
 
-__all__ = ["Collector", "EnvHistory", "EpisodeHook", "StepHook"]
+__all__ = ["Collector", "EnvHistory", "EpisodeHook", "StepHook", "merge_windows"]

@@ -8,8 +8,15 @@ the step are averaged across ranks by DistributedDataParallel, and rank 0 alone 
 evaluates and writes checkpoints and media. Every collective is called by every rank at
 the same step: no code path that only rank 0 takes touches one.
 
-Families with their own step (IRIS, Δ-IRIS), online RL and gradient-free stages are not
-supported yet and are refused before the run starts (:func:`refusal`).
+Online DreamerV3 shards its data itself (:func:`env_shard`): rank ``r`` steps envs
+seeded ``seed + r * num_envs + i``, fills its own replay of ``capacity // world_size``
+steps (after ``ceil(prefill / world_size)`` random steps) and keeps its files in
+:func:`rank_dir`. Every rank makes one update per loop step and steps its envs the same
+number of times per update, so the schedule does not depend on the rank and the train
+ratio holds on the global env steps (``world_size`` times a rank's).
+
+Families with their own step (IRIS, Δ-IRIS), behaviour cloning and gradient-free stages
+are not supported yet and are refused before the run starts (:func:`refusal`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,6 +159,16 @@ def average(values: torch.Tensor) -> torch.Tensor:
     return values / dist.get_world_size()
 
 
+def concat_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` (the same shape on each) concatenated along dim 0 in rank
+    order; ``tensor`` itself for a single process. Every rank must call it at the same point."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` holds on any rank (a stop request seen by one rank stops all)."""
     if not dist.is_initialized():
@@ -209,6 +227,55 @@ def data_config(cfg: DictConfig) -> DictConfig:
     return copy
 
 
+def same_config(cfg: DictConfig) -> DictConfig:
+    """The config the data factory sees for data that shards itself by :func:`placement`
+    (online RL, :func:`env_shard`): the run's own, unchanged."""
+    return cfg
+
+
+@dataclass(frozen=True)
+class EnvShard:
+    """This rank's part of an online run's envs and replay."""
+
+    env_seed: int   # env i of this rank is seeded env_seed + i
+    rng_seed: int   # the replay's sampling RNG (the random actions' takes rng_seed + 1)
+    capacity: int   # replay capacity of this rank, in steps
+    prefill: int    # random env steps of this rank before the first update
+
+
+def shard_capacity(capacity: int, world_size: int) -> int:
+    """A rank's replay capacity: ``capacity // world_size`` (the run's total is split)."""
+    return int(capacity) // int(world_size)
+
+
+def shard_prefill(prefill: int, world_size: int) -> int:
+    """A rank's random steps before the first update, ``ceil(prefill / world_size)``: the
+    prefill counts global env steps, as the train ratio does."""
+    return -(-int(prefill) // int(world_size))
+
+
+def env_shard(seed: int, num_envs: int, capacity: int, prefill: int) -> EnvShard:
+    """This rank's shard: envs seeded ``seed + rank * num_envs + i`` (disjoint across
+    ranks), two RNG seeds of its own (``seed + 2 * rank``, ``+ 1``), the replay capacity and
+    prefill split across ranks. A single process gets ``seed``, ``capacity`` and ``prefill``."""
+    where = placement()
+    return EnvShard(env_seed=int(seed) + where.rank * int(num_envs), rng_seed=int(seed) + 2 * where.rank,
+                    capacity=shard_capacity(capacity, where.world_size),
+                    prefill=shard_prefill(prefill, where.world_size))
+
+
+def rank_dir(run_dir: Path) -> Path:
+    """Where this rank keeps its own files (episodes, replay snapshots): the run directory
+    for rank 0 (and a single process), ``<run dir>/rank<r>`` for the others."""
+    rank = placement().rank
+    return Path(run_dir) if rank == 0 else Path(run_dir) / f"rank{rank}"
+
+
+def all_ranks(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (every rank must call it at the same point)."""
+    return not any_rank(not flag)
+
+
 def refusal(family_name: str, supported: list[str], recorded_world_size: int | None) -> str | None:
     """Why this command cannot run under torchrun, in one line, or None."""
     where = placement()
@@ -218,10 +285,12 @@ def refusal(family_name: str, supported: list[str], recorded_world_size: int | N
                 f"(or without torchrun for 1).")
     if where.enabled and family_name not in supported:
         return (f"torchrun: algo.name={family_name} does not run data-parallel yet; supported: "
-                f"{', '.join(supported)} (online RL, IRIS, Δ-IRIS and gradient-free stages run in one process).")
+                f"{', '.join(supported)} (IRIS, Δ-IRIS, behaviour cloning and gradient-free stages run in one "
+                f"process).")
     return None
 
 
-__all__ = ["DataParallel", "DistributedRunError", "Placement", "TORCHRUN_VARIABLES", "any_rank", "average",
-           "backend_for", "barrier", "cleanup", "data_config", "device_for", "gather", "init", "is_main",
-           "placement", "refusal", "wrap"]
+__all__ = ["DataParallel", "DistributedRunError", "EnvShard", "Placement", "TORCHRUN_VARIABLES", "all_ranks",
+           "any_rank", "average", "backend_for", "barrier", "cleanup", "concat_ranks", "data_config", "device_for",
+           "env_shard", "gather", "init", "is_main", "placement", "rank_dir", "refusal", "same_config",
+           "shard_capacity", "shard_prefill", "wrap"]

@@ -49,6 +49,10 @@ class Factories:
     evaluator: Callable[[DictConfig, torch.device], Evaluator]
     optimizer: Callable[[DictConfig, nn.Module], torch.optim.Optimizer | None] = adamw
     step: Callable[[Run], StepResult] | None = None   # None: gradient_step
+    # The config the data factory sees on this rank under torchrun: by default the seed
+    # offset by the rank (distributed.data_config); distributed.same_config for data that
+    # shards itself (online RL: distributed.env_shard).
+    data_config: Callable[[DictConfig], DictConfig] = distributed.data_config
 
 
 class NonFiniteLossError(WorldModelsError, RuntimeError):
@@ -125,7 +129,8 @@ def _settings(cfg: DictConfig) -> Any:
 def build_run(cfg: DictConfig, factories: Factories) -> Run:
     """Seed, pick device and precision, and call the factories. Under torchrun the
     process group is joined, rank 0 builds its data first (it may write a dataset the
-    others then read), each rank's data factory sees ``seed + rank`` and its later random
+    others then read), each rank's data factory sees ``factories.data_config(cfg)``
+    (``seed + rank`` unless the data shards itself) and its later random
     draws (noise, sampling) are seeded by ``seed + rank`` too, and the model is wrapped in
     DDP for the gradient step (its initial weights are rank 0's)."""
     seed_everything(int(cfg.seed))
@@ -138,7 +143,7 @@ def build_run(cfg: DictConfig, factories: Factories) -> Run:
         seed_everything(int(cfg.seed) + where.rank)
     if not where.is_main:
         distributed.barrier()
-    data = factories.data(distributed.data_config(cfg), device)
+    data = factories.data(factories.data_config(cfg), device)
     try:
         evaluator = factories.evaluator(cfg, device)
     except BaseException:

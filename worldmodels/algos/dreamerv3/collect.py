@@ -19,6 +19,14 @@ Finished episodes are also written to ``<run dir>/episodes/`` (a record for ``pl
 and offline training). Checkpoints save the replay's exact contents
 (``<run dir>/replay/replay_<update>.npz``) and every RNG, and the envs' history, from which a resume rebuilds their state, so a
 resumed run continues as the uninterrupted one would have (:mod:`worldmodels.rl.resume`).
+
+Under torchrun each rank is one shard (:func:`~worldmodels.training.distributed.env_shard`):
+envs seeded ``seed + rank * num_envs + i``, a replay of ``replay_capacity // world_size``
+steps, ``ceil(prefill / world_size)`` random steps, and its episodes and replay snapshots
+in :func:`~worldmodels.training.distributed.rank_dir` (``<run dir>/rank<r>/`` beside rank
+0's). ``train.batch_size`` sequences per rank and the same env steps per update on every
+rank keep ``train_ratio`` on the global counts: ``world_size * B * L`` replayed steps per
+``world_size * B * L / train_ratio`` env steps.
 """
 
 from __future__ import annotations
@@ -32,10 +40,11 @@ import torch
 from ...data.episodes import EpisodeWriter
 from ...envs.factory import VectorEnv, make_env, spec_from_config
 from ...rl.actions import onehot, random_policy, stored_action, to_env_action  # noqa: F401  (re-exported)
-from ...rl.collector import Collector
+from ...rl.collector import Collector, merge_windows
 from ...rl.replay import Replay
 from ...rl.resume import OnlineResumable
 from ...rl.selectors import make_selector
+from ...training import distributed
 from ...training.contract import TrainData
 
 replay_action = stored_action
@@ -103,8 +112,9 @@ class OnlineData(OnlineResumable, TrainData):
 
     def bind_model(self, model: Any, run_dir: str | Path | None = None) -> None:
         """Act with ``model``; keep replay snapshots in ``<run_dir>/replay`` and every
-        finished episode in ``<run_dir>/episodes`` (one npz each)."""
-        self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
+        finished episode in ``<run_dir>/episodes`` (one npz each); under torchrun, ranks
+        other than 0 keep theirs under ``<run_dir>/rank<r>/``."""
+        self.model, self.run_dir = model, None if run_dir is None else distributed.rank_dir(Path(run_dir))
         if self.run_dir is not None:
             self.writer = EpisodeWriter(self.run_dir / "episodes", self.num_envs)
             self.collector.on_step.append(self.writer)
@@ -116,8 +126,8 @@ class OnlineData(OnlineResumable, TrainData):
         ``{key: [B, L, ...]}`` on the device (images uint8, ``action`` float32)."""
         if not self.prefilled:
             self.collector.collect(self.prefill)
-            while not self.replay.can_sample(self.batch_length):
-                self.collector.collect(self.num_envs)
+            while not distributed.all_ranks(self.replay.can_sample(self.batch_length)):
+                self.collector.collect(self.num_envs)   # every rank as many steps: the schedule is the same
             self.prefilled = True
         else:
             self.owed += self.steps_per_update
@@ -130,8 +140,19 @@ class OnlineData(OnlineResumable, TrainData):
         return batch_to_torch(batch, self.device)
 
     def log_metrics(self) -> dict[str, float]:
-        """The collector's metrics (:meth:`Collector.metrics`) and ``collect/replay_steps``."""
-        return {**self.collector.metrics(), "collect/replay_steps": float(self.replay.num_steps)}
+        """The collector's metrics (:meth:`Collector.metrics`) and ``collect/replay_steps``.
+        Under torchrun (every rank calls it at the same step) they count every rank's env
+        steps, episodes and replay shard, and the returns are those of every rank's episodes."""
+        if distributed.placement().world_size == 1:
+            return {**self.collector.metrics(), "collect/replay_steps": float(self.replay.num_steps)}
+        ranks: list[dict[str, Any]] = []
+
+        def every_rank(window: dict[str, Any]) -> dict[str, Any]:
+            ranks.extend(distributed.gather({**window, "replay_steps": self.replay.num_steps}))
+            return merge_windows(ranks)
+
+        metrics = self.collector.metrics(merge=every_rank)
+        return {**metrics, "collect/replay_steps": float(sum(rank["replay_steps"] for rank in ranks))}
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, the carried fraction, and what :func:`~worldmodels.rl.resume.online_state`
@@ -152,11 +173,15 @@ class OnlineData(OnlineResumable, TrainData):
 
 
 def build_online_data(cfg: Any, device: torch.device) -> OnlineData:
-    """:class:`OnlineData` from ``cfg.env``, ``cfg.algo`` and ``cfg.train.batch_size``."""
+    """:class:`OnlineData` from ``cfg.env``, ``cfg.algo`` and ``cfg.train.batch_size``: this
+    rank's shard under torchrun (:func:`~worldmodels.training.distributed.env_shard`; the
+    factories pass the run's config unchanged, :func:`~worldmodels.training.distributed.same_config`)."""
     algo = cfg.algo
+    shard = distributed.env_shard(int(cfg.seed), int(cfg.env.get("num_envs", 1)),
+                                  int(float(algo.replay_capacity)), int(algo.prefill))
     return OnlineData(
-        make_env(spec_from_config(cfg.env, seed=int(cfg.seed))), batch_size=int(cfg.train.batch_size),
-        batch_length=int(algo.batch_length), train_ratio=float(algo.train_ratio), prefill=int(algo.prefill),
-        capacity=int(float(algo.replay_capacity)), seed=int(cfg.seed), device=device,
+        make_env(spec_from_config(cfg.env, seed=shard.env_seed)), batch_size=int(cfg.train.batch_size),
+        batch_length=int(algo.batch_length), train_ratio=float(algo.train_ratio), prefill=shard.prefill,
+        capacity=shard.capacity, seed=shard.rng_seed, device=device,
         selector=str(algo.get("replay_selector", "uniform")), on_disk=bool(algo.get("replay_on_disk", False)),
     )

@@ -6,7 +6,8 @@ checkpoints record them); the data is :class:`OnlineData` (the agent collects it
 experience; ``algo.train_ratio`` replayed steps per env step); the evaluator runs
 greedy episodes in a separate env. One Adam serves the world model, actor and critic
 with their own learning rates and epsilons (:meth:`DreamerAgent.param_groups`);
-``train.lr`` and ``train.weight_decay`` are unused.
+``train.lr`` and ``train.weight_decay`` are unused. Under torchrun each rank collects
+into its own replay shard (:mod:`.collect`) and DDP averages the gradients of the one loss.
 
     python -m worldmodels.train +exp=dreamer_cartpole
 """
@@ -22,6 +23,7 @@ from ...data.obs_transform import ObsTransform, TransformedAgent
 from ...envs.factory import infer_spaces, spec_from_config
 from ...envs.spaces import EnvSpaces
 from ...rl.protocols import rebuild_agent
+from ...training import distributed
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
 from .agent import DreamerAgent, DreamerConfig
@@ -67,4 +69,4 @@ def build_optimizer(cfg: DictConfig, model: Any) -> torch.optim.Optimizer:
 
 
 FACTORIES = Factories(model=build_model, data=build_online_data, evaluator=build_evaluator,
-                      optimizer=build_optimizer)
+                      optimizer=build_optimizer, data_config=distributed.same_config)  # the data shards itself

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...rl.returns import lambda_returns  # noqa: F401  (re-exported)
+from ...training import distributed
 
 Tensor = torch.Tensor
 
@@ -23,7 +24,9 @@ class ReturnNormalizer(nn.Module):
     for ``high`` with ``high_q`` (both start at 0, no bias correction).
     ``scale() = max(max_scale, high - low)``: the advantages are divided by it, so
     returns spanning less than ``max_scale`` (default 1) are not scaled up.
-    Buffers ``low``/``high`` (fp32 scalars) are saved in ``state_dict``.
+    Buffers ``low``/``high`` (fp32 scalars) are saved in ``state_dict``. Under torchrun the
+    quantiles are those of every rank's returns (gathered, as SheepRL's ``Moments``), so
+    each rank keeps the same statistics, those of the global batch.
     """
 
     def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95, max_scale: float = 1.0):
@@ -37,10 +40,11 @@ class ReturnNormalizer(nn.Module):
 
     @torch.no_grad()
     def update(self, returns: Tensor) -> None:
-        """Fold the ``low_q``/``high_q`` quantiles (linear interpolation) of all of ``returns`` in."""
+        """Fold the ``low_q``/``high_q`` quantiles (linear interpolation) of all of ``returns``
+        (of every rank's, under torchrun: every rank calls it in the same step) in."""
         if returns.numel() == 0:
             raise ValueError("cannot update the return normaliser with an empty tensor.")
-        flat = returns.detach().reshape(-1).float().to(self.low.device)
+        flat = distributed.concat_ranks(returns.detach().reshape(-1).float().to(self.low.device))
         qs = torch.quantile(flat, torch.tensor([self.low_q, self.high_q], device=flat.device))
         self.low.lerp_(qs[0], 1.0 - self.decay)
         self.high.lerp_(qs[1], 1.0 - self.decay)
