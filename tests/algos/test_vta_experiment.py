@@ -136,3 +136,17 @@ def test_the_boundary_detector_stays_alive_on_the_balls(config_from, grad):
             assert health["eval/boundary_entropy"] > 0.1, (step, health)     # nats, on free steps
             assert health["eval/boundary_logit_grad"] > 0.1, (step, health)
             assert health["eval/boundary_logit_std"] > 0.1, (step, health)   # it tells frames apart
+
+
+def test_the_detector_learns_at_its_own_rate(config_from):
+    from worldmodels.algos.vta.experiment import build_model, build_optimizer
+
+    cfg = config_from([BALLS, *VTA_TINY, "train.lr=2e-4", "algo.detector_lr_scale=3"])
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    model_group, detector_group = optimizer.param_groups
+    assert (model_group["lr"], detector_group["lr"]) == (2e-4, pytest.approx(6e-4))
+    detector = set(map(id, model.hrssm.post_boundary.parameters()))
+    assert set(map(id, detector_group["params"])) == detector
+    assert len(model_group["params"]) + len(detector_group["params"]) == len(list(model.parameters()))
+    assert not detector & set(map(id, model_group["params"]))

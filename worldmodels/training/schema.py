@@ -166,7 +166,7 @@ _IRIS_FAMILY = {
 
 ALGOS: dict[str, dict[str, Rule]] = {
     "vae": {"algo.name": text(), "algo.media_count": COUNT},
-    "vta": {"algo.name": text(), "algo.margin": integer(0), "algo.tolerance": integer(0),
+    "vta": {"algo.name": text(), "algo.margin": integer(0), "algo.tolerance": integer(0), "algo.detector_lr_scale": positive(),
             "algo.num_samples": integer(0)},
     "dreamerv3": {
         "algo.name": text(),

@@ -115,4 +115,17 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> VTAEvaluator:
                         num_samples=int(cfg.algo.num_samples))
 
 
-FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator)
+def build_optimizer(cfg: DictConfig, model: VTA) -> torch.optim.Optimizer:
+    """AdamW with ``train.lr``; the boundary detector's learning rate is
+    ``train.lr * algo.detector_lr_scale``."""
+    detector = list(model.hrssm.post_boundary.parameters())
+    ids = {id(p) for p in detector}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    lr = float(cfg.train.lr)
+    scale = float(cfg.algo.get("detector_lr_scale", 1.0))
+    groups = [{"params": rest, "lr": lr, "name": "model"},
+              {"params": detector, "lr": lr * scale, "name": "detector"}]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=float(cfg.train.weight_decay))
+
+
+FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator, optimizer=build_optimizer)
