@@ -169,7 +169,8 @@ def test_few_steps_of_training_evaluate_log_rollouts_media_and_resume(config_fro
         [m - s for m, s in zip(result["psnr"]["mean"], result["shuffled_psnr"]["mean"])])
     with (tmp_path / "eval" / "rollout_metrics_vs_horizon.csv").open(newline="") as handle:
         assert [row["horizon"] for row in csv.DictReader(handle)] == ["1", "2"]
-    assert (tmp_path / "eval" / "rollout.gif").stat().st_size > 0
+    for name in ("rollout.gif", "rollout.mp4", "plots/rollout_metrics_vs_horizon.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0, name
 
 
 def test_the_data_config_is_checked_naming_the_key(config_from, coinrun):
