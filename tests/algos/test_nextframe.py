@@ -210,3 +210,27 @@ def test_a_missing_dataset_stops_the_run_with_the_generator_command(tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "python -m worldmodels.data.generate_frames --game coinrun" in result.stderr
+
+
+def test_the_autoencoder_variant_trains_validates_and_evaluates_a_few_steps(config_from, coinrun, tmp_path):
+    from worldmodels.algos.nextframe.eval_frames import main as eval_frames
+    from worldmodels.algos.nextframe.latent import AutoencoderNextFrame
+
+    overrides = ["+exp=nextframe_coinrun_ae", *SMOKE[1:], f"data.root={coinrun}", "model.widths=[8,8,8]",
+                 "model.latent_channels=4", "model.predictor_width=8", "model.action_embed=4"]
+    cfg = config_from(overrides)
+    check_config(cfg)
+    model = FACTORIES.model(cfg)
+    assert isinstance(model, AutoencoderNextFrame) and model.config.channels == 3 and model.config.image_size == 64
+    run = tmp_path / "run"
+    assert fit(cfg, FACTORIES, run)["step"] == 4
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("eval/psnr")]
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(np.isfinite(float(rows[-1][key])) for key in ("eval/loss", "eval/psnr", "eval/ssim",
+                                                             f"eval/rollout_psnr_h{HORIZON}"))
+    with (run / ROLLOUT_CSV).open(newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * HORIZON
+    assert eval_frames([str(run / "checkpoints" / "best.pt"), "--sequences", "2", "--horizon", "2",
+                        "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "rollout_metrics.json").read_text())["steps_ahead"] == [1, 2]
