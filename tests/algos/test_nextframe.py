@@ -234,3 +234,23 @@ def test_the_autoencoder_variant_trains_validates_and_evaluates_a_few_steps(conf
     assert eval_frames([str(run / "checkpoints" / "best.pt"), "--sequences", "2", "--horizon", "2",
                         "--out", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "rollout_metrics.json").read_text())["steps_ahead"] == [1, 2]
+
+
+def test_84x84_gray_frames_train_with_the_shapes_taken_from_the_manifest(config_from, tmp_path):
+    out = tmp_path / "gray"
+    result = subprocess.run([sys.executable, "-m", "worldmodels.data.generate_frames", "--game", "coinrun", "--steps",
+                             "500", "--num-envs", "4", "--size", "84", "--gray", "--out", str(out), "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    cfg = config_from([*SMOKE, f"data.root={out}", "train.max_steps=2", "algo.val_rollout_horizon=2"])
+    check_config(cfg)
+    model = FACTORIES.model(cfg)
+    assert (model.config.channels, model.config.image_size) == (1, 84)
+    run = tmp_path / "run"
+    assert fit(cfg, FACTORIES, run)["step"] == 2
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("eval/psnr")]
+    assert np.isfinite(float(rows[-1]["eval/psnr"])) and 0 < float(rows[-1]["eval/ssim"]) <= 1
+    with pytest.raises(FrameDataError, match=r"key 'frame_shape' is \[1, 84, 84\] but model.channels and "
+                                             r"model.image_size ask for \[3, 84, 84\]"):
+        open_shards(config_from([*SMOKE, f"data.root={out}", "model.channels=3"]))
