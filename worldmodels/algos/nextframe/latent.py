@@ -5,8 +5,10 @@ turns back into pixels.
 
 Both train in one run, on one loss, with a stop-gradient between them:
 
-- the autoencoder: the Huber reconstruction of every frame of the sample (the K inputs
-  and the target) plus the variance-target regulariser
+- the autoencoder: the Huber reconstruction of the target frame of each sample (random
+  frames of the training episodes, so the autoencoder sees the frames' distribution;
+  the K input frames are only encoded, without gradient, which keeps a step about 3x
+  cheaper than reconstructing all K + 1) plus the variance-target regulariser
   ``var_reg_lambda * (Var(z) - var_target)^2``, where ``Var(z)`` is the variance over
   the batch of each latent unit (population variance), averaged over the units. It pins
   the latents' scale, which the reconstruction alone leaves free, so the predictor's
@@ -63,22 +65,21 @@ def variance_regulariser(z: torch.Tensor, var_lambda: float, var_target: float) 
 class ConvAutoencoder(nn.Module):
     """Frames ``[N, C, H, W]`` in [0, 1] <-> spatial latents ``[N, latent_channels, h, w]``,
     ``h = ceil(H / 2^levels)`` (frames are edge-padded to a multiple of ``2^levels`` and
-    the reconstruction cropped back)."""
+    the reconstruction cropped back). Each level is a stride-2 convolution and a 3x3
+    block; nothing runs at full resolution but the first and the last convolution."""
 
     def __init__(self, channels: int, widths: list[int], latent_channels: int):
         super().__init__()
         self.levels = len(widths)
-        sizes = [widths[0], *widths]
+        sizes = [channels, *widths]
         self.encoder = nn.Sequential(
-            block(channels, widths[0]),
             *(nn.Sequential(nn.Conv2d(a, b, 4, stride=2, padding=1), nn.SiLU(), block(b, b))
               for a, b in zip(sizes[:-1], sizes[1:])),
             nn.Conv2d(widths[-1], latent_channels, 1))
-        self.decoder = nn.Sequential(
-            block(latent_channels, widths[-1]),
-            *(nn.Sequential(nn.ConvTranspose2d(b, a, 4, stride=2, padding=1), nn.SiLU(), block(a, a))
-              for a, b in zip(reversed(sizes[:-1]), reversed(sizes[1:]))),
-            nn.Conv2d(widths[0], channels, 3, padding=1))
+        ups = [nn.Sequential(nn.ConvTranspose2d(b, a, 4, stride=2, padding=1), nn.SiLU(), block(a, a))
+               for a, b in zip(reversed(sizes[1:-1]), reversed(sizes[2:]))]
+        self.decoder = nn.Sequential(block(latent_channels, widths[-1]), *ups,
+                                     nn.ConvTranspose2d(widths[0], channels, 4, stride=2, padding=1))
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         return self.encoder(pad_to_multiple(frames, 2 ** self.levels))
@@ -136,28 +137,27 @@ class AutoencoderNextFrame(nn.Module):
         return self(frames, actions)
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Huber reconstruction + variance regulariser (autoencoder) + ``latent_weight``
-        x latent MSE (predictor, on detached latents); ``batch``: ``frames [B, K, C, H, W]``,
+        """Huber reconstruction of the target + variance regulariser over its latents
+        (autoencoder) + ``latent_weight`` x latent MSE (predictor, on latents encoded
+        without gradient); ``batch``: ``frames [B, K, C, H, W]``,
         ``actions [B]``, ``target [B, C, H, W]``."""
         c = self.config
-        frames = batch["frames"]
+        frames, target = batch["frames"], batch["target"]
         check_frames(frames, c.stack, c.channels, c.image_size)
-        images = torch.cat([frames, batch["target"][:, None]], 1)         # [B, K + 1, C, H, W]
-        z = self.autoencoder.encode(images.flatten(0, 1))
+        z = self.autoencoder.encode(target)
         reconstruction = self.autoencoder.decode(z, c.image_size)
-        recon = F.huber_loss(reconstruction, images.flatten(0, 1), delta=c.huber_delta)
+        recon = F.huber_loss(reconstruction, target, delta=c.huber_delta)
         var_reg, variance = variance_regulariser(z, c.var_reg_lambda, c.var_target)
-        latents = z.detach().unflatten(0, images.shape[:2])
-        predicted = self.predictor(latents[:, :-1], batch["actions"])
-        latent_mse = (predicted - latents[:, -1]).square().mean()
+        with torch.no_grad():
+            context = self.autoencoder.encode(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
+        predicted = self.predictor(context, batch["actions"])
+        latent_mse = (predicted - z.detach()).square().mean()
         loss = recon + var_reg + c.latent_weight * latent_mse
         with torch.no_grad():
             prediction = self.autoencoder.decode(predicted, c.image_size)
             metrics = {"recon": recon.detach(), "var_z": variance.detach(), "var_reg": var_reg.detach(),
-                       "latent_mse": latent_mse.detach(),
-                       "recon_psnr": psnr_ref(reconstruction.detach(), images.flatten(0, 1)).mean(),
-                       "mse": (prediction - batch["target"]).square().mean(),
-                       "psnr": psnr_ref(prediction, batch["target"]).mean()}
+                       "latent_mse": latent_mse.detach(), "recon_psnr": psnr_ref(reconstruction.detach(), target).mean(),
+                       "mse": (prediction - target).square().mean(), "psnr": psnr_ref(prediction, target).mean()}
         return loss, metrics
 
 
