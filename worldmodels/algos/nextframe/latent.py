@@ -18,8 +18,8 @@ Both train in one run, on one loss, with a stop-gradient between them:
 
 So the autoencoder is trained on its own (no gradient of the prediction reaches it), as
 in a staged pipeline, while one checkpoint, one optimiser and the generic training loop
-serve both; the predictor chases a moving target early on, which costs it little since
-the autoencoder settles within a few hundred steps.
+serve both. The price: the predictor chases a moving target while the autoencoder is
+still improving (a staged run would fix the latents first).
 """
 
 from __future__ import annotations
