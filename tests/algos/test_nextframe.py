@@ -155,6 +155,10 @@ def test_few_steps_of_training_evaluate_log_rollouts_media_and_resume(config_fro
     assert list(table[0]) == list(COLUMNS)
     for name in ("strip_step000004.png", "rollout_step000004.gif"):
         assert (run / "media" / name).stat().st_size > 0
+    import imageio.v3 as iio
+
+    video = np.stack(list(iio.imiter(run / "media" / "rollout_step000004.mp4")))
+    assert video.shape[0] == 4 + HORIZON and video.shape[2] > video.shape[1] / 2    # two sequences, truth | prediction
     assert (run / "checkpoints" / "best.pt").is_file()
 
     from worldmodels.algos.nextframe.eval_frames import SERIES, main as eval_frames

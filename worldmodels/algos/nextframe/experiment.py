@@ -16,7 +16,9 @@ from ...ops.image_quality import psnr_ref, ssim_ref
 from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
-from ...utils.images import image_grid, openloop_frames, save_png, write_gif
+from ...utils.images import (
+    ffmpeg_available, image_grid, openloop_frames, save_png, side_by_side_frames, write_gif, write_mp4,
+)
 from .latent import AutoencoderNextFrame, LatentNextFrameConfig
 from .model import NextFrameConfig, NextFramePredictor
 from .rollout import append_rollout_csv, rollout_table, shuffle_actions
@@ -128,7 +130,8 @@ def _fixed_subset(windows: np.ndarray, count: int, seed: int) -> np.ndarray:
 class NextFrameEvaluator(Evaluator):
     """One-step scores (loss, MSE, PSNR, SSIM; copy-last-frame's PSNR and SSIM; the PSNR
     with shuffled actions) on fixed held-out stacks, and open-loop rollouts to ``algo.val_rollout_horizon`` against copy-last and
-    shuffled actions; media: image strips, the rollout GIF, rows of
+    shuffled actions; media: image strips, the rollout GIF (rows truth, prediction, error),
+    the rollout MP4 when imageio-ffmpeg is there (truth left, prediction right), rows of
     ``val_rollout_metrics.csv`` beside ``media/``."""
 
     def __init__(self, cfg: DictConfig, device: torch.device):
@@ -198,7 +201,13 @@ class NextFrameEvaluator(Evaluator):
         predicted = (predicted * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
         video = write_gif(directory / f"rollout_step{step:06d}.gif",
                           openloop_frames(truth, predicted, None, context=self.stack))
-        return [strip, video]
+        written = [strip, video]
+        if ffmpeg_available():   # truth left, prediction right; without ffmpeg the GIF says the same
+            unit = torch.cat([self.rollout_frames[:shown, :self.stack], self.rollout[:shown].float()], 1)
+            written.append(write_mp4(directory / f"rollout_step{step:06d}.mp4",
+                                     side_by_side_frames(self.rollout_frames[:shown].float().cpu(), unit.cpu(),
+                                                         context=self.stack)))
+        return written
 
 
 def build_evaluator(cfg: DictConfig, device: torch.device) -> NextFrameEvaluator:
