@@ -155,6 +155,10 @@ def test_few_steps_of_training_evaluate_log_rollouts_media_and_resume(config_fro
     assert list(table[0]) == list(COLUMNS)
     for name in ("strip_step000004.png", "rollout_step000004.gif"):
         assert (run / "media" / name).stat().st_size > 0
+    import imageio.v3 as iio
+
+    video = np.stack(list(iio.imiter(run / "media" / "rollout_step000004.mp4")))
+    assert video.shape[0] == 4 + HORIZON and video.shape[2] > video.shape[1] / 2    # two sequences, truth | prediction
     assert (run / "checkpoints" / "best.pt").is_file()
 
     from worldmodels.algos.nextframe.eval_frames import SERIES, main as eval_frames
@@ -169,7 +173,8 @@ def test_few_steps_of_training_evaluate_log_rollouts_media_and_resume(config_fro
         [m - s for m, s in zip(result["psnr"]["mean"], result["shuffled_psnr"]["mean"])])
     with (tmp_path / "eval" / "rollout_metrics_vs_horizon.csv").open(newline="") as handle:
         assert [row["horizon"] for row in csv.DictReader(handle)] == ["1", "2"]
-    assert (tmp_path / "eval" / "rollout.gif").stat().st_size > 0
+    for name in ("rollout.gif", "rollout.mp4", "plots/rollout_metrics_vs_horizon.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0, name
 
 
 def test_the_data_config_is_checked_naming_the_key(config_from, coinrun):
@@ -209,3 +214,47 @@ def test_a_missing_dataset_stops_the_run_with_the_generator_command(tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "python -m worldmodels.data.generate_frames --game coinrun" in result.stderr
+
+
+def test_the_autoencoder_variant_trains_validates_and_evaluates_a_few_steps(config_from, coinrun, tmp_path):
+    from worldmodels.algos.nextframe.eval_frames import main as eval_frames
+    from worldmodels.algos.nextframe.latent import AutoencoderNextFrame
+
+    overrides = ["+exp=nextframe_coinrun_ae", *SMOKE[1:], f"data.root={coinrun}", "model.widths=[8,8,8]",
+                 "model.latent_channels=4", "model.predictor_width=8", "model.action_embed=4"]
+    cfg = config_from(overrides)
+    check_config(cfg)
+    model = FACTORIES.model(cfg)
+    assert isinstance(model, AutoencoderNextFrame) and model.config.channels == 3 and model.config.image_size == 64
+    run = tmp_path / "run"
+    assert fit(cfg, FACTORIES, run)["step"] == 4
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("eval/psnr")]
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(np.isfinite(float(rows[-1][key])) for key in ("eval/loss", "eval/psnr", "eval/ssim",
+                                                             f"eval/rollout_psnr_h{HORIZON}"))
+    with (run / ROLLOUT_CSV).open(newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * HORIZON
+    assert eval_frames([str(run / "checkpoints" / "best.pt"), "--sequences", "2", "--horizon", "2",
+                        "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "rollout_metrics.json").read_text())["steps_ahead"] == [1, 2]
+
+
+def test_84x84_gray_frames_train_with_the_shapes_taken_from_the_manifest(config_from, tmp_path):
+    out = tmp_path / "gray"
+    result = subprocess.run([sys.executable, "-m", "worldmodels.data.generate_frames", "--game", "coinrun", "--steps",
+                             "500", "--num-envs", "4", "--size", "84", "--gray", "--out", str(out), "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    cfg = config_from([*SMOKE, f"data.root={out}", "train.max_steps=2", "algo.val_rollout_horizon=2"])
+    check_config(cfg)
+    model = FACTORIES.model(cfg)
+    assert (model.config.channels, model.config.image_size) == (1, 84)
+    run = tmp_path / "run"
+    assert fit(cfg, FACTORIES, run)["step"] == 2
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("eval/psnr")]
+    assert np.isfinite(float(rows[-1]["eval/psnr"])) and 0 < float(rows[-1]["eval/ssim"]) <= 1
+    with pytest.raises(FrameDataError, match=r"key 'frame_shape' is \[1, 84, 84\] but model.channels and "
+                                             r"model.image_size ask for \[3, 84, 84\]"):
+        open_shards(config_from([*SMOKE, f"data.root={out}", "model.channels=3"]))

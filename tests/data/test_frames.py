@@ -189,3 +189,35 @@ def test_a_missing_qt5_runtime_is_reported_in_one_line_with_the_apt_step(monkeyp
     with pytest.raises(generate_frames.ProcgenUnavailableError) as error:
         generate_frames.make_procgen("coinrun", "easy", 1, 0, {})
     assert "sudo apt-get install libqt5gui5" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_gray_frames_use_the_luma_weights_and_resizing_keeps_flat_regions():
+    frames = np.zeros((2, 3, 64, 64), np.uint8)
+    frames[0, 0] = 255                      # pure red
+    frames[1, :, :, 32:] = 255              # left half black, right half white
+    out = generate_frames.transform_frames(frames, 84, gray=True)
+    assert out.shape == (2, 1, 84, 84) and out.dtype == np.uint8
+    assert np.all(out[0] == round(0.299 * 255))
+    row = out[1, 0, 40].astype(int)
+    assert row[:35].max() == 0 and row[-35:].min() == 255 and np.all(np.diff(row) >= 0)
+    assert generate_frames.transform_frames(frames, 64, gray=False) is frames          # native: untouched
+    rgb = generate_frames.transform_frames(frames, 32, gray=False)
+    assert rgb.shape == (2, 3, 32, 32) and np.all(rgb[0, 0] == 255) and np.all(rgb[0, 1:] == 0)
+
+
+def test_the_generator_stores_84x84_gray_frames_and_records_them(tmp_path):
+    out = tmp_path / "gray"
+    result = generate(out, "--steps", "400", "--size", "84", "--gray")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["frame_shape"] == [1, 84, 84]
+    assert manifest["transform"]["size"] == 84 and manifest["transform"]["gray"] is True
+    shards = FrameShards(out)
+    assert shards.frames[0].shape[1:] == (1, 84, 84) and np.asarray(shards.frames[0]).std() > 0
+    again = generate(out, "--steps", "800", "--resume")
+    assert again.returncode == 1 and "key 'transform'" in again.stderr and again.stderr.strip().count("\n") == 0
+    manifest["frame_shape"] = [3, 84, 84]
+    write_json_atomic(out / MANIFEST, manifest)
+    with pytest.raises(FrameDataError, match=r"key 'frame_shape' is \[3, 84, 84\] but key 'transform' says size 84, "
+                                             r"gray True"):
+        FrameShards(out)

@@ -126,11 +126,24 @@ class FrameShards:
         self.frames: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.done: list[np.ndarray] = []
+        self._check_transform()
         for entry in self.manifest["shards"]:
             self._open(entry)
         if not self.frames:
             raise FrameDataError(f"{self.root / MANIFEST}: key 'shards' is empty; the dataset has no frames yet.")
         self.episodes = [episode for shard in range(len(self.frames)) for episode in self._episodes_of(shard)]
+
+    def _check_transform(self) -> None:
+        """``frame_shape`` against the ``transform`` the generator recorded (``--size``,
+        ``--gray``), when there is one."""
+        transform = self.manifest.get("transform")
+        if not transform:
+            return
+        channels, height, width = (self.frame_shape + (0, 0, 0))[:3]
+        if len(self.frame_shape) != 3 or (transform.get("gray") and channels != 1) \
+                or height != transform.get("size", height) or width != transform.get("size", width):
+            raise FrameDataError(f"{self.root / MANIFEST}: key 'frame_shape' is {list(self.frame_shape)} but key "
+                                 f"'transform' says size {transform.get('size')}, gray {transform.get('gray')}.")
 
     def _open(self, entry: dict[str, Any]) -> None:
         index, steps = int(entry["index"]), int(entry["steps"])

@@ -8,6 +8,10 @@ interrupted run leaves a readable dataset; ``--resume`` continues it up to ``--s
 (the episodes in progress when it stopped are lost, a new seed is drawn for the rest).
 An existing dataset is never overwritten.
 
+Procgen renders 64x64 RGB; ``--size 84 --gray`` stores the 84x84 grayscale frames of
+older setups instead (BT.601 luma, then a bilinear resize), recorded in the manifest's
+``transform`` and ``frame_shape`` (``[1, 84, 84]``), which the loader and the models read.
+
 Procgen comes from envpool (``CoinrunEasy-v0``, ...), which needs the system Qt5
 runtime: ``sudo apt-get install libqt5gui5`` on Debian/Ubuntu.
 """
@@ -29,6 +33,8 @@ from .frames import MANIFEST, FrameDataError, new_manifest, read_manifest, write
 GAMES = ("bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot", "heist",
          "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot")
 MODES = ("easy", "hard")
+NATIVE_SIZE = 64       # Procgen's frames: 64x64 RGB
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as OpenCV's RGB2GRAY
 SEED_STRIDE = 100_003  # a resumed segment's seed: seed + segment * SEED_STRIDE (envs seed + 0..num_envs-1)
 
 
@@ -60,6 +66,29 @@ def make_procgen(game: str, mode: str, num_envs: int, seed: int, options: dict[s
                                       **options)
     except (ImportError, OSError) as error:
         raise _unavailable(error) from None
+
+
+def frame_transform(size: int, gray: bool) -> dict[str, Any]:
+    """The manifest's record of how frames were stored (``transform``)."""
+    return {"size": size, "gray": gray, "resize": "bilinear (antialiased)" if size != NATIVE_SIZE else "none",
+            "gray_weights": list(GRAY_WEIGHTS) if gray else None}
+
+
+def transform_frames(frames: np.ndarray, size: int, gray: bool) -> np.ndarray:
+    """uint8 ``[N, 3, H, W]`` RGB -> uint8 ``[N, 1 if gray else 3, size, size]``: luma
+    (BT.601 weights) when ``gray``, then a bilinear, antialiased resize when ``size`` is
+    not ``H``; unchanged frames are returned as they are."""
+    if not gray and frames.shape[-1] == size and frames.shape[-2] == size:
+        return frames
+    import torch
+    import torch.nn.functional as F
+
+    images = torch.from_numpy(np.ascontiguousarray(frames)).float()
+    if gray:
+        images = (images * torch.tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return images.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 class ShardWriter:
@@ -102,7 +131,9 @@ def _start(out: Path, args: argparse.Namespace, options: dict[str, Any], env: An
         if not args.resume:
             raise FileExistsError(f"{out} already holds a frame dataset ({manifest['steps']} steps); choose another "
                                   "--out, delete it, or add --resume to continue it.")
-        expected = {"game": args.game, "options": options}
+        expected = {"game": args.game, "options": options,
+                    "transform": frame_transform(args.size, args.gray)}
+        manifest.setdefault("transform", frame_transform(NATIVE_SIZE, False))   # datasets from before the key
         for key, value in expected.items():
             if manifest.get(key) != value:
                 raise FrameDataError(f"{out / MANIFEST}: key {key!r} is {manifest.get(key)!r}, not {value!r}; "
@@ -111,16 +142,21 @@ def _start(out: Path, args: argparse.Namespace, options: dict[str, Any], env: An
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
-    shape = tuple(int(d) for d in env.observation_space.shape)
-    return new_manifest(args.game, options, "random (uniform over the actions)", shape, int(env.action_space.n))
+    channels = 1 if args.gray else int(env.observation_space.shape[0])
+    manifest = new_manifest(args.game, options, "random (uniform over the actions)", (channels, args.size, args.size),
+                            int(env.action_space.n))
+    manifest["transform"] = frame_transform(args.size, args.gray)
+    return manifest
 
 
-def record(env: Any, writer: ShardWriter, total_steps: int, rng: np.random.Generator, progress: bool) -> float:
-    """Step ``env`` with uniform random actions until ``total_steps`` frames are stored;
-    returns the env steps per second. Episodes still running at the end are stored
-    truncated (their last frame marked done)."""
+def record(env: Any, writer: ShardWriter, total_steps: int, rng: np.random.Generator, progress: bool,
+           size: int = NATIVE_SIZE, gray: bool = False) -> float:
+    """Step ``env`` with uniform random actions until ``total_steps`` frames are stored
+    (each passed through :func:`transform_frames`); returns the env steps per second.
+    Episodes still running at the end are stored truncated (their last frame marked done)."""
     num_actions = int(env.action_space.n)
     obs, info = env.reset()
+    obs = transform_frames(obs, size, gray)
     num_envs = len(obs)
     frames: list[list[np.ndarray]] = [[obs[i].copy()] for i in range(num_envs)]
     actions: list[list[int]] = [[] for _ in range(num_envs)]
@@ -131,6 +167,7 @@ def record(env: Any, writer: ShardWriter, total_steps: int, rng: np.random.Gener
     while stored + writer.pending + sum(len(f) for f in frames) < total_steps:
         action = rng.integers(0, num_actions, num_envs)
         obs, _, terminated, truncated, info = env.step(action)
+        obs = transform_frames(obs, size, gray)
         stepped += num_envs
         for row, i in enumerate(info["env_id"]):
             if resetting[i]:   # envpool's reset call: the action was ignored, a new episode starts
@@ -179,7 +216,8 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     manifest["complete"] = False
     env = make_procgen(args.game, args.mode, args.num_envs, segment_seed, env_options)
     writer = ShardWriter(out, manifest, args.shard_steps)
-    rate = record(env, writer, args.steps, np.random.default_rng(segment_seed), progress=not args.no_progress)
+    rate = record(env, writer, args.steps, np.random.default_rng(segment_seed), progress=not args.no_progress,
+                  size=args.size, gray=args.gray)
     manifest["complete"] = True
     write_json_atomic(out / MANIFEST, manifest)
     print(f"{out}: {manifest['steps']} steps, {manifest['episodes']} episodes in {len(manifest['shards'])} shards; "
@@ -198,6 +236,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-levels", type=int, default=0, help="0: unlimited levels")
     p.add_argument("--start-level", type=int, default=0)
     p.add_argument("--option", action="append", default=[], help="other envpool Procgen option, key=value")
+    p.add_argument("--size", type=int, default=NATIVE_SIZE,
+                   help=f"stored frame size in pixels (Procgen renders {NATIVE_SIZE}; 84 for the older setups)")
+    p.add_argument("--gray", action="store_true", help="store one grayscale channel (BT.601 luma)")
     p.add_argument("--shard-steps", type=int, default=10_000, help="frames per shard (whole episodes)")
     p.add_argument("--resume", action="store_true", help="continue an existing dataset up to --steps")
     p.add_argument("--no-progress", action="store_true")
@@ -206,8 +247,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.steps < 2 or args.num_envs < 1 or args.shard_steps < 1:
-        print("error: --steps must be >= 2, --num-envs and --shard-steps >= 1.", file=sys.stderr)
+    if args.steps < 2 or args.num_envs < 1 or args.shard_steps < 1 or args.size < 8:
+        print("error: --steps must be >= 2, --num-envs and --shard-steps >= 1, --size >= 8.", file=sys.stderr)
         return 2
     try:
         generate(args)

@@ -229,6 +229,16 @@ _IMAGE_MODEL = {
     "model.channels": choice(1, 3),
     "model.widths": list_of(COUNT, min_len=1),
 }
+# the next-frame models: shapes may come from the dataset's manifest (auto)
+_FRAME_MODEL = {
+    **_IMAGE_MODEL,
+    "model.image_size": Rule("auto (the dataset manifest's frame_shape) or an integer >= 1",
+                             lambda v: v == "auto" or COUNT.accepts(v)),
+    "model.channels": choice("auto", 1, 3),
+    "model.stack": COUNT,
+    "model.num_actions": integer(2),
+    "model.action_embed": COUNT,
+}
 _ACTOR_CRITIC = {
     "model.actor_critic.lstm_dim": COUNT,
     "model.actor_critic.gamma": fraction(low_open=True),
@@ -286,13 +296,20 @@ MODELS: dict[str, dict[str, Rule]] = {
         "model.common_noise": boolean(),
     },
     "nextframe": {
-        **_IMAGE_MODEL,
-        "model.stack": COUNT,
-        "model.num_actions": integer(2),
-        "model.action_embed": COUNT,
+        **_FRAME_MODEL,
         "model.l1_weight": NON_NEGATIVE,
         "model.l2_weight": NON_NEGATIVE,
         "model.ssim_weight": NON_NEGATIVE,
+    },
+    "nextframe_ae": {
+        **_FRAME_MODEL,
+        "model.latent_channels": COUNT,
+        "model.predictor_width": COUNT,
+        "model.predictor_blocks": integer(0),
+        "model.huber_delta": positive(),
+        "model.var_reg_lambda": NON_NEGATIVE,
+        "model.var_target": NON_NEGATIVE,
+        "model.latent_weight": NON_NEGATIVE,
     },
     "dreamerv3": {
         "model.name": text(),

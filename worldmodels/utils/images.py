@@ -120,3 +120,61 @@ def write_gif(path: str | Path, frames: np.ndarray, duration: int = 120) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, frames, duration=duration, loop=0)
     return path
+
+
+def side_by_side_frames(truth: torch.Tensor, prediction: torch.Tensor, context: int, scale: int = 3,
+                        bar: int = 3) -> np.ndarray:
+    """``[B, T, C, H, W]`` videos in [0, 1] -> ``[T, H', W', 3]`` uint8 frames: one row per
+    sequence, the truth on the left and the prediction on the right, a green bar over the
+    ``context`` frames the model was given, red over those it predicted. ``H'`` and ``W'``
+    are even (what H.264's 4:2:0 encoding needs)."""
+    if truth.shape != prediction.shape or truth.dim() != 5:
+        raise ValueError(f"truth and prediction must both be [B, T, C, H, W], got {tuple(truth.shape)} and "
+                         f"{tuple(prediction.shape)}.")
+    frames = []
+    for t in range(truth.shape[1]):
+        grid = image_grid([torch.stack([truth[b, t], prediction[b, t]]) for b in range(truth.shape[0])], scale=scale)
+        colour = np.array([0, 200, 0] if t < context else [220, 0, 0], np.uint8)
+        frames.append(np.concatenate([np.broadcast_to(colour, (bar, grid.shape[1], 3)), grid], 0))
+    video = np.stack(frames)
+    pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
+    return np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=128)
+
+
+def ffmpeg_available() -> bool:
+    """Whether imageio can write MP4 (the ``imageio-ffmpeg`` package and its binary)."""
+    try:
+        import imageio_ffmpeg
+
+        return bool(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError, OSError):
+        return False
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
+    """Write ``[T, H, W, 3]`` uint8 frames (even ``H`` and ``W``) as an H.264 MP4 through
+    imageio-ffmpeg; lossless-looking quality (CRF-like ``quality=9``) and no resizing."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=9,
+                            macro_block_size=1, pixelformat="yuv420p") as writer:
+        for frame in frames:
+            writer.append_data(np.ascontiguousarray(frame))
+    return path
+
+
+def write_videos(stem: str | Path, frames: np.ndarray, fps: int = 8) -> list[Path]:
+    """``stem.gif`` and, when ffmpeg is there, ``stem.mp4``; without it one warning line on
+    stderr says how to get MP4 and only the GIF is written."""
+    import sys
+
+    stem = Path(stem)
+    written = [write_gif(stem.with_suffix(".gif"), frames, duration=round(1000 / fps))]
+    if ffmpeg_available():
+        written.append(write_mp4(stem.with_suffix(".mp4"), frames, fps))
+    else:
+        print(f"warning: no MP4 for {stem.name}: imageio-ffmpeg is missing (pip install imageio-ffmpeg); wrote "
+              "the GIF only.", file=sys.stderr)
+    return written

@@ -10,7 +10,11 @@ drawn with ``--seed``) out for ``--horizon`` steps and writes into ``--out`` (de
   (1.96 standard errors over sequences) of PSNR and SSIM for the model, copy-last-frame
   and the model with shuffled actions, and of ΔPSNR (model - shuffled);
 - ``rollout_metrics_vs_horizon.csv``: the same table, one row per step ahead;
-- ``rollout.gif``: truth, prediction and error for the first sequences.
+- ``plots/rollout_metrics_vs_horizon.png``: PSNR and SSIM against the steps ahead,
+  model, copy-last-frame and shuffled actions, the 95% intervals shaded;
+- ``rollout.mp4`` and ``rollout.gif``: the first ``--media`` sequences, one per row, the
+  truth on the left and the prediction on the right (a green bar over the given
+  frames); without imageio-ffmpeg one warning line, and the GIF only.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from omegaconf import OmegaConf
 
 from ...errors import WorldModelsError
 from ...training.checkpoint import load_checkpoint
-from ...utils.images import openloop_frames, write_gif
+from ...utils.images import side_by_side_frames, write_videos
 from .experiment import _fixed_subset, build_model, open_shards, split, to_unit
 from ...data.frames import check_stack_fits, gather_windows
+from .plots import save_rollout_plot
 from .rollout import rollout_scores
 
 SERIES = ("psnr", "ssim", "copy_last_psnr", "copy_last_ssim", "shuffled_psnr", "shuffled_ssim", "delta_psnr")
@@ -86,7 +91,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
               **summary}
     (out / "rollout_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     _write_csv(out / "rollout_metrics_vs_horizon.csv", summary, args.horizon)
-    _write_gif(out / "rollout.gif", *first, stack, args.media)
+    title = f"{Path(str(cfg.data.root)).name}: {len(windows)} held-out sequences, {stack} frames given"
+    save_rollout_plot(out / "plots" / "rollout_metrics_vs_horizon.png", summary, title)
+    _write_videos(out / "rollout", *first, stack, args.media, args.fps)
     return result
 
 
@@ -98,12 +105,11 @@ def _write_csv(path: Path, summary: dict[str, dict[str, list[float]]], horizon: 
             writer.writerow([h + 1, *(f"{summary[name][kind][h]:.5f}" for name in SERIES for kind in ("mean", "ci95"))])
 
 
-def _write_gif(path: Path, frames: torch.Tensor, prediction: torch.Tensor, stack: int, count: int) -> None:
-    def as_uint8(video: torch.Tensor) -> torch.Tensor:
-        return (video * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
-
+def _write_videos(stem: Path, frames: torch.Tensor, prediction: torch.Tensor, stack: int, count: int,
+                  fps: int) -> list[Path]:
+    """The first ``count`` sequences: truth left, prediction right (the given frames on both)."""
     predicted = torch.cat([frames[:count, :stack], prediction[:count].float()], 1)
-    write_gif(path, openloop_frames(as_uint8(frames[:count]), as_uint8(predicted), None, context=stack))
+    return write_videos(stem, side_by_side_frames(frames[:count].float(), predicted, context=stack), fps)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,7 +120,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=32, help="steps ahead")
     p.add_argument("--seed", type=int, default=0, help="draws the windows and the shuffled actions")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--media", type=int, default=4, help="sequences in the GIF")
+    p.add_argument("--media", type=int, default=4, help="sequences in the videos")
+    p.add_argument("--fps", type=int, default=8, help="frames per second of the videos")
     p.add_argument("--data-root", default=None, help="the frame dataset, if not the run's data.root")
     p.add_argument("--out", default=None, help="output folder (default <run>/eval_frames)")
     return p
@@ -122,8 +129,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if min(args.sequences, args.horizon, args.batch_size, args.media) < 1:
-        print("error: --sequences, --horizon, --batch-size and --media must be >= 1.", file=sys.stderr)
+    if min(args.sequences, args.horizon, args.batch_size, args.media, args.fps) < 1:
+        print("error: --sequences, --horizon, --batch-size, --media and --fps must be >= 1.", file=sys.stderr)
         return 2
     try:
         result = evaluate(args)

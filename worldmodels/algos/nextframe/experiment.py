@@ -7,36 +7,68 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from ...data.frames import FrameDataError, FrameShards, check_stack_fits, gather_windows, split_episodes
+from ...data.frames import (
+    MANIFEST, FrameDataError, FrameShards, check_stack_fits, gather_windows, read_manifest, split_episodes,
+)
 from ...ops.image_quality import psnr_ref, ssim_ref
 from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config
-from ...utils.images import image_grid, openloop_frames, save_png, write_gif
+from ...utils.images import (
+    ffmpeg_available, image_grid, openloop_frames, save_png, side_by_side_frames, write_gif, write_mp4,
+)
+from .latent import AutoencoderNextFrame, LatentNextFrameConfig
 from .model import NextFrameConfig, NextFramePredictor
 from .rollout import append_rollout_csv, rollout_table, shuffle_actions
 
 ROLLOUT_CSV = "val_rollout_metrics.csv"
 
 
-def build_model(cfg: DictConfig) -> NextFramePredictor:
-    return NextFramePredictor(dataclass_from_config(NextFrameConfig, cfg.model))
+# model.name -> (its config dataclass, its class): the U-Net on pixels, or the
+# autoencoder with a latent predictor
+MODELS = {
+    "nextframe": (NextFrameConfig, NextFramePredictor),
+    "nextframe_ae": (LatentNextFrameConfig, AutoencoderNextFrame),
+}
+
+
+def frame_model_config(cfg: DictConfig) -> dict:
+    """``cfg.model`` as a dict, ``channels`` and ``image_size`` set to ``auto`` taken from
+    the manifest's ``frame_shape`` (``[C, H, W]``, square frames)."""
+    values = dict(OmegaConf.to_container(cfg.model, resolve=True))
+    if "auto" in (values.get("channels"), values.get("image_size")):
+        shape = [int(d) for d in read_manifest(Path(cfg.data.root))["frame_shape"]]
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise FrameDataError(f"{Path(cfg.data.root) / MANIFEST}: key 'frame_shape' is {shape}; the next-frame "
+                                 "models take square [C, H, W] frames.")
+        values["channels"] = shape[0] if values.get("channels") == "auto" else values["channels"]
+        values["image_size"] = shape[1] if values.get("image_size") == "auto" else values["image_size"]
+    return values
+
+
+def build_model(cfg: DictConfig) -> NextFramePredictor | AutoencoderNextFrame:
+    """The model ``model.name`` chooses (:data:`MODELS`), shapes from the config or the manifest."""
+    name = cfg.model.name
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is not a next-frame model: {', '.join(MODELS)}.")
+    config_class, model_class = MODELS[name]
+    return model_class(dataclass_from_config(config_class, frame_model_config(cfg)))
 
 
 def open_shards(cfg: DictConfig) -> FrameShards:
     """The dataset of ``data.root``, checked against the model's shapes (one line naming
     the manifest key and the config key that disagree)."""
     shards = FrameShards(cfg.data.root)
-    model, manifest = cfg.model, shards.root / "manifest.json"
-    expected = (int(model.channels), int(model.image_size), int(model.image_size))
+    model, manifest = frame_model_config(cfg), shards.root / "manifest.json"
+    expected = (int(model["channels"]), int(model["image_size"]), int(model["image_size"]))
     if shards.frame_shape != expected:
         raise FrameDataError(f"{manifest}: key 'frame_shape' is {list(shards.frame_shape)} but model.channels and "
                              f"model.image_size ask for {list(expected)}.")
-    if shards.num_actions != int(model.num_actions):
+    if shards.num_actions != int(model["num_actions"]):
         raise FrameDataError(f"{manifest}: key 'num_actions' is {shards.num_actions} but model.num_actions="
-                             f"{model.num_actions}; set model.num_actions={shards.num_actions}.")
+                             f"{model['num_actions']}; set model.num_actions={shards.num_actions}.")
     return shards
 
 
@@ -98,7 +130,8 @@ def _fixed_subset(windows: np.ndarray, count: int, seed: int) -> np.ndarray:
 class NextFrameEvaluator(Evaluator):
     """One-step scores (loss, MSE, PSNR, SSIM; copy-last-frame's PSNR and SSIM; the PSNR
     with shuffled actions) on fixed held-out stacks, and open-loop rollouts to ``algo.val_rollout_horizon`` against copy-last and
-    shuffled actions; media: image strips, the rollout GIF, rows of
+    shuffled actions; media: image strips, the rollout GIF (rows truth, prediction, error),
+    the rollout MP4 when imageio-ffmpeg is there (truth left, prediction right), rows of
     ``val_rollout_metrics.csv`` beside ``media/``."""
 
     def __init__(self, cfg: DictConfig, device: torch.device):
@@ -168,7 +201,13 @@ class NextFrameEvaluator(Evaluator):
         predicted = (predicted * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
         video = write_gif(directory / f"rollout_step{step:06d}.gif",
                           openloop_frames(truth, predicted, None, context=self.stack))
-        return [strip, video]
+        written = [strip, video]
+        if ffmpeg_available():   # truth left, prediction right; without ffmpeg the GIF says the same
+            unit = torch.cat([self.rollout_frames[:shown, :self.stack], self.rollout[:shown].float()], 1)
+            written.append(write_mp4(directory / f"rollout_step{step:06d}.mp4",
+                                     side_by_side_frames(self.rollout_frames[:shown].float().cpu(), unit.cpu(),
+                                                         context=self.stack)))
+        return written
 
 
 def build_evaluator(cfg: DictConfig, device: torch.device) -> NextFrameEvaluator:
@@ -177,5 +216,5 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> NextFrameEvaluator
 
 FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator)
 
-__all__ = ["FACTORIES", "FrameStackBatches", "NextFrameEvaluator", "ROLLOUT_CSV", "build_data", "build_evaluator",
-           "build_model", "open_shards"]
+__all__ = ["FACTORIES", "MODELS", "FrameStackBatches", "NextFrameEvaluator", "ROLLOUT_CSV", "build_data", "build_evaluator",
+           "build_model", "frame_model_config", "open_shards"]

@@ -36,10 +36,30 @@ class NextFrameConfig:
     ssim_weight: float = 0.2          # weight of 1 - SSIM
 
 
-def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+def block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution, GroupNorm (8 groups when they divide), SiLU."""
     groups = 8 if out_channels % 8 == 0 else 1
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(groups, out_channels),
                          nn.SiLU())
+
+
+def check_frames(frames: torch.Tensor, stack: int, channels: int, image_size: int) -> None:
+    """Stop with the expected and the given shape unless ``frames`` is ``[B, K, C, H, W]``."""
+    if frames.dim() != 5 or frames.shape[1:] != (stack, channels, image_size, image_size):
+        raise ValueError(f"frames must be [B, {stack}, {channels}, {image_size}, {image_size}] in [0, 1], got "
+                         f"{tuple(frames.shape)}.")
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``images [..., H, W]`` edge-padded on the bottom and right to multiples of
+    ``multiple`` (84 -> 96 for four halvings); unchanged when they already are."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not (pad_h or pad_w):
+        return images
+    flat = images.flatten(0, -4) if images.dim() > 4 else images
+    padded = F.pad(flat, (0, pad_w, 0, pad_h), mode="replicate")
+    return padded.view(*images.shape[:-2], height + pad_h, width + pad_w)
 
 
 class FiLM(nn.Module):
@@ -63,18 +83,17 @@ class NextFramePredictor(nn.Module):
     def __init__(self, config: NextFrameConfig):
         super().__init__()
         self.config = c = config
-        if c.image_size % (2 ** len(c.widths)):
-            raise ValueError(f"model.image_size={c.image_size} must be divisible by 2^{len(c.widths)} "
-                             f"(one halving per entry of model.widths={c.widths}).")
+        if not c.widths:
+            raise ValueError("model.widths must hold at least one width (one halving each).")
         self.embed = nn.Embedding(c.num_actions, c.action_embed)
-        self.stem = _block(c.stack * c.channels, c.widths[0])
+        self.stem = block(c.stack * c.channels, c.widths[0])
         widths = [c.widths[0], *c.widths]
-        self.down = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 4, stride=2, padding=1), nn.SiLU(), _block(b, b))
+        self.down = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 4, stride=2, padding=1), nn.SiLU(), block(b, b))
                                   for a, b in zip(widths[:-1], widths[1:]))
         self.bottleneck_film = FiLM(c.action_embed, widths[-1])
         self.up = nn.ModuleList(nn.ConvTranspose2d(b, a, 4, stride=2, padding=1)
                                 for a, b in zip(widths[:-1], widths[1:]))
-        self.merge = nn.ModuleList(_block(2 * a, a) for a in widths[:-1])
+        self.merge = nn.ModuleList(block(2 * a, a) for a in widths[:-1])
         self.films = nn.ModuleList(FiLM(c.action_embed, a) for a in widths[:-1])
         self.head = nn.Conv2d(widths[0], c.channels, 3, padding=1)
         nn.init.zeros_(self.head.weight)   # delta = 0: training starts from copy-last-frame
@@ -83,11 +102,9 @@ class NextFramePredictor(nn.Module):
     def forward(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The unclamped prediction ``last + delta`` (the loss sees it; :meth:`predict` clamps)."""
         c = self.config
-        if frames.dim() != 5 or frames.shape[1:] != (c.stack, c.channels, c.image_size, c.image_size):
-            raise ValueError(f"frames must be [B, {c.stack}, {c.channels}, {c.image_size}, {c.image_size}] "
-                             f"in [0, 1], got {tuple(frames.shape)}.")
+        check_frames(frames, c.stack, c.channels, c.image_size)
         embedding = self.embed(actions)
-        h = self.stem(frames.flatten(1, 2))
+        h = self.stem(pad_to_multiple(frames.flatten(1, 2), 2 ** len(c.widths)))
         skips = []
         for down in self.down:
             skips.append(h)
@@ -96,7 +113,7 @@ class NextFramePredictor(nn.Module):
         for up, merge, film, skip in zip(reversed(self.up), reversed(self.merge), reversed(self.films),
                                          reversed(skips)):
             h = F.silu(film(merge(torch.cat([up(h), skip], 1)), embedding))
-        return frames[:, -1] + self.head(h)
+        return frames[:, -1] + self.head(h)[..., :c.image_size, :c.image_size]
 
     @torch.no_grad()
     def predict(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -121,4 +138,4 @@ class NextFramePredictor(nn.Module):
         return loss, metrics
 
 
-__all__ = ["FiLM", "NextFrameConfig", "NextFramePredictor"]
+__all__ = ["FiLM", "NextFrameConfig", "NextFramePredictor", "block", "check_frames", "pad_to_multiple"]
