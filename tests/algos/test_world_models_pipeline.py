@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from worldmodels.algos.world_models import c_stages
+from worldmodels.algos.world_models.controller import parameter_count
 from worldmodels.algos.world_models.config import PipelineConfigError, preset, to_json
 from worldmodels.algos.world_models.envs import EnvIdError, resolve_env
 from worldmodels.algos.world_models.pipeline import main, parse_stages, run_pipeline
@@ -153,6 +154,33 @@ def test_the_controller_stage_trains_in_the_real_env_batched_over_candidates(tin
     # the tiny env's reward is minus the distance to the centre over 8: at most 0, above -1.4 a step
     returns = json.loads((real / "evaluation_results.json").read_text())["real_returns"]
     assert all(-1.4 * cfg.controller_steps < r <= 0 for r in returns)
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_antithetic_pairs_meet_the_same_real_env_seeds(tiny_run, antithetic):
+    _, run, env = tiny_run
+    cfg = preset("tiny", env="tiny", train_in_dream=False, antithetic=antithetic, population=4)
+    evaluate = c_stages.Evaluator(cfg, run, resolve_env("tiny"), torch.device("cpu"))
+    half = torch.randn(2, parameter_count(cfg.latent_dim + cfg.hidden_size, 2)) * 0.5
+    returns = evaluate(torch.cat([half, half]), generation=0).numpy()   # pair members act alike
+    evaluate.close()
+    # twins on the same seeds score alike; apart, the same controllers start elsewhere
+    assert np.allclose(returns[:2], returns[2:], rtol=0, atol=1e-5) == antithetic
+
+
+def test_antithetic_from_the_command_line_trains_on_mirrored_pairs(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    mirrored = tmp_path / "antithetic"
+    shutil.copytree(run, mirrored)
+    for name in ("cmaes_state.npz", "controller_best.pt"):
+        (mirrored / name).unlink()
+    assert main(["--resume", str(mirrored), "--stage", "controller", "--antithetic", "--real-env",
+                 "--generations", "2"]) == 0
+    state = load_npz(mirrored / "cmaes_state.npz")
+    assert bool(state["antithetic"]) and state["solutions"].shape == (2, 4, state["settings"][0])
+    first = state["solutions"][0]
+    np.testing.assert_allclose(first[:2] + first[2:], 0.0, atol=1e-15)   # mirrored about the initial mean 0
+    assert main(["--resume", str(mirrored), "--stage", "controller", "--population", "5"]) == 2
 
 
 def test_resume_from_the_command_line_reads_the_runs_settings_under_the_flags_given(tiny_run, tmp_path):

@@ -4,7 +4,9 @@ evaluate the best controller in the real env (and the dream), with optional vide
 Real-env generations step P x R envs together (one envpool batch): frames go through
 the VAE encoder (posterior mean as z) and the MDN-RNN's LSTM as one batch, and the P
 controllers act through one batched matmul, as in the dream. Unlike the dream, the real
-envs do not share tracks across candidates (envpool seeds each env of a batch apart).
+envs do not share tracks across candidates (envpool seeds each env of a batch apart),
+except with ``antithetic``: the two members of a mirrored pair then drive the same
+tracks (:class:`~worldmodels.algos.world_models.envs.TwinBatch`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .cmaes import PopulationSearch, fitness
 from .config import PipelineConfig
 from .controller import action_map, parameter_count, population_actions
 from .dream import DreamSettings, dream_rollouts
-from .envs import WorldModelsEnv, make_batch
+from .envs import TwinBatch, WorldModelsEnv, make_batch
 from .mdnrnn import MDNRNN, sample_mixture
 from .rundir import load_npz, save_json
 from .vm_stages import collect_round, load_mdnrnn, load_vae, to_images
@@ -75,7 +77,8 @@ class Evaluator:
             self.starts = dream_starts(run)
         else:
             self.vae = load_vae(run, device)
-            self.batch = make_batch(env, cfg.population * cfg.rollouts_per_candidate, cfg.seed, cfg.controller_steps)
+            maker = TwinBatch if cfg.antithetic else make_batch   # antithetic: pair members on the same seeds
+            self.batch = maker(env, cfg.population * cfg.rollouts_per_candidate, cfg.seed, cfg.controller_steps)
 
     def __call__(self, theta: torch.Tensor, generation: int) -> torch.Tensor:
         cfg = self.cfg
@@ -160,9 +163,9 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
     dim = parameter_count(feature_dim, env.action_dim)
     state_path = run / "cmaes_state.npz"
     if state_path.is_file():
-        search = PopulationSearch.load(state_path, dim, cfg.population, cfg.sigma0, cfg.seed)
+        search = PopulationSearch.load(state_path, dim, cfg.population, cfg.sigma0, cfg.seed, cfg.antithetic)
     else:
-        search = PopulationSearch(dim, cfg.population, cfg.sigma0, cfg.seed)
+        search = PopulationSearch(dim, cfg.population, cfg.sigma0, cfg.seed, cfg.antithetic)
     if search.generation >= cfg.generations:
         return f"skipped: {search.generation} generations already run"
     probe = MeanProbe(cfg, run, env, device, evaluate.model)

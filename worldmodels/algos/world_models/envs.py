@@ -148,3 +148,27 @@ def make_batch(env: WorldModelsEnv, num_envs: int, seed: int, max_steps: int) ->
     """``num_envs`` copies of ``env`` stepping together."""
     maker = {"carracing": CarRacingBatch, "tiny": TinyBatch}[env.name]
     return maker(num_envs, seed, max_steps)
+
+
+class TwinBatch:
+    """Two batches of ``num_envs / 2`` envs made with the same seed, stepped as one:
+    env ``i`` and env ``i + num_envs / 2`` start on the same track (the antithetic seeds
+    of the authors' code: both members of a mirrored pair meet the same episodes).
+    Both halves are reset and stepped together, so they stay in step across episodes."""
+
+    def __init__(self, env: WorldModelsEnv, num_envs: int, seed: int, max_steps: int):
+        if num_envs % 2:
+            raise ValueError(f"a twin batch needs an even number of envs, not {num_envs}.")
+        self.num_envs, self._half = num_envs, num_envs // 2
+        self._twins = [make_batch(env, self._half, seed, max_steps) for _ in range(2)]
+
+    def reset(self) -> np.ndarray:
+        return np.concatenate([batch.reset() for batch in self._twins])
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        halves = [batch.step(part) for batch, part in zip(self._twins, np.split(np.asarray(actions), 2))]
+        return tuple(np.concatenate(parts) for parts in zip(*halves))
+
+    def close(self) -> None:
+        for batch in self._twins:
+            batch.close()

@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-in-dream", dest="train_in_dream", action="store_true", default=None,
                         help="CMA-ES evaluates candidates in the MDN-RNN's dream")
     parser.add_argument("--save-videos", dest="save_videos", action="store_true", default=None)
+    parser.add_argument("--antithetic", dest="antithetic", action="store_true", default=None,
+                        help="CMA-ES samples mirrored pairs m +- sigma*y, each pair on the same env seeds")
     for field in dataclasses.fields(PipelineConfig):
-        if field.name in ("train_in_dream", "save_videos"):
+        if field.name in ("train_in_dream", "save_videos", "antithetic"):
             continue
         if field.type == "bool":
             parser.add_argument(_flag(field.name), type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
