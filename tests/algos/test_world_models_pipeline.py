@@ -55,6 +55,39 @@ def test_the_tiny_pipeline_writes_every_output_and_each_opens(tiny_run):
     assert (run / "cmaes_curve.png").stat().st_size > 0 and (run / "videos" / "rollout.gif").stat().st_size > 0
 
 
+def scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard events under ``folder``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder)).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_every_stage_writes_its_scalars_to_tensorboard_and_csv(tiny_run):
+    cfg, run, _ = tiny_run
+    logs = {stage: scalars(run / "logs" / stage / "tensorboard") for stage in STAGES}
+    assert [step for step, _ in logs["collect"]["collect/mean_return"]] == [4, 8]     # two rounds of 4 envs
+    assert logs["encode"]["encode/frames"] == [(0, float(len(load_npz(run / "latents.npz")["mu"])))]
+    vae = {tag: values for tag, values in logs["vae"].items()}
+    assert [step for step, _ in vae["vae/loss"]] == list(range(1, cfg.vae_epochs + 1))
+    assert all(loss >= recon for (_, loss), (_, recon) in zip(vae["vae/loss"], vae["vae/recon"]))
+    mdn = logs["mdnrnn"]
+    assert {"mdnrnn/loss", "mdnrnn/nll_per_dim", "mdnrnn/reward_mse"} <= set(mdn)
+    assert [step for step, _ in mdn["mdnrnn/loss"]] == [1, 2]
+    with (run / "logs" / "mdnrnn" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    np.testing.assert_allclose([float(r["mdnrnn/loss"]) for r in rows], [v for _, v in mdn["mdnrnn/loss"]], rtol=1e-6)
+    curve = np.loadtxt(run / "cmaes_curve.csv", delimiter=",", skiprows=1)
+    for column, tag in ((1, "cmaes/best"), (2, "cmaes/mean"), (3, "cmaes/worst")):
+        steps, values = zip(*logs["controller"][tag])
+        assert list(steps) == [0, 1, 2]
+        np.testing.assert_allclose(values, curve[:, column], atol=1e-4)
+    results = json.loads((run / "evaluation_results.json").read_text())
+    for key in ("real_mean", "dream_mean", "random_policy_mean"):
+        (step, value), = logs["eval"][f"eval/{key}"]
+        assert step == results["controller_generation"] and value == pytest.approx(results[key], rel=1e-6)
+
+
 def test_a_finished_stage_is_skipped_when_run_again(tiny_run):
     cfg, run, _ = tiny_run
     outcomes = run_pipeline(cfg, run, ["vae", "mdnrnn", "controller"])
@@ -75,6 +108,8 @@ def test_the_controller_stage_resumes_to_the_generations_of_an_uninterrupted_run
                         lambda self, theta, generation: evaluated.append(generation) or evaluate(self, theta, generation))
     run_pipeline(preset("tiny", env="tiny", generations=3), resumed, ["controller"])
     assert evaluated == [2]                                  # only the missing generation ran
+    with (resumed / "logs" / "controller" / "metrics.csv").open() as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["0", "1", "2"]   # one row per generation
     whole, again = load_npz(run / "cmaes_state.npz"), load_npz(resumed / "cmaes_state.npz")
     assert again["solutions"].shape[0] == 3
     np.testing.assert_array_equal(again["solutions"], whole["solutions"])
@@ -208,6 +243,15 @@ def test_the_vae_and_mdnrnn_stages_resume_to_the_weights_of_an_uninterrupted_run
     run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=1), folders["split"], ["vae", "encode", "mdnrnn"])
     outcome = run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=2), folders["split"], ["mdnrnn"])
     assert outcome["mdnrnn"].startswith("done: 2 epochs")
+    for stage in ("vae", "mdnrnn"):        # the logs of the split run read as one run
+        with (folders["split"] / "logs" / stage / "metrics.csv").open() as handle:
+            assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2"]
+        whole_log = scalars(folders["whole"] / "logs" / stage / "tensorboard")
+        split_log = scalars(folders["split"] / "logs" / stage / "tensorboard")
+        assert split_log.keys() == whole_log.keys()
+        for tag, values in whole_log.items():
+            assert [step for step, _ in split_log[tag]] == [1, 2]
+            np.testing.assert_allclose([v for _, v in split_log[tag]], [v for _, v in values], rtol=1e-5)
     for name in ("vae.pt", "mdnrnn.pt"):
         whole, split = load_checkpoint(folders["whole"] / name), load_checkpoint(folders["split"] / name)
         assert whole["epoch"] == split["epoch"] == 2

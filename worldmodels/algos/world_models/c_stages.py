@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from ...training.checkpoint import load_checkpoint, save_checkpoint
 from .cmaes import PopulationSearch, fitness
-from .config import PipelineConfig
+from .config import PipelineConfig, to_json
 from .controller import action_map, parameter_count, population_actions
 from .dream import DreamSettings, dream_rollouts
 from .envs import TwinBatch, WorldModelsEnv, make_batch
 from .mdnrnn import MDNRNN, sample_mixture
-from .rundir import load_npz, save_json
+from .rundir import load_npz, save_json, stage_logger
 from .vm_stages import collect_round, load_mdnrnn, load_vae, to_images
 
 
@@ -101,8 +101,9 @@ class MeanProbe:
     ``cfg.eval_episodes`` real episodes, as the authors' code does; rows of
     ``cmaes_mean_eval.csv`` (generation, mean_return, std_return)."""
 
-    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN):
-        self.cfg, self.run, self.env, self.device, self.model = cfg, run, env, device, model
+    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN,
+                 logger=None):
+        self.cfg, self.run, self.env, self.device, self.model, self.logger = cfg, run, env, device, model, logger
         self.vae = load_vae(run, device) if cfg.mean_eval_every else None
         self.batch = None
 
@@ -120,6 +121,8 @@ class MeanProbe:
             if handle.tell() == 0:
                 handle.write("generation,mean_return,std_return\n")
             handle.write(f"{generation},{returns.mean().item():.4f},{returns.std(unbiased=False).item():.4f}\n")
+        if self.logger is not None:
+            self.logger.log(generation, {"cmaes/mean_eval_return": returns.mean().item()})
 
     def close(self) -> None:
         if self.batch is not None:
@@ -168,7 +171,9 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
         search = PopulationSearch(dim, cfg.population, cfg.sigma0, cfg.seed, cfg.antithetic)
     if search.generation >= cfg.generations:
         return f"skipped: {search.generation} generations already run"
-    probe = MeanProbe(cfg, run, env, device, evaluate.model)
+    resume_step = search.generation - 1 if search.generation else None   # the last generation logged
+    logger = stage_logger(run, "controller", to_json(cfg), resume_step=resume_step)
+    probe = MeanProbe(cfg, run, env, device, evaluate.model, logger)
     bar = tqdm(range(search.generation, cfg.generations), desc="cma-es", unit="generation")
     for generation in bar:
         solutions = search.ask()
@@ -178,8 +183,11 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
         search.save(state_path)
         best = _save_best(run, search, feature_dim, env.action_dim)
         bar.set_postfix(best=f"{fit.max():.2f}", mean=f"{fit.mean():.2f}", overall=f"{best:.2f}")
+        logger.log(generation, {"cmaes/best": fit.max(), "cmaes/mean": fit.mean(), "cmaes/worst": fit.min(),
+                                "cmaes/mean_return": returns.mean(), "cmaes/best_so_far": best})
         probe(generation, search.mean)
     probe.close()
+    logger.close()
     evaluate.close()
     write_curve(run, np.stack(search.losses))
     where = "dream" if cfg.train_in_dream else "real env"
@@ -208,6 +216,10 @@ def evaluate_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, dev
                "temperature": cfg.temperature, "trained_in_dream": cfg.train_in_dream,
                "controller_generation": int(best["generation"]), "controller_fitness": float(best["fitness"])}
     save_json(run / "evaluation_results.json", results)
+    logger = stage_logger(run, "eval", to_json(cfg))
+    logger.log(results["controller_generation"], {f"eval/{key}": results[key] for key in (
+        "real_mean", "real_std", "dream_mean", "dream_std", "random_policy_mean", "random_policy_std")})
+    logger.close()
     if cfg.save_videos:
         write_videos(cfg, run, vae, model, theta, frames, to_env_action, device)
     return (f"done: real {results['real_mean']:.2f} +- {results['real_std']:.2f}, dream {results['dream_mean']:.2f}, "
