@@ -206,11 +206,12 @@ def under_torchrun(monkeypatch, world_size=2):
 def test_families_without_the_generic_step_are_refused_under_torchrun(monkeypatch, exp, name):
     under_torchrun(monkeypatch)
     assert precheck([f"+exp={exp}"]) == (
-        f"torchrun: algo.name={name} does not run data-parallel yet; supported: dreamer_offline, nextframe, vae, vta "
-        "(online RL, IRIS, Δ-IRIS and gradient-free stages run in one process).")
+        f"torchrun: algo.name={name} does not run data-parallel yet; supported: dreamer_offline, nextframe, vae, vta, "
+        "world_models (online RL, IRIS and Δ-IRIS run in one process).")
 
 
-@pytest.mark.parametrize("exp", ["vae_balls", "vta_balls", "dreamer_offline", "nextframe_coinrun"])
+@pytest.mark.parametrize("exp", ["vae_balls", "vta_balls", "dreamer_offline", "nextframe_coinrun",
+                                 "world_models_carracing"])
 def test_offline_families_pass_the_torchrun_check(monkeypatch, exp):
     under_torchrun(monkeypatch)
     problem = precheck([f"+exp={exp}"])

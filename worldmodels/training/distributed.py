@@ -8,8 +8,9 @@ the step are averaged across ranks by DistributedDataParallel, and rank 0 alone 
 evaluates and writes checkpoints and media. Every collective is called by every rank at
 the same step: no code path that only rank 0 takes touches one.
 
-Families with their own step (IRIS, Δ-IRIS), online RL and gradient-free stages are not
-supported yet and are refused before the run starts (:func:`refusal`).
+Families with their own step (IRIS, Δ-IRIS) and online RL are not supported yet and are
+refused before the run starts (:func:`refusal`); World Models' CMA-ES splits its
+population across the ranks instead (``worldmodels.algos.world_models.population``).
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def refusal(family_name: str, supported: list[str], recorded_world_size: int | N
                 f"(or without torchrun for 1).")
     if where.enabled and family_name not in supported:
         return (f"torchrun: algo.name={family_name} does not run data-parallel yet; supported: "
-                f"{', '.join(supported)} (online RL, IRIS, Δ-IRIS and gradient-free stages run in one process).")
+                f"{', '.join(supported)} (online RL, IRIS and Δ-IRIS run in one process).")
     return None
 
 
