@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, run = config_from_args(args)
         resolve_env(cfg.env)
         stages = parse_stages(args.stage)
-        print(f"World Models run: {run} (mode {cfg.mode}, env {cfg.env}, stages {', '.join(stages)})", flush=True)
+        if distributed.is_main():
+            print(f"World Models run: {run} (mode {cfg.mode}, env {cfg.env}, stages {', '.join(stages)})", flush=True)
         run_pipeline(cfg, run, stages)
         distributed.finish()
     except WorldModelsError as error:
