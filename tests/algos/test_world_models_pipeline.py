@@ -257,3 +257,23 @@ def test_the_vae_and_mdnrnn_stages_resume_to_the_weights_of_an_uninterrupted_run
         assert whole["epoch"] == split["epoch"] == 2
         for key, value in whole["model"].items():
             torch.testing.assert_close(split["model"][key], value, atol=1e-6, rtol=1e-6)
+
+
+def test_carracing_twins_drive_the_same_tracks_and_a_rank_share_keeps_its_seeds():
+    pytest.importorskip("envpool")
+    from worldmodels.algos.world_models.envs import TwinBatch, make_batch
+
+    env, gas = resolve_env("carracing"), np.array([[0.0, 0.5, 0.0]], np.float32)
+    twins, whole, share = TwinBatch(env, 4, 3, 20), make_batch(env, 4, 5, 20), make_batch(env, 2, 7, 20)
+    for batch in (twins, whole, share):
+        batch.reset()
+    for _ in range(10):
+        frames, reward, _ = twins.step(np.repeat(gas, 4, 0))
+        whole_frames, whole_reward, _ = whole.step(np.repeat(gas, 4, 0))
+        share_frames, share_reward, _ = share.step(np.repeat(gas, 2, 0))
+    np.testing.assert_array_equal(frames[:2], frames[2:])            # twin i and i + 2 on one track
+    assert not np.array_equal(frames[0], frames[1])                   # the envs of a half differ
+    np.testing.assert_array_equal(whole_frames[2:], share_frames)     # env i of seed s = env 0 of seed s + i
+    np.testing.assert_array_equal(whole_reward[2:], share_reward)
+    for batch in (twins, whole, share):
+        batch.close()
