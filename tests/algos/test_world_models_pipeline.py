@@ -277,3 +277,37 @@ def test_carracing_twins_drive_the_same_tracks_and_a_rank_share_keeps_its_seeds(
     np.testing.assert_array_equal(whole_reward[2:], share_reward)
     for batch in (twins, whole, share):
         batch.close()
+
+
+def test_lunarlander_batches_give_64px_renders_the_same_for_the_same_seed():
+    pytest.importorskip("envpool")
+    from worldmodels.algos.world_models.envs import make_batch
+
+    env = resolve_env("lunarlander")
+    assert resolve_env("LunarLanderContinuous-v3") is env and (env.image_size, env.action_dim) == (64, 2)
+    first, again = make_batch(env, 3, 11, 50), make_batch(env, 3, 11, 50)
+    frames = first.reset()
+    assert frames.shape == (3, 64, 64, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(frames, again.reset())
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 2)).astype(np.float32)
+    start = frames
+    for _ in range(20):
+        frames, reward, done = first.step(actions)
+        frames_again, reward_again, _ = again.step(actions)
+    np.testing.assert_array_equal(frames, frames_again)
+    np.testing.assert_array_equal(reward, reward_again)
+    assert not np.array_equal(frames, start) and frames.max() == 255 and frames.min() == 0   # the lander moved
+    first.close(), again.close()
+
+
+def test_the_pipeline_runs_end_to_end_on_lunarlander_from_pixels(tmp_path):
+    pytest.importorskip("envpool")
+    cfg = preset("tiny", env="lunarlander", train_in_dream=False, rollout_steps=20, controller_steps=15,
+                 vae_widths=(4, 8, 8, 16), generations=1, eval_episodes=2, save_videos=True)
+    outcomes = run_pipeline(cfg, tmp_path, list(STAGES))
+    assert all(outcome.startswith("done") for outcome in outcomes.values())
+    episode = load_npz(sorted((tmp_path / "episodes").glob("episode_*.npz"))[0])
+    assert episode["frames"].shape[1:] == (64, 64, 3) and episode["action"].shape[1] == 2
+    results = json.loads((tmp_path / "evaluation_results.json").read_text())
+    assert results["env"] == "LunarLanderContinuous-v3" and np.isfinite(results["real_mean"])
+    assert (tmp_path / "videos" / "rollout.gif").stat().st_size > 0

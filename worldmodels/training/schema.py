@@ -166,7 +166,7 @@ _IRIS_FAMILY = {
 WM_STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")   # worldmodels.algos.world_models.rundir.STAGES
 _WORLD_MODELS: dict[str, Rule] = {
     "algo.name": text(),
-    "algo.env": choice("carracing", "tiny"),           # worldmodels.algos.world_models.envs.ENVS
+    "algo.env": choice("carracing", "lunarlander", "tiny"),   # worldmodels.algos.world_models.envs.ENVS
     "algo.mode": choice("quick", "full", "tiny"),       # worldmodels.algos.world_models.config.MODES
     "algo.stages": list_of(choice(*WM_STAGES), min_len=1),
     **{f"algo.{key}": COUNT.or_null() for key in (
