@@ -83,7 +83,8 @@ def test_a_two_rank_split_asks_the_generations_of_a_single_process(trained, tmp_
 @pytest.mark.parametrize(("overrides", "stages", "message"), [
     ({}, ["mdnrnn", "controller"], "only the controller stage (and eval, on rank 0) runs: run mdnrnn in one process"),
     ({"population": 2, "generations": 1}, ["controller"], None),
-    ({"antithetic": True, "train_in_dream": False, "population": 4}, ["controller"], "antithetic pairs in the real env"),
+    ({"antithetic": True, "train_in_dream": False, "population": 4}, ["controller"],
+     "antithetic pairs in the real env"),
 ])
 def test_what_a_split_run_cannot_do_is_refused_before_it_starts(monkeypatch, trained, overrides, stages, message):
     monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("LOCAL_RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "3")

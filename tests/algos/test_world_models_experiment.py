@@ -17,7 +17,9 @@ from omegaconf import OmegaConf
 from worldmodels.algos.world_models.config import PipelineConfig, preset
 from worldmodels.algos.world_models.experiment import ROOT_KEYS, pipeline_config, setting_names
 from worldmodels.algos.world_models.rundir import STAGES, load_npz
+from worldmodels.algos.world_models.envs import ENVS
 from worldmodels.train import precheck
+from worldmodels.training.schema import ALGOS, WM_STAGES
 
 EXP = "+exp=world_models_carracing"
 TINY = [EXP, "algo.env=tiny", "algo.mode=tiny", "device=cpu", "algo.generations=2"]
@@ -44,13 +46,17 @@ def test_every_pipeline_setting_is_an_algo_key(config_from):
     fields = {f.name for f in dataclasses.fields(PipelineConfig)}
     assert set(algo) - {"name", "stages"} == fields - set(ROOT_KEYS) | {"env", "mode"}
     assert set(setting_names()) == fields - set(ROOT_KEYS)
+    rules = ALGOS["world_models"]
+    assert set(rules) == {f"algo.{key}" for key in algo}                  # a rule per key, none left over
+    assert WM_STAGES == STAGES and all(rules["algo.env"].accepts(name) for name in ENVS)
+    assert not rules["algo.env"].accepts("CarRacing-v3")
 
 
 @pytest.mark.parametrize(("override", "message"), [
     ("algo.stages=[controler]", "algo.stages=[controler] is not allowed: expected a list of at least 1 items, "
                                 "each one of collect, vae, encode, mdnrnn, controller, eval."),
     ("algo.population=1", "algo.population=1 is not allowed: expected an integer >= 2, or null."),
-    ("algo.env=CarRacing-v2", "algo.env=CarRacing-v2 is not allowed: expected one of carracing, tiny."),
+    ("algo.env=CarRacing-v2", "algo.env=CarRacing-v2 is not allowed: expected one of carracing, lunarlander, tiny."),
 ])
 def test_bad_settings_are_refused_before_the_run_naming_them(override, message):
     problem = precheck([EXP, override])
@@ -71,7 +77,7 @@ def test_a_tiny_run_through_train_goes_end_to_end_and_resumes(tmp_path):
     assert (run / "resolved_config.yaml").is_file() and "done: step 2, best eval/fitness" in last
     assert f"see {run}/pipeline_summary.csv, {run}/evaluation_results.json" in last
     settings = json.loads((run / "config.json").read_text())
-    assert (settings["mode"], settings["env"], settings["generations"], settings["device"]) == ("tiny", "tiny", 2, "cpu")
+    assert [settings[key] for key in ("mode", "env", "generations", "device")] == ["tiny", "tiny", 2, "cpu"]
     for name in ("vae.pt", "latents.npz", "mdnrnn.pt", "controller_best.pt", "evaluation_results.json",
                  "cmaes_curve.png", "pipeline_summary.csv"):
         assert (run / name).is_file(), name

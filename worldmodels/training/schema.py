@@ -163,7 +163,7 @@ _IRIS_FAMILY = {
 }
 
 # World Models' pipeline (worldmodels.algos.world_models.config.PipelineConfig; null: the mode's preset)
-WM_STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")   # worldmodels.algos.world_models.rundir.STAGES
+WM_STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")   # world_models.rundir.STAGES
 _WORLD_MODELS: dict[str, Rule] = {
     "algo.name": text(),
     "algo.env": choice("carracing", "lunarlander", "tiny"),   # worldmodels.algos.world_models.envs.ENVS

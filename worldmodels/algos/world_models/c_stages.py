@@ -83,8 +83,8 @@ class Evaluator:
             maker = TwinBatch if cfg.antithetic else make_batch   # antithetic: pair members on the same seeds
             count = rows.stop - rows.start
             # envpool seeds env i of a batch with seed + i: a share's envs keep the seeds they have in one batch
-            self.batch = maker(env, count * cfg.rollouts_per_candidate, cfg.seed + rows.start * cfg.rollouts_per_candidate,
-                               cfg.controller_steps)
+            envs, first_seed = count * cfg.rollouts_per_candidate, cfg.seed + rows.start * cfg.rollouts_per_candidate
+            self.batch = maker(env, envs, first_seed, cfg.controller_steps)
 
     def __call__(self, theta: torch.Tensor, generation: int) -> torch.Tensor:
         cfg = self.cfg
