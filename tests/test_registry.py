@@ -16,12 +16,19 @@ TINY_DREAMER = ["model.deter=16", "model.hidden=16", "model.blocks=1", "model.st
                 "model.mlp_units=16", "model.head_units=16", "model.horizon=3", "model.reward_bins=17"]
 
 
-def test_every_registered_family_has_its_factories():
+def test_every_registered_family_has_its_factories_or_its_own_runner():
     for name, family in registry.FAMILIES.items():
+        if family.runner is not None:
+            assert family.factories is None and callable(registry.runner(name)), name
+            with pytest.raises(WorldModelsError, match=f"algo.name='{name}' runs its own stages"):
+                registry.factories(name)
+            continue
+        assert registry.runner(name) is None, name
         factories = registry.factories(name)
         assert callable(factories.model) and callable(factories.data), name
         assert (family.agent_loader is not None) >= family.playable, name   # a playable family has an agent
     assert {n for n, f in registry.FAMILIES.items() if f.playable} == {"iris", "delta_iris"}
+    assert {n for n, f in registry.FAMILIES.items() if f.runner} == {"world_models"}
 
 
 def test_unknown_names_are_one_line_user_errors():

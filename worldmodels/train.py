@@ -77,7 +77,9 @@ def record_world_size(cfg: DictConfig) -> None:
     step, a resume at another world size), then write the number of processes and the
     global batch (``batch_size x accum_steps x world_size``) into ``train.distributed``."""
     recorded = OmegaConf.select(cfg, "train.distributed.world_size")
-    problem = distributed.refusal(str(cfg.algo.name), registry.data_parallel_names(), recorded)
+    if registry.family(str(cfg.algo.name)).population_parallel:
+        recorded = None   # a population search resumes from its history at any world size
+    problem = distributed.refusal(str(cfg.algo.name), registry.torchrun_names(), recorded)
     if problem:
         raise ConfigError(problem)
     world_size = distributed.placement().world_size
@@ -138,14 +140,19 @@ def run(cfg: DictConfig) -> dict:
         log.info(f"run directory: {run_dir}")
         if "backend_used" in cfg.get("env", {}):
             log.info(f"env backend: {cfg.env.backend_used} ({cfg.env.suite} {cfg.env.task})")
-        summary = fit(cfg, factories_for(str(cfg.algo.name)), run_dir, resume=bool(resume))
+        runner = registry.runner(str(cfg.algo.name))   # a family with its own stages (World Models)
+        if runner is not None:
+            summary = runner(cfg, run_dir, resume=bool(resume))
+        else:
+            summary = fit(cfg, factories_for(str(cfg.algo.name)), run_dir, resume=bool(resume))
     except BaseException:
         if not resume and distributed.is_main():
             discard_failed_start(run_dir)
         raise
+    outputs = summary.get("outputs") or f"{run_dir}/metrics.csv, {run_dir}/media"   # a runner names its own
     log.info(
         f"done: step {summary['step']}, {best_summary(str(cfg.train.best_metric), summary['best'])}; "
-        f"see {run_dir}/metrics.csv, {run_dir}/media and `tensorboard --logdir {run_dir}`"
+        f"see {outputs} and `tensorboard --logdir {run_dir}`"
     )
     return summary
 

@@ -191,6 +191,34 @@ def test_cmaes_resume_refuses_other_settings(tmp_path):
         PopulationSearch.load(tmp_path / "state.npz", dim=4, popsize=6, sigma0=0.1, seed=0)
 
 
+def test_antithetic_candidates_are_mirrored_pairs_about_the_mean_and_the_search_still_converges():
+    search = PopulationSearch(dim=6, popsize=8, sigma0=0.1, seed=3, antithetic=True)
+    plain = PopulationSearch(dim=6, popsize=8, sigma0=0.1, seed=3)
+    first, plain_first = search.ask(), plain.ask()
+    np.testing.assert_array_equal(first[:4], plain_first[:4])           # the first half is pycma's own draw
+    np.testing.assert_allclose(first[:4] + first[4:], 0.0, atol=1e-15)  # mirrored about the mean 0
+    assert not np.allclose(first[4:], plain_first[4:])
+    search.tell(first, -np.square(first - 0.3).sum(1))
+    for _ in range(40):
+        mean = search.mean
+        solutions = search.ask()
+        np.testing.assert_allclose(solutions[:4] + solutions[4:] - 2 * mean, 0.0, atol=1e-12)
+        search.tell(solutions, -np.square(solutions - 0.3).sum(1))
+    np.testing.assert_allclose(search.mean, 0.3, atol=0.05)
+
+
+def test_antithetic_search_resumes_to_the_same_next_generation_and_refuses_a_plain_one(tmp_path):
+    uninterrupted = PopulationSearch(dim=5, popsize=6, sigma0=0.1, seed=1, antithetic=True)
+    run_search(uninterrupted, 3)
+    uninterrupted.save(tmp_path / "state.npz")
+    resumed = PopulationSearch.load(tmp_path / "state.npz", dim=5, popsize=6, sigma0=0.1, seed=1, antithetic=True)
+    np.testing.assert_array_equal(resumed.ask(), uninterrupted.ask())
+    with pytest.raises(SearchStateError, match="antithetic"):
+        PopulationSearch.load(tmp_path / "state.npz", dim=5, popsize=6, sigma0=0.1, seed=1)
+    with pytest.raises(SearchStateError, match="even population, not 5"):
+        PopulationSearch(dim=5, popsize=5, sigma0=0.1, seed=1, antithetic=True)
+
+
 def test_fitness_is_mean_return_minus_weight_decay_times_mean_square():
     theta = np.array([[1.0, 3.0], [0.0, 0.0]])
     np.testing.assert_allclose(fitness(np.array([10.0, 2.0]), theta, 0.01), [10.0 - 0.05, 2.0])

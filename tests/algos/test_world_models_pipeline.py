@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from worldmodels.algos.world_models import c_stages
+from worldmodels.algos.world_models.controller import parameter_count
 from worldmodels.algos.world_models.config import PipelineConfigError, preset, to_json
 from worldmodels.algos.world_models.envs import EnvIdError, resolve_env
 from worldmodels.algos.world_models.pipeline import main, parse_stages, run_pipeline
@@ -54,6 +55,39 @@ def test_the_tiny_pipeline_writes_every_output_and_each_opens(tiny_run):
     assert (run / "cmaes_curve.png").stat().st_size > 0 and (run / "videos" / "rollout.gif").stat().st_size > 0
 
 
+def scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard events under ``folder``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder)).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_every_stage_writes_its_scalars_to_tensorboard_and_csv(tiny_run):
+    cfg, run, _ = tiny_run
+    logs = {stage: scalars(run / "logs" / stage / "tensorboard") for stage in STAGES}
+    assert [step for step, _ in logs["collect"]["collect/mean_return"]] == [4, 8]     # two rounds of 4 envs
+    assert logs["encode"]["encode/frames"] == [(0, float(len(load_npz(run / "latents.npz")["mu"])))]
+    vae = {tag: values for tag, values in logs["vae"].items()}
+    assert [step for step, _ in vae["vae/loss"]] == list(range(1, cfg.vae_epochs + 1))
+    assert all(loss >= recon for (_, loss), (_, recon) in zip(vae["vae/loss"], vae["vae/recon"]))
+    mdn = logs["mdnrnn"]
+    assert {"mdnrnn/loss", "mdnrnn/nll_per_dim", "mdnrnn/reward_mse"} <= set(mdn)
+    assert [step for step, _ in mdn["mdnrnn/loss"]] == [1, 2]
+    with (run / "logs" / "mdnrnn" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    np.testing.assert_allclose([float(r["mdnrnn/loss"]) for r in rows], [v for _, v in mdn["mdnrnn/loss"]], rtol=1e-6)
+    curve = np.loadtxt(run / "cmaes_curve.csv", delimiter=",", skiprows=1)
+    for column, tag in ((1, "cmaes/best"), (2, "cmaes/mean"), (3, "cmaes/worst")):
+        steps, values = zip(*logs["controller"][tag])
+        assert list(steps) == [0, 1, 2]
+        np.testing.assert_allclose(values, curve[:, column], atol=1e-4)
+    results = json.loads((run / "evaluation_results.json").read_text())
+    for key in ("real_mean", "dream_mean", "random_policy_mean"):
+        (step, value), = logs["eval"][f"eval/{key}"]
+        assert step == results["controller_generation"] and value == pytest.approx(results[key], rel=1e-6)
+
+
 def test_a_finished_stage_is_skipped_when_run_again(tiny_run):
     cfg, run, _ = tiny_run
     outcomes = run_pipeline(cfg, run, ["vae", "mdnrnn", "controller"])
@@ -74,6 +108,8 @@ def test_the_controller_stage_resumes_to_the_generations_of_an_uninterrupted_run
                         lambda self, theta, generation: evaluated.append(generation) or evaluate(self, theta, generation))
     run_pipeline(preset("tiny", env="tiny", generations=3), resumed, ["controller"])
     assert evaluated == [2]                                  # only the missing generation ran
+    with (resumed / "logs" / "controller" / "metrics.csv").open() as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["0", "1", "2"]   # one row per generation
     whole, again = load_npz(run / "cmaes_state.npz"), load_npz(resumed / "cmaes_state.npz")
     assert again["solutions"].shape[0] == 3
     np.testing.assert_array_equal(again["solutions"], whole["solutions"])
@@ -155,6 +191,33 @@ def test_the_controller_stage_trains_in_the_real_env_batched_over_candidates(tin
     assert all(-1.4 * cfg.controller_steps < r <= 0 for r in returns)
 
 
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_antithetic_pairs_meet_the_same_real_env_seeds(tiny_run, antithetic):
+    _, run, env = tiny_run
+    cfg = preset("tiny", env="tiny", train_in_dream=False, antithetic=antithetic, population=4)
+    evaluate = c_stages.Evaluator(cfg, run, resolve_env("tiny"), torch.device("cpu"))
+    half = torch.randn(2, parameter_count(cfg.latent_dim + cfg.hidden_size, 2)) * 0.5
+    returns = evaluate(torch.cat([half, half]), generation=0).numpy()   # pair members act alike
+    evaluate.close()
+    # twins on the same seeds score alike; apart, the same controllers start elsewhere
+    assert np.allclose(returns[:2], returns[2:], rtol=0, atol=1e-5) == antithetic
+
+
+def test_antithetic_from_the_command_line_trains_on_mirrored_pairs(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    mirrored = tmp_path / "antithetic"
+    shutil.copytree(run, mirrored)
+    for name in ("cmaes_state.npz", "controller_best.pt"):
+        (mirrored / name).unlink()
+    assert main(["--resume", str(mirrored), "--stage", "controller", "--antithetic", "--real-env",
+                 "--generations", "2"]) == 0
+    state = load_npz(mirrored / "cmaes_state.npz")
+    assert bool(state["antithetic"]) and state["solutions"].shape == (2, 4, state["settings"][0])
+    first = state["solutions"][0]
+    np.testing.assert_allclose(first[:2] + first[2:], 0.0, atol=1e-15)   # mirrored about the initial mean 0
+    assert main(["--resume", str(mirrored), "--stage", "controller", "--population", "5"]) == 2
+
+
 def test_resume_from_the_command_line_reads_the_runs_settings_under_the_flags_given(tiny_run, tmp_path):
     _, run, _ = tiny_run
     resumed = tmp_path / "cli"
@@ -180,8 +243,71 @@ def test_the_vae_and_mdnrnn_stages_resume_to_the_weights_of_an_uninterrupted_run
     run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=1), folders["split"], ["vae", "encode", "mdnrnn"])
     outcome = run_pipeline(preset("tiny", env="tiny", vae_epochs=2, mdn_epochs=2), folders["split"], ["mdnrnn"])
     assert outcome["mdnrnn"].startswith("done: 2 epochs")
+    for stage in ("vae", "mdnrnn"):        # the logs of the split run read as one run
+        with (folders["split"] / "logs" / stage / "metrics.csv").open() as handle:
+            assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2"]
+        whole_log = scalars(folders["whole"] / "logs" / stage / "tensorboard")
+        split_log = scalars(folders["split"] / "logs" / stage / "tensorboard")
+        assert split_log.keys() == whole_log.keys()
+        for tag, values in whole_log.items():
+            assert [step for step, _ in split_log[tag]] == [1, 2]
+            np.testing.assert_allclose([v for _, v in split_log[tag]], [v for _, v in values], rtol=1e-5)
     for name in ("vae.pt", "mdnrnn.pt"):
         whole, split = load_checkpoint(folders["whole"] / name), load_checkpoint(folders["split"] / name)
         assert whole["epoch"] == split["epoch"] == 2
         for key, value in whole["model"].items():
             torch.testing.assert_close(split["model"][key], value, atol=1e-6, rtol=1e-6)
+
+
+def test_carracing_twins_drive_the_same_tracks_and_a_rank_share_keeps_its_seeds():
+    pytest.importorskip("envpool")
+    from worldmodels.algos.world_models.envs import TwinBatch, make_batch
+
+    env, gas = resolve_env("carracing"), np.array([[0.0, 0.5, 0.0]], np.float32)
+    twins, whole, share = TwinBatch(env, 4, 3, 20), make_batch(env, 4, 5, 20), make_batch(env, 2, 7, 20)
+    for batch in (twins, whole, share):
+        batch.reset()
+    for _ in range(10):
+        frames, reward, _ = twins.step(np.repeat(gas, 4, 0))
+        whole_frames, whole_reward, _ = whole.step(np.repeat(gas, 4, 0))
+        share_frames, share_reward, _ = share.step(np.repeat(gas, 2, 0))
+    np.testing.assert_array_equal(frames[:2], frames[2:])            # twin i and i + 2 on one track
+    assert not np.array_equal(frames[0], frames[1])                   # the envs of a half differ
+    np.testing.assert_array_equal(whole_frames[2:], share_frames)     # env i of seed s = env 0 of seed s + i
+    np.testing.assert_array_equal(whole_reward[2:], share_reward)
+    for batch in (twins, whole, share):
+        batch.close()
+
+
+def test_lunarlander_batches_give_64px_renders_the_same_for_the_same_seed():
+    pytest.importorskip("envpool")
+    from worldmodels.algos.world_models.envs import make_batch
+
+    env = resolve_env("lunarlander")
+    assert resolve_env("LunarLanderContinuous-v3") is env and (env.image_size, env.action_dim) == (64, 2)
+    first, again = make_batch(env, 3, 11, 50), make_batch(env, 3, 11, 50)
+    frames = first.reset()
+    assert frames.shape == (3, 64, 64, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(frames, again.reset())
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 2)).astype(np.float32)
+    start = frames
+    for _ in range(20):
+        frames, reward, done = first.step(actions)
+        frames_again, reward_again, _ = again.step(actions)
+    np.testing.assert_array_equal(frames, frames_again)
+    np.testing.assert_array_equal(reward, reward_again)
+    assert not np.array_equal(frames, start) and frames.max() == 255 and frames.min() == 0   # the lander moved
+    first.close(), again.close()
+
+
+def test_the_pipeline_runs_end_to_end_on_lunarlander_from_pixels(tmp_path):
+    pytest.importorskip("envpool")
+    cfg = preset("tiny", env="lunarlander", train_in_dream=False, rollout_steps=20, controller_steps=15,
+                 vae_widths=(4, 8, 8, 16), generations=1, eval_episodes=2, save_videos=True)
+    outcomes = run_pipeline(cfg, tmp_path, list(STAGES))
+    assert all(outcome.startswith("done") for outcome in outcomes.values())
+    episode = load_npz(sorted((tmp_path / "episodes").glob("episode_*.npz"))[0])
+    assert episode["frames"].shape[1:] == (64, 64, 3) and episode["action"].shape[1] == 2
+    results = json.loads((tmp_path / "evaluation_results.json").read_text())
+    assert results["env"] == "LunarLanderContinuous-v3" and np.isfinite(results["real_mean"])
+    assert (tmp_path / "videos" / "rollout.gif").stat().st_size > 0

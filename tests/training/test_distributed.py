@@ -206,10 +206,11 @@ def test_families_without_the_generic_step_are_refused_under_torchrun(monkeypatc
     under_torchrun(monkeypatch)
     assert precheck([f"+exp={exp}"]) == (
         f"torchrun: algo.name={name} does not run data-parallel yet; supported: dreamer_offline, dreamerv3, "
-        "nextframe, vae, vta (IRIS, Δ-IRIS, behaviour cloning and gradient-free stages run in one process).")
+        "nextframe, vae, vta, world_models (IRIS, Δ-IRIS and behaviour cloning run in one process).")
 
 
-@pytest.mark.parametrize("exp", ["vae_balls", "vta_balls", "dreamer_offline", "nextframe_coinrun", "dreamer_cartpole"])
+@pytest.mark.parametrize("exp", ["vae_balls", "vta_balls", "dreamer_offline", "nextframe_coinrun", "dreamer_cartpole",
+                                 "world_models_carracing"])
 def test_data_parallel_families_pass_the_torchrun_check(monkeypatch, exp):
     under_torchrun(monkeypatch)
     problem = precheck([f"+exp={exp}"])

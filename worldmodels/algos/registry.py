@@ -16,7 +16,12 @@ Each ``algo.name`` maps to where its factories live and what else the family off
 - ``best_metrics``: the lower-is-better evaluation metrics ``train.best_metric`` may name;
 - ``data_parallel``: it trains through the generic gradient step (on offline or generated
   data, or online with a replay shard per rank), so ``torchrun`` runs it data-parallel
-  (:mod:`worldmodels.training.distributed`).
+  (:mod:`worldmodels.training.distributed`);
+- ``runner``: ``"module:function"``, ``run(cfg, run_dir, resume=...) -> summary`` for a
+  family that runs its own stages instead of :func:`~worldmodels.training.loop.fit`
+  (World Models' staged pipeline); its ``factories`` is then None;
+- ``population_parallel``: under ``torchrun`` its runner splits a gradient-free search's
+  population across the ranks.
 
 Adding a family: one folder ``worldmodels/algos/<family>/`` with its model, losses and
 factories, its configs (``configs/algo/<name>.yaml``, ``configs/model/...``,
@@ -40,13 +45,15 @@ class UnknownAlgorithmError(WorldModelsError, ValueError):
 class Family:
     """One registry entry (see the module docstring)."""
 
-    factories: str
+    factories: str | None
     agent_loader: str | None = None
     playable: bool = False
     visualizer: bool = False
     steps_env: bool = True
     best_metrics: tuple[str, ...] = ()
     data_parallel: bool = False
+    runner: str | None = None
+    population_parallel: bool = False
 
 
 _VAE = ("eval/loss", "eval/recon", "eval/kl")
@@ -73,6 +80,8 @@ FAMILIES: dict[str, Family] = {
                          visualizer=True, best_metrics=_RETURN),
     "nextframe": Family("worldmodels.algos.nextframe:FACTORIES", steps_env=False, best_metrics=_NEXTFRAME,
                         data_parallel=True),
+    "world_models": Family(None, steps_env=False, runner="worldmodels.algos.world_models.experiment:run",
+                           population_parallel=True),
 }
 
 
@@ -88,6 +97,11 @@ def data_parallel_names() -> list[str]:
     return sorted(name for name, entry in FAMILIES.items() if entry.data_parallel)
 
 
+def torchrun_names() -> list[str]:
+    """The families ``torchrun`` runs: data-parallel ones and those that split a population."""
+    return sorted(name for name, entry in FAMILIES.items() if entry.data_parallel or entry.population_parallel)
+
+
 def _resolve(target: str) -> Any:
     module, attribute = target.split(":")
     return getattr(importlib.import_module(module), attribute)
@@ -95,7 +109,18 @@ def _resolve(target: str) -> Any:
 
 def factories(name: str) -> Any:
     """The :class:`~worldmodels.training.loop.Factories` of ``algo.name``."""
-    return _resolve(family(name).factories)
+    entry = family(name)
+    if entry.factories is None:
+        raise UnknownAlgorithmError(f"algo.name={name!r} runs its own stages ({entry.runner}), not the training "
+                                    "loop; it has no factories.")
+    return _resolve(entry.factories)
+
+
+def runner(name: str) -> Any:
+    """The function that runs a whole experiment of ``algo.name`` in place of the
+    training loop, or None for a family trained by the loop."""
+    entry = family(name)
+    return None if entry.runner is None else _resolve(entry.runner)
 
 
 def algo_name(state: dict[str, Any]) -> str:
@@ -118,4 +143,5 @@ def load_agent(state: dict[str, Any]) -> Any:
     return _resolve(loader)(state)
 
 
-__all__ = ["FAMILIES", "Family", "UnknownAlgorithmError", "algo_name", "data_parallel_names", "factories", "family", "load_agent"]
+__all__ = ["FAMILIES", "Family", "UnknownAlgorithmError", "algo_name", "data_parallel_names", "factories", "family",
+           "load_agent", "runner", "torchrun_names"]

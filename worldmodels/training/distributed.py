@@ -15,8 +15,9 @@ steps (after ``ceil(prefill / world_size)`` random steps) and keeps its files in
 number of times per update, so the schedule does not depend on the rank and the train
 ratio holds on the global env steps (``world_size`` times a rank's).
 
-Families with their own step (IRIS, Δ-IRIS), behaviour cloning and gradient-free stages
-are not supported yet and are refused before the run starts (:func:`refusal`).
+Families with their own step (IRIS, Δ-IRIS) and behaviour cloning are not supported yet
+and are refused before the run starts (:func:`refusal`); World Models' CMA-ES splits its
+population across the ranks instead (``worldmodels.algos.world_models.population``).
 """
 
 from __future__ import annotations

@@ -84,6 +84,15 @@ def unknown_key_message(cfg: DictConfig, key: str) -> str | None:
     return f"Unknown config key '{key}'. Keys {where}: {keys}. (To add a new key use +{key}=...)"
 
 
+def _runs_own_stages(saved: Path) -> bool:
+    """Whether the run of this resolved config is a family with its own runner (World
+    Models' stages), which resumes from its stage outputs, not from checkpoints/last.pt."""
+    from ..algos import registry
+
+    name = OmegaConf.select(OmegaConf.load(saved), "algo.name")
+    return name in registry.FAMILIES and registry.family(str(name)).runner is not None
+
+
 def config_for_resume(run_dir: Path, task_overrides: Sequence[str]) -> DictConfig:
     """The run's saved config with this command's dot overrides applied.
 
@@ -91,7 +100,7 @@ def config_for_resume(run_dir: Path, task_overrides: Sequence[str]) -> DictConfi
     checkpoint belongs to the model they built.
     """
     saved = run_dir / "resolved_config.yaml"
-    if not (run_dir / "checkpoints" / "last.pt").is_file() or not saved.is_file():
+    if not saved.is_file() or not (_runs_own_stages(saved) or (run_dir / "checkpoints" / "last.pt").is_file()):
         raise FileNotFoundError(
             f"+resume={run_dir}: expected {saved} and {run_dir / 'checkpoints' / 'last.pt'}; "
             "pass the run directory of an earlier run (runs/<date>/<time>_<name>)."

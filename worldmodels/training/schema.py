@@ -164,6 +164,25 @@ _IRIS_FAMILY = {
     "algo.updates_per_epoch.*": OPTIONAL_COUNT,
 }
 
+# World Models' pipeline (worldmodels.algos.world_models.config.PipelineConfig; null: the mode's preset)
+WM_STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")   # world_models.rundir.STAGES
+_WORLD_MODELS: dict[str, Rule] = {
+    "algo.name": text(),
+    "algo.env": choice("carracing", "lunarlander", "tiny"),   # worldmodels.algos.world_models.envs.ENVS
+    "algo.mode": choice("quick", "full", "tiny"),       # worldmodels.algos.world_models.config.MODES
+    "algo.stages": list_of(choice(*WM_STAGES), min_len=1),
+    **{f"algo.{key}": COUNT.or_null() for key in (
+        "rollouts", "rollout_steps", "collect_envs", "latent_dim", "vae_epochs", "vae_batch_size", "hidden_size",
+        "num_mixtures", "mdn_epochs", "mdn_seq_len", "mdn_batch_size", "generations", "rollouts_per_candidate",
+        "controller_steps", "eval_episodes", "video_steps")},
+    "algo.population": integer(2).or_null(),
+    "algo.mean_eval_every": integer(0).or_null(),
+    "algo.vae_widths": list_of(COUNT, min_len=1).or_null(),
+    **{f"algo.{key}": positive().or_null() for key in ("vae_lr", "mdn_lr", "sigma0", "temperature")},
+    **{f"algo.{key}": NON_NEGATIVE.or_null() for key in ("kl_tolerance", "weight_decay")},
+    **{f"algo.{key}": boolean().or_null() for key in ("predict_done", "train_in_dream", "antithetic", "save_videos")},
+}
+
 ALGOS: dict[str, dict[str, Rule]] = {
     "vae": {"algo.name": text(), "algo.media_count": COUNT},
     "vta": {"algo.name": text(), "algo.margin": integer(0), "algo.tolerance": integer(0), "algo.detector_lr_scale": positive(),
@@ -219,6 +238,7 @@ ALGOS: dict[str, dict[str, Rule]] = {
         "data.split_seed": integer(0),
     },
     "iris": {"algo.name": text(), **_IRIS_FAMILY},
+    "world_models": _WORLD_MODELS,
     "delta_iris": {"algo.name": text(), **_IRIS_FAMILY, "algo.tokenizer_sequence_length": integer(2),
                    "algo.initial_collect_steps": COUNT},
 }

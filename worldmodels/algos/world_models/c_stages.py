@@ -4,7 +4,9 @@ evaluate the best controller in the real env (and the dream), with optional vide
 Real-env generations step P x R envs together (one envpool batch): frames go through
 the VAE encoder (posterior mean as z) and the MDN-RNN's LSTM as one batch, and the P
 controllers act through one batched matmul, as in the dream. Unlike the dream, the real
-envs do not share tracks across candidates (envpool seeds each env of a batch apart).
+envs do not share tracks across candidates (envpool seeds each env of a batch apart),
+except with ``antithetic``: the two members of a mirrored pair then drive the same
+tracks (:class:`~worldmodels.algos.world_models.envs.TwinBatch`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from tqdm import tqdm
 
 from ...training.checkpoint import load_checkpoint, save_checkpoint
 from .cmaes import PopulationSearch, fitness
-from .config import PipelineConfig
+from .config import PipelineConfig, to_json
 from .controller import action_map, parameter_count, population_actions
 from .dream import DreamSettings, dream_rollouts
-from .envs import WorldModelsEnv, make_batch
+from .envs import TwinBatch, WorldModelsEnv, make_batch
 from .mdnrnn import MDNRNN, sample_mixture
-from .rundir import load_npz, save_json
+from .population import PopulationSplit
+from .rundir import load_npz, save_json, stage_logger
 from .vm_stages import collect_round, load_mdnrnn, load_vae, to_images
 
 
@@ -67,15 +70,21 @@ def generation_seed(cfg: PipelineConfig, generation: int) -> int:
 class Evaluator:
     """Mean return over R rollouts per candidate ``[P]``, in the dream or the real env."""
 
-    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device):
+    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device,
+                 rows: slice | None = None):
         self.cfg, self.env, self.device = cfg, env, device
+        rows = rows or slice(0, cfg.population)     # the candidates this process scores
         self.model = load_mdnrnn(run, device)
         self.to_env_action = action_map(env.action_map)
         if cfg.train_in_dream:
             self.starts = dream_starts(run)
         else:
             self.vae = load_vae(run, device)
-            self.batch = make_batch(env, cfg.population * cfg.rollouts_per_candidate, cfg.seed, cfg.controller_steps)
+            maker = TwinBatch if cfg.antithetic else make_batch   # antithetic: pair members on the same seeds
+            count = rows.stop - rows.start
+            # envpool seeds env i of a batch with seed + i: a share's envs keep the seeds they have in one batch
+            envs, first_seed = count * cfg.rollouts_per_candidate, cfg.seed + rows.start * cfg.rollouts_per_candidate
+            self.batch = maker(env, envs, first_seed, cfg.controller_steps)
 
     def __call__(self, theta: torch.Tensor, generation: int) -> torch.Tensor:
         cfg = self.cfg
@@ -98,8 +107,9 @@ class MeanProbe:
     ``cfg.eval_episodes`` real episodes, as the authors' code does; rows of
     ``cmaes_mean_eval.csv`` (generation, mean_return, std_return)."""
 
-    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN):
-        self.cfg, self.run, self.env, self.device, self.model = cfg, run, env, device, model
+    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN,
+                 logger=None):
+        self.cfg, self.run, self.env, self.device, self.model, self.logger = cfg, run, env, device, model, logger
         self.vae = load_vae(run, device) if cfg.mean_eval_every else None
         self.batch = None
 
@@ -117,6 +127,8 @@ class MeanProbe:
             if handle.tell() == 0:
                 handle.write("generation,mean_return,std_return\n")
             handle.write(f"{generation},{returns.mean().item():.4f},{returns.std(unbiased=False).item():.4f}\n")
+        if self.logger is not None:
+            self.logger.log(generation, {"cmaes/mean_eval_return": returns.mean().item()})
 
     def close(self) -> None:
         if self.batch is not None:
@@ -153,34 +165,70 @@ def write_curve(run: Path, losses: np.ndarray) -> None:
     plt.close(figure)
 
 
+class SearchRecord:
+    """Rank 0's side of the controller stage: the strategy, its history and best
+    controller on disk, the stage's logs, the progress bar and the mean probe."""
+
+    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN):
+        self.cfg, self.run, self.env = cfg, run, env
+        self.feature_dim = cfg.latent_dim + model.config.hidden_size
+        self.dim = parameter_count(self.feature_dim, env.action_dim)
+        self.state_path = run / "cmaes_state.npz"
+        settings = (self.dim, cfg.population, cfg.sigma0, cfg.seed, cfg.antithetic)
+        found = self.state_path.is_file()
+        self.search = PopulationSearch.load(self.state_path, *settings) if found else PopulationSearch(*settings)
+        resume_step = self.search.generation - 1 if self.search.generation else None   # the last generation logged
+        self.logger = stage_logger(run, "controller", to_json(cfg), resume_step=resume_step)
+        self.probe = MeanProbe(cfg, run, env, device, model, self.logger)
+        self.bar = tqdm(total=cfg.generations, initial=self.search.generation, desc="cma-es", unit="generation")
+        self.best = float("-inf")
+
+    def record(self, generation: int, solutions: np.ndarray, returns: np.ndarray) -> None:
+        """Tell the strategy a scored generation, save its state and best, log it."""
+        fit = fitness(returns, solutions, self.cfg.weight_decay)
+        self.search.tell(solutions, fit)
+        self.search.save(self.state_path)
+        self.best = _save_best(self.run, self.search, self.feature_dim, self.env.action_dim)
+        self.bar.update(1)
+        self.bar.set_postfix(best=f"{fit.max():.2f}", mean=f"{fit.mean():.2f}", overall=f"{self.best:.2f}")
+        self.logger.log(generation, {"cmaes/best": fit.max(), "cmaes/mean": fit.mean(), "cmaes/worst": fit.min(),
+                                     "cmaes/mean_return": returns.mean(), "cmaes/best_so_far": self.best})
+        self.probe(generation, self.search.mean)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.probe.close()
+        self.logger.close()
+        if self.search.losses:
+            write_curve(self.run, np.stack(self.search.losses))
+
+
 def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
-    """CMA-ES generations up to ``cfg.generations``, resuming from ``cmaes_state.npz``."""
-    evaluate = Evaluator(cfg, run, env, device)
-    feature_dim = cfg.latent_dim + evaluate.model.config.hidden_size
-    dim = parameter_count(feature_dim, env.action_dim)
-    state_path = run / "cmaes_state.npz"
-    if state_path.is_file():
-        search = PopulationSearch.load(state_path, dim, cfg.population, cfg.sigma0, cfg.seed)
-    else:
-        search = PopulationSearch(dim, cfg.population, cfg.sigma0, cfg.seed)
-    if search.generation >= cfg.generations:
-        return f"skipped: {search.generation} generations already run"
-    probe = MeanProbe(cfg, run, env, device, evaluate.model)
-    bar = tqdm(range(search.generation, cfg.generations), desc="cma-es", unit="generation")
-    for generation in bar:
-        solutions = search.ask()
-        returns = evaluate(torch.from_numpy(solutions).float().to(device), generation).cpu().numpy()
-        fit = fitness(returns, solutions, cfg.weight_decay)
-        search.tell(solutions, fit)
-        search.save(state_path)
-        best = _save_best(run, search, feature_dim, env.action_dim)
-        bar.set_postfix(best=f"{fit.max():.2f}", mean=f"{fit.mean():.2f}", overall=f"{best:.2f}")
-        probe(generation, search.mean)
-    probe.close()
-    evaluate.close()
-    write_curve(run, np.stack(search.losses))
+    """CMA-ES generations up to ``cfg.generations``, resuming from ``cmaes_state.npz``.
+    Under torchrun rank 0 asks and tells, and every rank scores its share of each
+    generation (:class:`~worldmodels.algos.world_models.population.PopulationSplit`)."""
+    split = PopulationSplit(cfg.population)
+    evaluate = Evaluator(cfg, run, env, device, split.rows)
+    record = SearchRecord(cfg, run, env, device, evaluate.model) if split.is_main else None
+    first = split.broadcast_int(record.search.generation if record else 0)
+    dim = parameter_count(cfg.latent_dim + evaluate.model.config.hidden_size, env.action_dim)
+    try:
+        if first >= cfg.generations:
+            return f"skipped: {first} generations already run"
+        for generation in range(first, cfg.generations):
+            solutions = split.broadcast(record.search.ask() if record else None, dim)
+            share = torch.from_numpy(solutions[split.rows]).float().to(device)
+            returns = split.gather(evaluate(share, generation))
+            if record:
+                record.record(generation, solutions, returns)
+    finally:
+        evaluate.close()
+        if record:
+            record.close()
     where = "dream" if cfg.train_in_dream else "real env"
-    return f"done: {cfg.generations} generations in the {where}, best fitness {best:.2f}"
+    ranks = f" on {split.world_size} ranks" if split.world_size > 1 else ""
+    best = f", best fitness {record.best:.2f}" if record else ""
+    return f"done: {cfg.generations} generations in the {where}{ranks}{best}"
 
 
 def evaluate_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
@@ -205,6 +253,10 @@ def evaluate_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, dev
                "temperature": cfg.temperature, "trained_in_dream": cfg.train_in_dream,
                "controller_generation": int(best["generation"]), "controller_fitness": float(best["fitness"])}
     save_json(run / "evaluation_results.json", results)
+    logger = stage_logger(run, "eval", to_json(cfg))
+    logger.log(results["controller_generation"], {f"eval/{key}": results[key] for key in (
+        "real_mean", "real_std", "dream_mean", "dream_std", "random_policy_mean", "random_policy_std")})
+    logger.close()
     if cfg.save_videos:
         write_videos(cfg, run, vae, model, theta, frames, to_env_action, device)
     return (f"done: real {results['real_mean']:.2f} +- {results['real_std']:.2f}, dream {results['dream_mean']:.2f}, "

@@ -8,6 +8,14 @@ NumPy generator of the strategy's own seeded from the run's seed (not NumPy's gl
 one, which other code may touch), so the replayed strategy, and the next generation it
 asks for, are the ones the uninterrupted run has. Each replayed ``ask`` is checked against the record.
 
+Antithetic sampling (``antithetic=True``, the authors' ``antithetic`` option of their
+OpenES/PEPG and the mirrored sampling of Brockhoff et al. 2010): the population is
+P/2 pairs ``m + sigma*y_i`` (rows ``i < P/2``) and ``m - sigma*y_i`` (row ``i + P/2``),
+the ``y_i`` being the first half of pycma's own draw; pycma is told all P (the
+mirrored half as solutions it did not ask for, of the same Mahalanobis length as their
+twins, so its repair leaves them as they are). The evaluators give the two members of
+a pair the same env seeds (:class:`~worldmodels.algos.world_models.envs.TwinBatch`).
+
 Fitness is the authors' ``mean return - weight_decay * mean(theta^2)`` (weight decay
 0.01); pycma minimises, so it is told the negated fitness.
 """
@@ -35,10 +43,12 @@ def fitness(returns: np.ndarray, theta: np.ndarray, weight_decay: float) -> np.n
 class PopulationSearch:
     """Ask/tell CMA-ES from zeros with step size ``sigma0``, keeping the history."""
 
-    def __init__(self, dim: int, popsize: int, sigma0: float, seed: int):
+    def __init__(self, dim: int, popsize: int, sigma0: float, seed: int, antithetic: bool = False):
         import cma
 
-        self.dim, self.popsize, self.sigma0, self.seed = dim, popsize, sigma0, seed
+        if antithetic and popsize % 2:
+            raise SearchStateError(f"antithetic sampling needs an even population, not {popsize}.")
+        self.dim, self.popsize, self.sigma0, self.seed, self.antithetic = dim, popsize, sigma0, seed, antithetic
         self._rng = np.random.default_rng(seed)
         options = {"popsize": popsize, "seed": seed + 1, "verbose": -9,  # pycma treats seed 0 as "random"
                    "randn": lambda *shape: self._rng.standard_normal(shape)}
@@ -51,8 +61,12 @@ class PopulationSearch:
         return len(self.losses)
 
     def ask(self) -> np.ndarray:
-        """The next generation ``[P, n]`` float64."""
-        return np.stack(self._es.ask())
+        """The next generation ``[P, n]`` float64 (mirrored halves when antithetic)."""
+        solutions = np.stack(self._es.ask())
+        if not self.antithetic:
+            return solutions
+        half = solutions[: self.popsize // 2]
+        return np.concatenate([half, 2 * self.mean - half])
 
     def tell(self, solutions: np.ndarray, fitnesses: np.ndarray) -> None:
         """Record a generation and update the strategy (higher fitness is better)."""
@@ -72,21 +86,25 @@ class PopulationSearch:
         arrays = {
             "settings": np.array([self.dim, self.popsize, self.seed], np.int64),
             "sigma0": np.array(self.sigma0, np.float64),
+            "antithetic": np.array(self.antithetic),
             "solutions": np.asarray(self.solutions, np.float64).reshape(-1, self.popsize, self.dim),
             "losses": np.asarray(self.losses, np.float64).reshape(-1, self.popsize),
         }
         return atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, dim: int, popsize: int, sigma0: float, seed: int) -> "PopulationSearch":
+    def load(cls, path: str | os.PathLike, dim: int, popsize: int, sigma0: float, seed: int,
+             antithetic: bool = False) -> "PopulationSearch":
         """A strategy rebuilt by replaying the history in ``path``; its settings must match."""
         with np.load(path, allow_pickle=False) as data:
             settings, saved_sigma = data["settings"].tolist(), float(data["sigma0"])
+            saved_antithetic = bool(data["antithetic"]) if "antithetic" in data.files else False
             solutions, losses = data["solutions"], data["losses"]
-        if settings != [dim, popsize, seed] or saved_sigma != sigma0:
-            raise SearchStateError(f"{path} was made with (dim, popsize, seed, sigma0)={(*settings, saved_sigma)}, "
-                                   f"this run has {(dim, popsize, seed, sigma0)}; use a new run directory.")
-        search = cls(dim, popsize, sigma0, seed)
+        saved = (*settings, saved_sigma, saved_antithetic)
+        if saved != (dim, popsize, seed, sigma0, antithetic):
+            raise SearchStateError(f"{path} was made with (dim, popsize, seed, sigma0, antithetic)={saved}, "
+                                   f"this run has {(dim, popsize, seed, sigma0, antithetic)}; use a new run directory.")
+        search = cls(dim, popsize, sigma0, seed, antithetic)
         for generation, (recorded, loss) in enumerate(zip(solutions, losses)):
             asked = search.ask()
             if not np.allclose(asked, recorded, rtol=0, atol=1e-12):

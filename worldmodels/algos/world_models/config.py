@@ -59,6 +59,7 @@ class PipelineConfig:
     generations: int = 5
     rollouts_per_candidate: int = 2
     sigma0: float = 0.1
+    antithetic: bool = False       # mirrored pairs m +- sigma*y, each pair on the same env seeds
     weight_decay: float = 0.01
     controller_steps: int = 100
     temperature: float = 1.0
@@ -85,6 +86,8 @@ class PipelineConfig:
             raise PipelineConfigError("sigma0, vae_lr and mdn_lr must be > 0.")
         if self.population < 2:
             raise PipelineConfigError(f"population={self.population} must be >= 2 for CMA-ES.")
+        if self.antithetic and self.population % 2:
+            raise PipelineConfigError(f"population={self.population} must be even with antithetic sampling.")
         if self.mdn_seq_len >= self.rollout_steps:
             raise PipelineConfigError(f"mdn_seq_len={self.mdn_seq_len} must be < rollout_steps={self.rollout_steps}.")
         return self

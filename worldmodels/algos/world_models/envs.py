@@ -2,7 +2,9 @@
 
 ``carracing``: CarRacing-v3 on envpool (gymnasium + box2d as the fallback), 96x96 frames
 cropped to the road (rows 0-83, dropping the dashboard, as the authors' code does) and
-resized to 64x64. ``tiny``: a small synthetic task (a dot steered towards the centre of
+resized to 64x64. ``lunarlander``: LunarLanderContinuous-v3 on envpool from pixels (its
+400x600 rgb_array render resized to 64x64; gymnasium's needs box2d, which this package
+does not install, so envpool is required). ``tiny``: a small synthetic task (a dot steered towards the centre of
 a 16x16 frame, reward minus the distance) that the tests and smoke runs use; it needs no
 env package.
 
@@ -39,9 +41,10 @@ class WorldModelsEnv:
 
 ENVS = {
     "carracing": WorldModelsEnv("carracing", "CarRacing-v3", 64, 3, "carracing"),
+    "lunarlander": WorldModelsEnv("lunarlander", "LunarLanderContinuous-v3", 64, 2, "identity"),
     "tiny": WorldModelsEnv("tiny", "tiny", 16, 2, "identity"),
 }
-ALIASES = {"CarRacing-v3": "carracing"}
+ALIASES = {"CarRacing-v3": "carracing", "LunarLanderContinuous-v3": "lunarlander"}
 RETIRED = {
     "CarRacing-v2": "CarRacing-v2 is retired in gymnasium 1.0; the current id is CarRacing-v3 (--env carracing).",
     "CarRacing-v1": "CarRacing-v1 is retired in gymnasium 1.0; the current id is CarRacing-v3 (--env carracing).",
@@ -103,6 +106,44 @@ class CarRacingBatch:
         self._env.close()
 
 
+def preprocess_render(frames: np.ndarray) -> np.ndarray:
+    """``[N, H, W, 3]`` uint8 renders -> ``[N, 64, 64, 3]`` uint8 (bilinear, antialiased)."""
+    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class LunarLanderBatch:
+    """``num_envs`` LunarLanderContinuous-v3 envs on envpool, seen through their
+    rgb_array renders (envpool draws them without box2d or pygame)."""
+
+    def __init__(self, num_envs: int, seed: int, max_steps: int):
+        try:
+            import envpool
+        except ModuleNotFoundError:
+            raise EnvIdError("--env lunarlander needs envpool (pip install envpool; Linux): gymnasium's "
+                             "LunarLander needs box2d, which is not installed.") from None
+        self.num_envs = num_envs
+        self._env = envpool.make("LunarLanderContinuous-v3", env_type="gymnasium", num_envs=num_envs, seed=seed,
+                                 max_episode_steps=max_steps, render_mode="rgb_array")
+        self._ids = np.arange(num_envs)
+
+    def _frames(self) -> np.ndarray:
+        return preprocess_render(np.asarray(self._env.render(env_ids=self._ids)))
+
+    def reset(self) -> np.ndarray:
+        self._env.reset()
+        return self._frames()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        _, reward, terminated, truncated, _ = self._env.step(np.asarray(actions, np.float32))
+        done = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+        return self._frames(), np.asarray(reward, np.float32), done
+
+    def close(self) -> None:
+        self._env.close()
+
+
 class TinyBatch:
     """A dot at a random spot of a 16x16 frame, moved by actions in [-1, 1]^2 (up to
     1.5 px a step); reward is minus its distance to the centre over 8; episodes last
@@ -146,5 +187,29 @@ class TinyBatch:
 
 def make_batch(env: WorldModelsEnv, num_envs: int, seed: int, max_steps: int) -> CarRacingBatch | TinyBatch:
     """``num_envs`` copies of ``env`` stepping together."""
-    maker = {"carracing": CarRacingBatch, "tiny": TinyBatch}[env.name]
+    maker = {"carracing": CarRacingBatch, "lunarlander": LunarLanderBatch, "tiny": TinyBatch}[env.name]
     return maker(num_envs, seed, max_steps)
+
+
+class TwinBatch:
+    """Two batches of ``num_envs / 2`` envs made with the same seed, stepped as one:
+    env ``i`` and env ``i + num_envs / 2`` start on the same track (the antithetic seeds
+    of the authors' code: both members of a mirrored pair meet the same episodes).
+    Both halves are reset and stepped together, so they stay in step across episodes."""
+
+    def __init__(self, env: WorldModelsEnv, num_envs: int, seed: int, max_steps: int):
+        if num_envs % 2:
+            raise ValueError(f"a twin batch needs an even number of envs, not {num_envs}.")
+        self.num_envs, self._half = num_envs, num_envs // 2
+        self._twins = [make_batch(env, self._half, seed, max_steps) for _ in range(2)]
+
+    def reset(self) -> np.ndarray:
+        return np.concatenate([batch.reset() for batch in self._twins])
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        halves = [batch.step(part) for batch, part in zip(self._twins, np.split(np.asarray(actions), 2))]
+        return tuple(np.concatenate(parts) for parts in zip(*halves))
+
+    def close(self) -> None:
+        for batch in self._twins:
+            batch.close()

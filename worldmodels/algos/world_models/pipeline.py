@@ -5,6 +5,8 @@
     python -m worldmodels.world_models --env carracing --mode quick
     python -m worldmodels.world_models --env carracing --stage controller,eval --resume runs/world_models/<run>
     python -m worldmodels.world_models --env carracing --mode full --real-env --save-videos
+    torchrun --standalone --nproc_per_node=4 -m worldmodels.world_models --resume runs/world_models/<run> \\
+        --stage controller,eval --train-in-dream      # each generation split across 4 processes
 
 Stages run in order (``collect, vae, encode, mdnrnn, controller, eval``, or the subset
 ``--stage`` names); each first checks that its inputs are in the run directory and
@@ -21,12 +23,15 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ...errors import WorldModelsError
+from ...training import distributed
 from .c_stages import evaluate_controller, train_controller
 from .config import PRESETS, PipelineConfig, PipelineConfigError, from_json, preset, to_json
 from .envs import resolve_env
@@ -62,26 +67,55 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_pipeline(cfg: PipelineConfig, run: Path, stages: list[str]) -> dict[str, str]:
-    """Run ``stages`` in ``run``; rows go to ``pipeline_summary.csv``. Returns stage -> outcome."""
+def run_pipeline(cfg: PipelineConfig, run: Path, stages: list[str],
+                 distributed_settings: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Run ``stages`` in ``run``; rows go to ``pipeline_summary.csv``. Returns stage -> outcome.
+
+    Under torchrun (``distributed_settings``: ``train.distributed``, the process group
+    joined if it is not yet) the controller stage splits each generation across the
+    ranks and ``eval`` runs on rank 0; rank 0 alone writes files."""
     env = resolve_env(cfg.env)
-    device = resolve_device(cfg.device)
+    device = distributed.device_for(resolve_device(cfg.device))
+    where = distributed.placement()
+    if where.enabled:
+        check_distributed(cfg, stages)
+        distributed.init(distributed_settings or {}, device)
     torch.manual_seed(cfg.seed)
-    run.mkdir(parents=True, exist_ok=True)
-    save_json(run / "config.json", to_json(cfg))
+    if where.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_json(run / "config.json", to_json(cfg))
     outcomes = {}
     for stage in stages:
+        if stage == "eval" and not where.is_main:
+            continue
         check_inputs(run, stage, cfg.env)
         start = time.perf_counter()
         try:
             outcome = STAGE_FUNCTIONS[stage](cfg, run, env, device)
         except BaseException as error:
-            append_summary(run, stage, time.perf_counter() - start, f"failed: {type(error).__name__}")
+            if where.is_main:
+                append_summary(run, stage, time.perf_counter() - start, f"failed: {type(error).__name__}")
             raise
-        append_summary(run, stage, time.perf_counter() - start, outcome)
+        if where.is_main:
+            append_summary(run, stage, time.perf_counter() - start, outcome)
+            print(f"[{stage}] {outcome} ({time.perf_counter() - start:.1f} s)", flush=True)
         outcomes[stage] = outcome
-        print(f"[{stage}] {outcome} ({time.perf_counter() - start:.1f} s)", flush=True)
     return outcomes
+
+
+def check_distributed(cfg: PipelineConfig, stages: list[str]) -> None:
+    """Refuse what a torchrun job of this pipeline cannot do, naming the fix."""
+    ranks = distributed.placement().world_size
+    others = [stage for stage in stages if stage not in ("controller", "eval")]
+    if others:
+        raise PipelineConfigError(
+            f"under torchrun ({ranks} processes) only the controller stage (and eval, on rank 0) runs: "
+            f"run {','.join(others)} in one process first, then the controller with --stage controller,eval.")
+    if cfg.population < ranks:
+        raise PipelineConfigError(f"population={cfg.population} is smaller than the {ranks} processes of torchrun.")
+    if cfg.antithetic and not cfg.train_in_dream:
+        raise PipelineConfigError("antithetic pairs in the real env share env seeds inside one process: under "
+                                  "torchrun use the dream (--train-in-dream) or leave --antithetic off.")
 
 
 def _flag(name: str) -> str:
@@ -99,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-in-dream", dest="train_in_dream", action="store_true", default=None,
                         help="CMA-ES evaluates candidates in the MDN-RNN's dream")
     parser.add_argument("--save-videos", dest="save_videos", action="store_true", default=None)
+    parser.add_argument("--antithetic", dest="antithetic", action="store_true", default=None,
+                        help="CMA-ES samples mirrored pairs m +- sigma*y, each pair on the same env seeds")
     for field in dataclasses.fields(PipelineConfig):
-        if field.name in ("train_in_dream", "save_videos"):
+        if field.name in ("train_in_dream", "save_videos", "antithetic"):
             continue
         if field.type == "bool":
             parser.add_argument(_flag(field.name), type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
@@ -137,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg, run = config_from_args(args)
         resolve_env(cfg.env)
         stages = parse_stages(args.stage)
-        print(f"World Models run: {run} (mode {cfg.mode}, env {cfg.env}, stages {', '.join(stages)})", flush=True)
+        if distributed.is_main():
+            print(f"World Models run: {run} (mode {cfg.mode}, env {cfg.env}, stages {', '.join(stages)})", flush=True)
         run_pipeline(cfg, run, stages)
+        distributed.finish()
     except WorldModelsError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if distributed.is_main():      # the same line from every rank would say it N times
+            print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        distributed.cleanup()
     return 0
 
 

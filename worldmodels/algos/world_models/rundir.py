@@ -11,6 +11,8 @@ stage's inputs exist, atomic npz/JSON writes and the stage summary CSV.
     <run>/controller_best.pt, cmaes_state.npz, cmaes_curve.csv, cmaes_curve.png   controller
     <run>/evaluation_results.json, videos/   eval
     <run>/pipeline_summary.csv        stage, seconds, outcome
+    <run>/logs/<stage>/metrics.csv, logs/<stage>/tensorboard/   each stage's scalars
+                                      (``tensorboard --logdir <run>/logs``)
 """
 
 from __future__ import annotations
@@ -69,6 +71,18 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def save_json(path: str | os.PathLike, value: object) -> Path:
     """JSON to ``path`` atomically."""
     return atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=2).encode()))
+
+
+def stage_logger(run: Path, stage: str, settings: dict, resume_step: int | None = None):
+    """The package's :class:`~worldmodels.training.metrics_log.MetricsLogger` (CSV and
+    TensorBoard) of one stage, in ``run/logs/<stage>/``. A resumed stage passes the last
+    step it has (``resume_step``): rows and events past it are dropped, those before kept;
+    None starts the stage's log afresh."""
+    from ...training.metrics_log import MetricsLogger
+
+    folder = run / "logs" / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    return MetricsLogger(folder, {}, settings, resume_step=resume_step)
 
 
 def append_summary(run: Path, stage: str, seconds: float, outcome: str) -> None:

@@ -14,10 +14,10 @@ from tqdm import tqdm
 
 from ...nn.vae import ConvVAE, ConvVAEConfig
 from ...training.checkpoint import load_checkpoint, save_checkpoint
-from .config import PipelineConfig
+from .config import PipelineConfig, to_json
 from .envs import WorldModelsEnv, make_batch
 from .mdnrnn import MDNRNN, MDNRNNConfig
-from .rundir import load_npz, save_json, save_npz
+from .rundir import load_npz, save_json, save_npz, stage_logger
 
 ACTION_CHANGE_PROB = 0.2
 
@@ -62,13 +62,18 @@ def collect(cfg: PipelineConfig, run: Path, env: WorldModelsEnv) -> str:
         return f"skipped: {have} episodes already there"
     rng = np.random.default_rng([cfg.seed, have])
     batch = make_batch(env, cfg.collect_envs, cfg.seed + have, cfg.rollout_steps)
+    logger = stage_logger(run, "collect", to_json(cfg), resume_step=have or None)
     with tqdm(total=cfg.rollouts, initial=have, desc="collect", unit="episode") as bar:
         while have < cfg.rollouts:
-            for episode in collect_round(env, batch, rng, cfg.rollout_steps)[: cfg.rollouts - have]:
+            episodes = collect_round(env, batch, rng, cfg.rollout_steps)[: cfg.rollouts - have]
+            for episode in episodes:
                 save_npz(folder / f"episode_{have:05d}.npz", **episode)
                 have += 1
                 bar.update(1)
+            logger.log(have, {"collect/mean_return": float(np.mean([e["reward"].sum() for e in episodes])),
+                              "collect/mean_length": float(np.mean([len(e["action"]) for e in episodes]))})
     batch.close()
+    logger.close()
     return f"done: {have} episodes"
 
 
@@ -121,7 +126,9 @@ def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch
         return f"skipped: vae.pt has {epoch} epochs"
     frames = load_frames(run)
     floor = cfg.kl_tolerance * cfg.latent_dim
+    logger = stage_logger(run, "vae", to_json(cfg), resume_step=epoch or None)
     for epoch in range(epoch, cfg.vae_epochs):
+        sums = {"vae/recon": 0.0, "vae/kl": 0.0, "vae/loss": 0.0}
         torch.manual_seed(cfg.seed * 1000 + epoch)
         order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(cfg.seed + epoch))
         bar = tqdm(order.split(cfg.vae_batch_size), desc=f"vae epoch {epoch + 1}/{cfg.vae_epochs}")
@@ -134,9 +141,13 @@ def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch
             loss.backward()
             optimizer.step()
             bar.set_postfix(recon=f"{parts['recon'].item():.1f}", kl=f"{parts['kl'].item():.1f}")
+            for key, value in (("vae/recon", parts["recon"]), ("vae/kl", parts["kl"]), ("vae/loss", loss)):
+                sums[key] += value.item() * len(index)
+        logger.log(epoch + 1, {key: total / len(frames) for key, total in sums.items()})   # means over the epoch
         save_checkpoint(run / "vae.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "config": dataclasses.asdict(model.config), "epoch": epoch + 1,
                                          "recon": parts["recon"].item(), "kl": parts["kl"].item()})
+    logger.close()
     return f"done: {cfg.vae_epochs} epochs, last batch recon {parts['recon'].item():.1f} kl {parts['kl'].item():.1f}"
 
 
@@ -160,6 +171,10 @@ def encode(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.de
     arrays["frame_starts"] = arrays["step_starts"] + np.arange(len(steps), dtype=np.int64)
     arrays["lengths"] = steps
     save_npz(run / "latents.npz", **arrays)
+    kl = 0.5 * (np.square(arrays["mu"]) + np.exp(arrays["logvar"]) - 1 - arrays["logvar"]).sum(1)
+    logger = stage_logger(run, "encode", to_json(cfg))
+    logger.log(0, {"encode/frames": float(len(kl)), "encode/mean_kl": float(kl.mean())})
+    logger.close()
     save_json(run / "latents.json", {"env": env.env_id, "latent_dim": cfg.latent_dim, "episodes": len(steps),
                                      "frames": int(len(arrays["mu"])), "steps": int(steps.sum()),
                                      "action_dim": env.action_dim, "source": "vae.pt",
@@ -207,9 +222,11 @@ def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: to
     if not (latents["lengths"] >= cfg.mdn_seq_len).any():
         raise ValueError(f"no episode has mdn_seq_len={cfg.mdn_seq_len} steps; lower --mdn-seq-len.")
     batches = max(1, int(latents["lengths"].sum()) // (cfg.mdn_seq_len * cfg.mdn_batch_size))
+    logger = stage_logger(run, "mdnrnn", to_json(cfg), resume_step=epoch or None)
     for epoch in range(epoch, cfg.mdn_epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
         bar = tqdm(range(batches), desc=f"mdnrnn epoch {epoch + 1}/{cfg.mdn_epochs}")
+        sums: dict[str, float] = {}
         for _ in bar:
             loss, metrics = model.compute_loss(sequence_batch(latents, cfg.mdn_seq_len, cfg.mdn_batch_size, rng, device))
             optimizer.zero_grad(set_to_none=True)
@@ -217,7 +234,11 @@ def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: to
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in metrics.items()})
+            for key, value in {"loss": loss.detach(), **metrics}.items():
+                sums[f"mdnrnn/{key}"] = sums.get(f"mdnrnn/{key}", 0.0) + value.item()
+        logger.log(epoch + 1, {key: total / batches for key, total in sums.items()})   # means over the epoch
         save_checkpoint(run / "mdnrnn.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "config": dataclasses.asdict(model.config), "epoch": epoch + 1,
                                             **{k: v.item() for k, v in metrics.items()}})
+    logger.close()
     return "done: {} epochs, {}".format(cfg.mdn_epochs, ", ".join(f"{k} {v.item():.3f}" for k, v in metrics.items()))
