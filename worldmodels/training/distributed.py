@@ -286,8 +286,7 @@ def refusal(family_name: str, supported: list[str], recorded_world_size: int | N
                 f"(or without torchrun for 1).")
     if where.enabled and family_name not in supported:
         return (f"torchrun: algo.name={family_name} does not run data-parallel yet; supported: "
-                f"{', '.join(supported)} (IRIS, Δ-IRIS, behaviour cloning and gradient-free stages run in one "
-                f"process).")
+                f"{', '.join(supported)} (IRIS, Δ-IRIS and behaviour cloning run in one process).")
     return None
 
 
