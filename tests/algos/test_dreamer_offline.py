@@ -22,6 +22,7 @@ from worldmodels.data.episodes import EpisodeError, episode_name, save_episode
 from worldmodels.envs.factory import EnvSpec, make_env, random_actions
 from worldmodels.record import record_episodes
 from worldmodels.training.checkpoint import CheckpointError, load_checkpoint
+from worldmodels.training.components import load_initial_weights
 from worldmodels.training.loop import fit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -404,3 +405,21 @@ def test_cli_offline_then_bc(cartpole, tmp_path):
     bc_run = train("+exp=dreamer_bc", f"checkpoint={run}/checkpoints/best.pt", f"data.train_dir={cartpole.expert}",
                    "algo.eval_episodes=1", "env.max_episode_steps=20", "bc.units=8", "bc.layers=1")
     assert math.isfinite(last_value(read_metrics(bc_run), "eval/random_return_mean"))
+
+
+def test_an_actor_cloned_offline_starts_an_online_run_for_fine_tuning(cartpole, tmp_path):
+    from worldmodels.algos.dreamerv3 import experiment as online
+
+    cfg = offline_config(cartpole.expert, cartpole.eval, "model.bc_scale=1.0")
+    fit(cfg, offline.FACTORIES, tmp_path / "offline")
+    rows = read_metrics(tmp_path / "offline")
+    nll = [float(r["train/ac/bc_nll"]) for r in rows if r.get("train/ac/bc_nll")]
+    assert len(nll) == 4 and all(0 < v < 5 for v in nll)                      # the actor cloned the expert
+    saved = load_checkpoint(tmp_path / "offline" / "checkpoints" / "last.pt")["model"]
+    online_cfg = make_config("+exp=dreamer_cartpole", *TINY_MODEL, *RUN, f"init.path={tmp_path / 'offline'}",
+                             "algo.prefill=40", "algo.batch_length=8", "algo.eval_episodes=1", "train.max_steps=1",
+                             "train.eval_every=1", "train.checkpoint_every=1")
+    model = online.FACTORIES.model(online_cfg)
+    load_initial_weights(model, str(online_cfg.init.path), None)                 # what fit does with init.path
+    for name, value in model.state_dict().items():                               # world model and actor both
+        torch.testing.assert_close(value, saved[name], msg=name)
