@@ -275,7 +275,7 @@ def component_step(run: Any) -> Any:
         params = model.component_parameters(name)
         loss_sum, parts = _component_backward(run, name, count)
         values = {**{f"{name}/{key}": value for key, value in parts.items()}, f"{name}/loss": loss_sum}
-        metrics.update(distributed.average_values(values, params[0].device))
+        metrics.update(distributed.average_values(values))
         loss_sum = metrics[f"{name}/loss"]
         total += loss_sum
         if not math.isfinite(loss_sum):

@@ -163,15 +163,16 @@ def average(values: torch.Tensor) -> torch.Tensor:
     return values / dist.get_world_size()
 
 
-def average_values(values: Mapping[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
-    """Named figures (a step's loss and metrics) averaged over the ranks, in one all-reduce
-    of a tensor on ``device`` (the model's: NCCL reduces CUDA tensors); unchanged for a
-    single process. Every rank must give the same names (they are reduced in sorted order)."""
+def average_values(values: Mapping[str, float]) -> dict[str, float]:
+    """Named figures (a step's loss and metrics) averaged over the ranks: each name over
+    the ranks that report it (a component may report no metric for a batch without a
+    real example); unchanged for a single process. Every rank must call it at the same point."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return dict(values)
-    names = sorted(values)
-    averaged = average(torch.tensor([float(values[name]) for name in names], dtype=torch.float64, device=device))
-    return dict(zip(names, averaged.tolist()))
+    every = gather({name: float(value) for name, value in values.items()})
+    names = list(dict.fromkeys(name for rank in every for name in rank))
+    return {name: sum(rank[name] for rank in every if name in rank) / sum(name in rank for rank in every)
+            for name in names}
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:
