@@ -335,6 +335,6 @@ def refusal(family_name: str, supported: list[str], recorded_world_size: int | N
 
 
 __all__ = ["DataParallel", "DistributedRunError", "EnvShard", "Placement", "TORCHRUN_VARIABLES", "all_ranks",
-           "any_rank", "average", "average_gradients", "average_values", "backend_for", "barrier", "cleanup", "concat_ranks", "data_config", "device_for",
-           "env_shard", "gather", "init", "is_main", "placement", "rank_dir", "refusal", "same_config",
-           "shard_capacity", "shard_prefill", "wrap"]
+           "any_rank", "average", "average_gradients", "average_values", "backend_for", "barrier", "cleanup",
+           "concat_ranks", "data_config", "device_for", "env_shard", "gather", "init", "is_main", "placement",
+           "rank_dir", "refusal", "same_config", "shard_capacity", "shard_prefill", "wrap"]
