@@ -214,11 +214,19 @@ def concat_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def collective_device() -> torch.device:
+    """Where a collective's own small tensors live: this rank's GPU under NCCL (it reduces
+    CUDA tensors only), the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` holds on any rank (a stop request seen by one rank stops all)."""
     if not dist.is_initialized():
         return flag
-    value = torch.tensor([float(flag)])
+    value = torch.tensor([float(flag)], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -336,5 +344,5 @@ def refusal(family_name: str, supported: list[str], recorded_world_size: int | N
 
 __all__ = ["DataParallel", "DistributedRunError", "EnvShard", "Placement", "TORCHRUN_VARIABLES", "all_ranks",
            "any_rank", "average", "average_gradients", "average_values", "backend_for", "barrier", "cleanup",
-           "concat_ranks", "data_config", "device_for", "env_shard", "gather", "init", "is_main", "placement",
-           "rank_dir", "refusal", "same_config", "shard_capacity", "shard_prefill", "wrap"]
+           "collective_device", "concat_ranks", "data_config", "device_for", "env_shard", "gather", "init", "is_main",
+           "placement", "rank_dir", "refusal", "same_config", "shard_capacity", "shard_prefill", "wrap"]
