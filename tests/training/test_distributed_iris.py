@@ -138,17 +138,45 @@ def gradient_worker(rank: int, world_size: int, port: int, out: str) -> None:
         for family in FAMILIES:
             saved = tokenizer_update(family, slice(rank * share, (rank + 1) * share))
             torch.save(saved, Path(out) / f"{family}_rank{rank}.pt")
+        torch.save(restarted_codebook(rank), Path(out) / f"restart_rank{rank}.pt")
         distributed.barrier()
     finally:
         distributed.cleanup()
+
+
+def restarted_codebook(rank: int) -> dict[str, torch.Tensor]:
+    """The state of an EMA quantiser whose every code is restarted by one training forward
+    on this rank's own vectors, under :func:`synced_statistics`."""
+    from worldmodels.nn.vq import VectorQuantizer, VQConfig, synced_statistics
+
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(VQConfig(num_codes=8, dim=4, ema=True, dead_threshold=100.0)).train()
+    torch.manual_seed(10 + rank)   # each rank draws its restart rows differently
+    with synced_statistics(quantizer):
+        quantizer(torch.randn(16, 4, generator=torch.Generator().manual_seed(rank)), channels_last=True)
+    return {"codebook": quantizer.codebook.detach().clone(), "ema_count": quantizer.ema_count.clone(),
+            "ema_sum": quantizer.ema_sum.clone()}
 
 
 @pytest.fixture(scope="module")
 def two_rank_tokenizer_updates(tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenizer")
     mp.spawn(gradient_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
-    return {family: [torch.load(out / f"{family}_rank{rank}.pt", weights_only=True) for rank in range(2)]
-            for family in FAMILIES}
+    updates = {family: [torch.load(out / f"{family}_rank{rank}.pt", weights_only=True) for rank in range(2)]
+               for family in FAMILIES}
+    updates["restart"] = [torch.load(out / f"restart_rank{rank}.pt", weights_only=True) for rank in range(2)]
+    return updates
+
+
+def test_restarted_codes_are_process_zeros_on_every_process(two_rank_tokenizer_updates):
+    first, second = two_rank_tokenizer_updates["restart"]
+    alone = restarted_codebook(0)   # one process, no group: every code restarted too
+    rank0_vectors = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+    rows = {tuple(row.tolist()) for row in rank0_vectors}
+    assert all(tuple(code.tolist()) in rows for code in first["codebook"])   # drawn from process 0's batch
+    assert alone["ema_count"].tolist() == first["ema_count"].tolist() == [100.0] * 8
 
 
 @pytest.fixture
