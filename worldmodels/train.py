@@ -73,9 +73,10 @@ def prepare(cfg: DictConfig) -> DictConfig:
 
 
 def record_world_size(cfg: DictConfig) -> None:
-    """Refuse what cannot run data-parallel under torchrun (a family without the generic
-    step, a resume at another world size), then write the number of processes and the
-    global batch (``batch_size x accum_steps x world_size``) into ``train.distributed``."""
+    """Refuse what cannot run data-parallel under torchrun (a family not marked
+    ``data_parallel``, a resume at another world size), then write the number of processes
+    and the global batch (``batch_size x accum_steps x world_size``; per component for
+    IRIS and Δ-IRIS, whose batches are ``algo.batch_sizes``) into ``train.distributed``."""
     recorded = OmegaConf.select(cfg, "train.distributed.world_size")
     if registry.family(str(cfg.algo.name)).population_parallel:
         recorded = None   # a population search resumes from its history at any world size
@@ -83,28 +84,48 @@ def record_world_size(cfg: DictConfig) -> None:
     if problem:
         raise ConfigError(problem)
     world_size = distributed.placement().world_size
-    global_batch = int(cfg.train.batch_size) * int(cfg.train.accum_steps) * world_size
+    times = int(cfg.train.accum_steps) * world_size
     OmegaConf.update(cfg, "train.distributed.world_size", world_size, force_add=True)
-    OmegaConf.update(cfg, "train.distributed.global_batch_size", global_batch, force_add=True)
+    OmegaConf.update(cfg, "train.distributed.global_batch_size", int(cfg.train.batch_size) * times, force_add=True)
+    per_component = OmegaConf.select(cfg, "algo.batch_sizes")
+    if per_component is not None:
+        OmegaConf.update(cfg, "train.distributed.global_batch_sizes",
+                         {name: int(size) * times for name, size in per_component.items()}, force_add=True)
     record_replay_shard(cfg, world_size)
+
+
+# The config keys of an online family's replay capacity, its random env steps before the
+# first update and its env-step budget (DreamerV3; IRIS and Δ-IRIS).
+REPLAY_KEYS = (("algo.replay_capacity", "algo.prefill", None),
+               ("algo.capacity", "algo.initial_collect_steps", "algo.max_env_steps"))
 
 
 def record_replay_shard(cfg: DictConfig, world_size: int) -> None:
     """For an online family that runs data-parallel (a replay per rank), write each rank's
-    replay capacity (``algo.replay_capacity // world_size``) and prefill
-    (``ceil(algo.prefill / world_size)``) into ``train.distributed``; a capacity that
-    leaves a rank no room is refused."""
-    capacity, prefill = OmegaConf.select(cfg, "algo.replay_capacity"), OmegaConf.select(cfg, "algo.prefill")
-    name = str(cfg.algo.name)
-    if capacity is None or prefill is None or name not in registry.data_parallel_names():
+    replay capacity (``capacity // world_size``), random steps before the first update
+    (``ceil(prefill / world_size)``; Δ-IRIS's ``initial_collect_steps``) and env-step budget
+    (``ceil(max_env_steps / world_size)``, IRIS and Δ-IRIS) into ``train.distributed``;
+    a capacity that leaves a rank no room is refused."""
+    if str(cfg.algo.name) not in registry.data_parallel_names():
         return
-    per_rank = distributed.shard_capacity(int(float(capacity)), world_size)
-    if per_rank < 1:
-        raise ConfigError(f"algo.replay_capacity={capacity} split across {world_size} processes leaves none to a "
-                          f"process; raise it to at least {world_size} (each process keeps capacity // processes).")
-    OmegaConf.update(cfg, "train.distributed.replay_capacity_per_rank", per_rank, force_add=True)
-    OmegaConf.update(cfg, "train.distributed.prefill_per_rank", distributed.shard_prefill(int(prefill), world_size),
-                     force_add=True)
+    for capacity_key, prefill_key, budget_key in REPLAY_KEYS:
+        capacity = OmegaConf.select(cfg, capacity_key)
+        if capacity is None:
+            continue
+        per_rank = distributed.shard_capacity(int(float(capacity)), world_size)
+        if per_rank < 1:
+            raise ConfigError(f"{capacity_key}={capacity} split across {world_size} processes leaves none to a "
+                              f"process; raise it to at least {world_size} (each process keeps capacity // processes).")
+        OmegaConf.update(cfg, "train.distributed.replay_capacity_per_rank", per_rank, force_add=True)
+        prefill = OmegaConf.select(cfg, prefill_key)
+        if prefill is not None:
+            OmegaConf.update(cfg, "train.distributed.prefill_per_rank",
+                             distributed.shard_prefill(int(float(prefill)), world_size), force_add=True)
+        budget = None if budget_key is None else OmegaConf.select(cfg, budget_key)
+        if budget is not None:
+            OmegaConf.update(cfg, "train.distributed.max_env_steps_per_rank",
+                             distributed.shard_prefill(int(float(budget)), world_size), force_add=True)
+        return
 
 
 @hydra.main(version_base=None, config_path="pkg://worldmodels.configs", config_name="config")

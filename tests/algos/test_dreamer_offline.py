@@ -335,6 +335,59 @@ def test_bc_trains_the_head_and_leaves_the_encoder_frozen(offline_run, cartpole,
     assert not model.encoder.training and not any(p.requires_grad for p in model.encoder.parameters())
 
 
+def bc_rank_worker(rank: int, world_size: int, port: int, checkpoint: str, train_dir: str, run_dir: str) -> None:
+    """``fit`` of behaviour cloning on this rank (under torchrun's variables); its policy's
+    parameters saved."""
+    import os
+    from dataclasses import replace
+
+    from worldmodels.training import distributed
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    built = {}
+
+    def keep(cfg):
+        built["model"] = bc.build_model(cfg)
+        return built["model"]
+
+    try:
+        fit(bc_config(checkpoint, train_dir, "train.distributed.timeout_s=120"), replace(bc.FACTORIES, model=keep),
+            Path(run_dir))
+        torch.save({name: p.detach().clone() for name, p in built.pop("model").named_parameters()},
+                   Path(run_dir) / f"rank{rank}_params.pt")
+        distributed.finish()
+    finally:
+        distributed.cleanup()
+
+
+def test_bc_runs_data_parallel_with_the_same_head_on_every_rank(offline_run, cartpole, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    checkpoint = offline_run.dir / "checkpoints" / "best.pt"
+    mp.spawn(bc_rank_worker, args=(2, port, str(checkpoint), str(cartpole.expert), str(tmp_path)), nprocs=2,
+             join=True)
+    first, second = (torch.load(tmp_path / f"rank{rank}_params.pt", weights_only=True) for rank in range(2))
+    cfg = bc_config(checkpoint, cartpole.expert)
+    torch.manual_seed(int(cfg.seed))
+    initial = dict(bc.build_model(cfg).named_parameters())
+    world = load_checkpoint(checkpoint)["model"]
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+        if name.startswith("encoder."):
+            assert torch.equal(value, world[f"world_model.{name}"]), name   # frozen
+        else:
+            assert not torch.equal(value, initial[name].detach()), f"{name} was never updated"
+    steps = [int(r["step"]) for r in read_metrics(tmp_path) if r.get("train/loss")]
+    assert steps == [1, 2, 3, 4]   # one row per step, from rank 0
+
+
 def test_bc_loss_and_actions():
     encoder = DreamerAgent(DreamerConfig(deter=16, hidden=16, stoch=4, classes=4, mlp_units=8, mlp_layers=1),
                            {"vector": ((4,), np.float32)}, SimpleNamespace(discrete=False, size=2)).world_model.encoder

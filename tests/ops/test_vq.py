@@ -251,6 +251,31 @@ def test_ema_update_hand_computed():
     torch.testing.assert_close(codebook, torch.tensor([[2.0 * 2.7 / 4.0], [10.5 * 2.7 / 2.75]]))
 
 
+def test_ema_update_reduce_sums_the_statistics_before_the_averages():
+    """``reduce`` sees the batch's counts and sums; what it leaves enters the EMA. A reduce
+    that adds another process's batch equals the update on both batches concatenated."""
+    gen = torch.Generator().manual_seed(3)
+    initial = torch.randn(4, 2, generator=gen)
+    mine, theirs = torch.randn(6, 2, generator=gen), torch.randn(5, 2, generator=gen)
+    both = torch.cat([mine, theirs])
+    expected = initial.clone(), torch.ones(4), initial.clone()
+    vq_ema_update_(*expected, both, vq_ref(both, initial).indices, decay=0.8)
+    other = torch.zeros(4 + 8)
+    other[:4] = torch.bincount(vq_ref(theirs, initial).indices, minlength=4)
+    other[4:] = torch.zeros(4, 2).index_add_(0, vq_ref(theirs, initial).indices, theirs).reshape(-1)
+    seen = []
+
+    def add_theirs(statistics):
+        seen.append(statistics.shape)
+        statistics.add_(other)
+
+    got = initial.clone(), torch.ones(4), initial.clone()
+    vq_ema_update_(*got, mine, vq_ref(mine, initial).indices, decay=0.8, reduce=add_theirs)
+    assert seen == [torch.Size([12])]   # one flat tensor: K counts, then K x D sums
+    for value, want in zip(got, expected):
+        torch.testing.assert_close(value, want)
+
+
 def test_ema_update_converges_to_cluster_means():
     gen = torch.Generator().manual_seed(11)
     centres = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]])

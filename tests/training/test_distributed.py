@@ -201,16 +201,18 @@ def under_torchrun(monkeypatch, world_size=2):
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
 
 
-@pytest.mark.parametrize("exp,name", [("iris_tiny", "iris"), ("delta_iris_tiny", "delta_iris")])
-def test_families_without_the_generic_step_are_refused_under_torchrun(monkeypatch, exp, name):
+def test_a_family_that_is_not_data_parallel_is_refused_under_torchrun(monkeypatch):
+    from worldmodels.algos import registry
+
     under_torchrun(monkeypatch)
-    assert precheck([f"+exp={exp}"]) == (
-        f"torchrun: algo.name={name} does not run data-parallel yet; supported: dreamer_offline, dreamerv3, "
-        "nextframe, vae, vta, world_models (IRIS, Δ-IRIS and behaviour cloning run in one process).")
+    monkeypatch.setitem(registry.FAMILIES, "vae", registry.Family("worldmodels.algos.vae:FACTORIES"))
+    assert precheck(["+exp=vae_balls"]) == (
+        "torchrun: algo.name=vae does not run data-parallel yet; supported: delta_iris, dreamer_bc, dreamer_offline, "
+        "dreamerv3, iris, nextframe, vta, world_models.")
 
 
 @pytest.mark.parametrize("exp", ["vae_balls", "vta_balls", "dreamer_offline", "nextframe_coinrun", "dreamer_cartpole",
-                                 "world_models_carracing"])
+                                 "dreamer_bc", "iris_tiny", "delta_iris_tiny", "world_models_carracing"])
 def test_data_parallel_families_pass_the_torchrun_check(monkeypatch, exp):
     under_torchrun(monkeypatch)
     problem = precheck([f"+exp={exp}"])

@@ -14,9 +14,12 @@ Each ``algo.name`` maps to where its factories live and what else the family off
 - ``steps_env``: it steps the env of its config (an offline family's env config only
   describes its data, so no env package is checked for it);
 - ``best_metrics``: the lower-is-better evaluation metrics ``train.best_metric`` may name;
-- ``data_parallel``: it trains through the generic gradient step (on offline or generated
-  data, or online with a replay shard per rank), so ``torchrun`` runs it data-parallel
-  (:mod:`worldmodels.training.distributed`);
+- ``data_parallel``: ``torchrun`` runs it data-parallel
+  (:mod:`worldmodels.training.distributed`): its step averages the gradients over the
+  processes (the generic gradient step through DDP; IRIS's and Δ-IRIS's component step
+  by an all-reduce per component) and its data draws a stream of its own per process
+  (offline or generated data: the seed offset by the rank; online: a replay shard per
+  rank). A family without it is refused under torchrun;
 - ``runner``: ``"module:function"``, ``run(cfg, run_dir, resume=...) -> summary`` for a
   family that runs its own stages instead of :func:`~worldmodels.training.loop.fit`
   (World Models' staged pipeline); its ``factories`` is then None;
@@ -72,12 +75,12 @@ FAMILIES: dict[str, Family] = {
     "dreamer_offline": Family("worldmodels.algos.dreamerv3.offline:FACTORIES",
                               agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
                               steps_env=False, best_metrics=_OFFLINE, data_parallel=True),
-    "dreamer_bc": Family("worldmodels.algos.dreamerv3.bc:FACTORIES", best_metrics=_RETURN),
+    "dreamer_bc": Family("worldmodels.algos.dreamerv3.bc:FACTORIES", best_metrics=_RETURN, data_parallel=True),
     "iris": Family("worldmodels.algos.iris.experiment:FACTORIES", agent_loader="worldmodels.algos.iris.experiment:load_agent",
-                   playable=True, visualizer=True, best_metrics=_RETURN),
+                   playable=True, visualizer=True, best_metrics=_RETURN, data_parallel=True),
     "delta_iris": Family("worldmodels.algos.delta_iris.experiment:FACTORIES",
                          agent_loader="worldmodels.algos.delta_iris.experiment:load_agent", playable=True,
-                         visualizer=True, best_metrics=_RETURN),
+                         visualizer=True, best_metrics=_RETURN, data_parallel=True),
     "nextframe": Family("worldmodels.algos.nextframe:FACTORIES", steps_env=False, best_metrics=_NEXTFRAME,
                         data_parallel=True),
     "world_models": Family(None, steps_env=False, runner="worldmodels.algos.world_models.experiment:run",

@@ -10,15 +10,24 @@ Losses (means over all elements, as in IRIS): ``codebook = mean((z_q - sg(z))^2)
 ``ema=True`` the codebook is not a trained parameter: it follows the EMA of the
 vectors assigned to each code (:func:`worldmodels.ops.vq.vq_ema_update_`, in training
 mode), and ``loss = commitment`` (``codebook`` is reported, detached).
+
+Data-parallel training: inside :func:`synced_statistics` (every process at the same
+update) the batch's code counts and sums are summed over the processes before they
+enter the EMA statistics, so every process keeps the statistics of the global batch, as
+SyncBatchNorm does for BatchNorm's; codes restarted from a batch's vectors are then
+taken from process 0's batch (broadcast), since each process draws from its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..ops._dispatch import IMPLS
@@ -79,6 +88,7 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_sum", weight.clone())
         if config.restart_updates is not None and config.dead_threshold > 0:
             self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+        self.synced = False   # statistics summed over the processes (synced_statistics)
 
     def forward(self, z: Tensor, channels_last: bool = False) -> VQModuleOutput:
         """Quantise ``z [B, D, *spatial]`` (or ``[..., D]`` with ``channels_last``);
@@ -113,14 +123,20 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update_codebook(self, z: Tensor, tokens: Tensor) -> None:
         c = self.config
+        reduce = _sum_over_processes if self.synced else None
         if c.ema:
-            vq_ema_update_(self.codebook, self.ema_count, self.ema_sum, z, tokens, c.decay)
+            vq_ema_update_(self.codebook, self.ema_count, self.ema_sum, z, tokens, c.decay, reduce=reduce)
         elif c.dead_threshold > 0:
             counts = torch.bincount(tokens.reshape(-1), minlength=c.num_codes).to(self.ema_count.dtype)
+            if reduce is not None:
+                reduce(counts)
             self.ema_count.mul_(c.decay).add_(counts, alpha=1.0 - c.decay)
         if c.dead_threshold > 0 and self._may_restart():
-            restart_dead_codes_(self.codebook, self.ema_count, z, c.dead_threshold,
-                                ema_sum=self.ema_sum if c.ema else None)
+            restarted = restart_dead_codes_(self.codebook, self.ema_count, z, c.dead_threshold,
+                                            ema_sum=self.ema_sum if c.ema else None)
+            if restarted and self.synced:   # the same codes on every process (same counts): process 0's rows
+                for state in (self.codebook, self.ema_count, *([self.ema_sum] if c.ema else [])):
+                    dist.broadcast(state.data, src=0)
         if c.restart_updates is not None and c.dead_threshold > 0:
             self.num_updates += 1
 
@@ -140,3 +156,24 @@ class VectorQuantizer(nn.Module):
         entropy = self.usage_entropy()
         early = int(self.num_updates) < c.restart_updates or entropy < 1.0
         return early and entropy < math.log2(c.num_codes) - 2
+
+
+def _sum_over_processes(tensor: Tensor) -> None:
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+@contextlib.contextmanager
+def synced_statistics(module: nn.Module) -> Iterator[None]:
+    """Within the block, every :class:`VectorQuantizer` of ``module`` that updates its
+    statistics (training mode) sums them over the processes of the default process group
+    (see the module docstring); nothing changes without one, or with one process. Every
+    process must run the same forward passes inside it: each update is a collective."""
+    quantizers = [m for m in module.modules() if isinstance(m, VectorQuantizer)]
+    synced = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    for quantizer in quantizers:
+        quantizer.synced = synced
+    try:
+        yield
+    finally:
+        for quantizer in quantizers:
+            quantizer.synced = False

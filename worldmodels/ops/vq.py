@@ -24,6 +24,7 @@ References (``vq_ref`` and its parts) are the specification; :func:`vq` adds
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -204,7 +205,8 @@ def _check_ema_state(name: str, codebook: Tensor, ema_count: Tensor, ema_sum: Te
 
 @torch.no_grad()
 def vq_ema_update_(codebook: Tensor, ema_count: Tensor, ema_sum: Tensor, z: Tensor, indices: Tensor,
-                   decay: float = 0.99, eps: float = 1e-5) -> None:
+                   decay: float = 0.99, eps: float = 1e-5, *,
+                   reduce: Callable[[Tensor], None] | None = None) -> None:
     """EMA codebook update with Laplace smoothing (VQ-VAE appendix; VQ-VAE-2), in place.
 
     With ``n_k = #{n: i_n = k}`` and ``s_k = sum_{n: i_n = k} z_n``::
@@ -224,6 +226,9 @@ def vq_ema_update_(codebook: Tensor, ema_count: Tensor, ema_sum: Tensor, z: Tens
         z: ``[..., D]`` the quantised vectors (no gradient flows); indices: their codes
             ``[...]`` (int64, e.g. ``vq(...).indices``).
         decay: in [0, 1). eps: smoothing > 0.
+        reduce: sums the batch's ``[n, s]`` (one flat tensor) in place over the processes
+            of a data-parallel run before they enter the averages (an all-reduce), so that
+            every process updates with the statistics of the global batch; None: this batch's.
     Checking that the indices lie in ``[0, K)`` reads two numbers back from the device.
     """
     name = "vq_ema_update_"
@@ -237,6 +242,10 @@ def vq_ema_update_(codebook: Tensor, ema_count: Tensor, ema_sum: Tensor, z: Tens
     flat, index = z.reshape(-1, codebook.shape[1]).to(ema_sum.dtype), indices.reshape(-1)
     counts = torch.bincount(index, minlength=codes).to(ema_count.dtype)
     sums = torch.zeros_like(ema_sum).index_add_(0, index, flat)
+    if reduce is not None:
+        statistics = torch.cat([counts.to(ema_sum.dtype), sums.reshape(-1)])
+        reduce(statistics)
+        counts, sums = statistics[:codes].to(ema_count.dtype), statistics[codes:].view_as(ema_sum)
     ema_count.mul_(decay).add_(counts, alpha=1.0 - decay)
     ema_sum.mul_(decay).add_(sums, alpha=1.0 - decay)
     total = ema_count.sum()

@@ -40,6 +40,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..envs.spaces import VectorEnv
+from ..training import distributed
 from .actions import random_policy, stored_action, to_env_action
 from .protocols import Agent, check_mode
 
@@ -365,4 +366,21 @@ def _policy_from_leaves(template: Any, leaves: list[torch.Tensor]) -> Any:
     return pytree.tree_unflatten(restored, spec)
 
 
-__all__ = ["Collector", "EnvHistory", "EpisodeHook", "StepHook", "merge_windows"]
+def shard_metrics(collector: Collector, replay_steps: int) -> dict[str, float]:
+    """The collector's metrics (:meth:`Collector.metrics`) and ``collect/replay_steps``.
+    Under torchrun (every process calls it at the same step; each steps its own envs into
+    its own replay) they count every process's env steps, episodes and replay, and the
+    returns are those of every process's episodes."""
+    if distributed.placement().world_size == 1:
+        return {**collector.metrics(), "collect/replay_steps": float(replay_steps)}
+    ranks: list[dict[str, Any]] = []
+
+    def every_rank(window: dict[str, Any]) -> dict[str, Any]:
+        ranks.extend(distributed.gather({**window, "replay_steps": int(replay_steps)}))
+        return merge_windows(ranks)
+
+    metrics = collector.metrics(merge=every_rank)
+    return {**metrics, "collect/replay_steps": float(sum(rank["replay_steps"] for rank in ranks))}
+
+
+__all__ = ["Collector", "EnvHistory", "EpisodeHook", "StepHook", "merge_windows", "shard_metrics"]

@@ -18,6 +18,17 @@ that followed): a component's window of ``L`` frames is drawn from the replay as
 ``L + 1`` stored steps (:func:`transitions`), from finished and unfinished episodes
 alike. Each component has its own selector, so count-based priorities (Δ-IRIS) count
 per component.
+
+Under torchrun each process is one shard, as online DreamerV3's
+(:func:`~worldmodels.training.distributed.env_shard`): envs seeded ``seed + rank *
+num_envs + i``, a replay of ``capacity // world_size`` steps, a first collection of
+``ceil(initial_steps / world_size)`` env steps when the config sets one (Δ-IRIS's
+``initial_collect_steps``; IRIS's first collection is an epoch's ``collect_steps``),
+collection stopping at ``ceil(max_env_steps / world_size)``, and its episodes and replay
+snapshots under :func:`~worldmodels.training.distributed.rank_dir`. Every process
+collects ``collect_steps`` per ``collect_every`` updates and samples its components'
+batch sizes, so the env steps per replayed step are those of one process; the schedule
+depends on the update count only, the same on every process.
 """
 
 from __future__ import annotations
@@ -32,8 +43,9 @@ import torch
 from ..data.episodes import EpisodeWriter
 from ..envs.factory import infer_spaces, make_env, spec_from_config
 from ..envs.spaces import EnvSpaces, VectorEnv
+from ..training import distributed
 from ..training.contract import TrainData
-from .collector import Collector
+from .collector import Collector, shard_metrics
 from .replay import Replay
 from .resume import OnlineResumable
 from .selectors import Selector, make_selector
@@ -126,8 +138,9 @@ class ComponentData(OnlineResumable, TrainData):
 
     def bind_model(self, model: Any, run_dir: str | Path | None = None) -> None:
         """Act with ``model``; keep replay snapshots under ``<run_dir>/replay`` and every
-        finished episode in ``<run_dir>/episodes`` (one npz each)."""
-        self.model, self.run_dir = model, None if run_dir is None else Path(run_dir)
+        finished episode in ``<run_dir>/episodes`` (one npz each); under torchrun, processes
+        other than 0 keep theirs under ``<run_dir>/rank<r>/``."""
+        self.model, self.run_dir = model, None if run_dir is None else distributed.rank_dir(Path(run_dir))
         if self.run_dir is not None:
             self.writer = EpisodeWriter(self.run_dir / "episodes", self.num_envs)
             self.collector.on_step.append(self.writer)
@@ -170,8 +183,8 @@ class ComponentData(OnlineResumable, TrainData):
         if self.updates % self.collect_every == 0 and env_steps < self.max_env_steps:
             steps = self.initial_steps if self.updates == 0 else self.collect_steps
             self.collect(min(steps, self.max_env_steps - env_steps))
-        while not self._ready():
-            self.collect(self.num_envs)
+        while not distributed.all_ranks(self._ready()):
+            self.collect(self.num_envs)   # every process as many steps: their env steps stay equal
         active = self.active()
         self.updates += 1
         return [name for name in self.windows if active[name]]
@@ -191,8 +204,10 @@ class ComponentData(OnlineResumable, TrainData):
         return {name: self.sample(name) if name in active else None for name in self.windows}
 
     def log_metrics(self) -> dict[str, float]:
-        """The collector's metrics (:meth:`Collector.metrics`) and ``collect/replay_steps``."""
-        return {**self.collector.metrics(), "collect/replay_steps": float(self.replay.num_steps)}
+        """The collector's metrics (:meth:`Collector.metrics`) and ``collect/replay_steps``,
+        over every process's env steps, episodes and replay under torchrun
+        (:func:`~worldmodels.rl.collector.shard_metrics`)."""
+        return shard_metrics(self.collector, self.replay.num_steps)
 
     def state_dict(self) -> dict[str, Any]:
         """The update counter and what :func:`~worldmodels.rl.resume.online_state` saves
@@ -240,12 +255,21 @@ def build_component_data(cfg: Any, device: torch.device, shapes: dict[str, tuple
                                      make_selector(str(algo.get("selector", "balanced")), priority_alpha=alpha),
                                      None if per_epoch.get(name) is None else int(per_epoch[name]))
                for name, (length, align, keys) in shapes.items()}
+    shard = distributed.env_shard(int(cfg.seed), int(cfg.env.get("num_envs", 1)), int(float(algo.capacity)),
+                                  0 if initial_steps is None else int(initial_steps))
     return ComponentData(
-        make_env(spec_from_config(cfg.env, seed=int(cfg.seed))), windows, actor="actor_critic",
+        make_env(spec_from_config(cfg.env, seed=shard.env_seed)), windows, actor="actor_critic",
         collect_every=int(algo.collect_every), collect_steps=int(algo.collect_steps),
-        max_env_steps=int(float(algo.max_env_steps)), capacity=int(float(algo.capacity)), seed=int(cfg.seed),
-        device=device, initial_steps=initial_steps, on_disk=bool(algo.get("replay_on_disk", False)),
-        epsilon=float(algo.epsilon), temperature=float(algo.temperature))
+        max_env_steps=shard_env_steps(int(float(algo.max_env_steps))), capacity=shard.capacity,
+        seed=shard.rng_seed, device=device, initial_steps=None if initial_steps is None else shard.prefill,
+        on_disk=bool(algo.get("replay_on_disk", False)), epsilon=float(algo.epsilon),
+        temperature=float(algo.temperature))
 
 
-__all__ = ["ComponentData", "ComponentWindow", "FRAME_KEYS", "build_component_data", "frame_spaces", "transitions"]
+def shard_env_steps(max_env_steps: int) -> int:
+    """This process's share of the run's env-step budget, ``ceil(max_env_steps / world_size)``."""
+    return distributed.shard_prefill(max_env_steps, distributed.placement().world_size)
+
+
+__all__ = ["ComponentData", "ComponentWindow", "FRAME_KEYS", "build_component_data", "frame_spaces", "shard_env_steps",
+           "transitions"]

@@ -251,7 +251,16 @@ def component_step(run: Any) -> Any:
     backward, clips its gradients to its ``max_grad_norm`` (then to ``train.grad_clip``
     when set) and steps its optimiser groups, one component after another. Accumulation repeats only the micro-batches:
     the collection schedule and the starts advance once per update, so halving the
-    batch and doubling ``accum_steps`` trains the same schedule."""
+    batch and doubling ``accum_steps`` trains the same schedule.
+
+    Under torchrun every process runs the same schedule (it depends on the update count
+    only) on its own data; after a component's micro-batches its loss and metrics are
+    averaged over the processes (a non-finite loss stops every process), then its
+    gradients (:func:`~worldmodels.training.distributed.average_gradients`: one all-reduce
+    per component), so every process steps the same optimiser on the same gradients; its
+    codebook statistics are those of every process's batch
+    (:func:`~worldmodels.nn.vq.synced_statistics`)."""
+    from ..training import distributed
     from ..training.step import StepResult, clip_groups_
 
     data, model, optimizer, scaler = run.data, run.model, run.optimizer, run.scaler
@@ -263,24 +272,17 @@ def component_step(run: Any) -> Any:
         if name not in active:
             continue
         optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        loss_sum = 0.0
-        for _ in range(count):
-            batch = data.sample(name)
-            with run.precision.autocast():
-                loss, parts = model.component_loss(name, batch)
-            scaler.scale(loss / count).backward()
-            loss_sum += float(loss.detach()) / count
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(torch.as_tensor(value).detach().float()) / count
-        metrics.update({f"{name}/{key}": value for key, value in sums.items()})
-        metrics[f"{name}/loss"] = loss_sum
+        params = model.component_parameters(name)
+        loss_sum, parts = _component_backward(run, name, count)
+        values = {**{f"{name}/{key}": value for key, value in parts.items()}, f"{name}/loss": loss_sum}
+        metrics.update(distributed.average_values(values))
+        loss_sum = metrics[f"{name}/loss"]
         total += loss_sum
         if not math.isfinite(loss_sum):
             optimizer.zero_grad(set_to_none=True)
             return StepResult(loss_sum, float("nan"), False, metrics)
+        distributed.average_gradients(params)
         scaler.unscale_(optimizer)
-        params = model.component_parameters(name)
         norms.append(_grad_norm(params))
         clip_groups_(optimizer)
         if getattr(run, "grad_clip", None):
@@ -291,6 +293,23 @@ def component_step(run: Any) -> Any:
     optimizer.zero_grad(set_to_none=True)
     grad_norm = math.sqrt(sum(n * n for n in norms)) if norms else 0.0
     return StepResult(total, grad_norm, True, metrics)
+
+
+def _component_backward(run: Any, name: str, count: int) -> tuple[float, dict[str, float]]:
+    """Forward and backward of ``count`` micro-batches of component ``name`` (gradients
+    summed in place, each loss divided by ``count``); returns their mean loss and metrics."""
+    from ..nn.vq import synced_statistics
+
+    loss_sum, sums = 0.0, {}
+    for _ in range(count):
+        batch = run.data.sample(name)
+        with run.precision.autocast(), synced_statistics(run.model):
+            loss, parts = run.model.component_loss(name, batch)
+        run.scaler.scale(loss / count).backward()
+        loss_sum += float(loss.detach()) / count
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + float(torch.as_tensor(value).detach().float()) / count
+    return loss_sum, sums
 
 
 def _grad_norm(params: list[nn.Parameter]) -> float:

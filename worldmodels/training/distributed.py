@@ -15,9 +15,14 @@ steps (after ``ceil(prefill / world_size)`` random steps) and keeps its files in
 number of times per update, so the schedule does not depend on the rank and the train
 ratio holds on the global env steps (``world_size`` times a rank's).
 
-Families with their own step (IRIS, Δ-IRIS) and behaviour cloning are not supported yet
-and are refused before the run starts (:func:`refusal`); World Models' CMA-ES splits its
-population across the ranks instead (``worldmodels.algos.world_models.population``).
+IRIS and Δ-IRIS train their components one after another with their own step, outside
+DDP: after each component's backward, :func:`average_gradients` all-reduces its gradients
+in one flat buffer and :func:`average_values` its loss and metrics, so every rank steps
+the same optimiser on the same gradients and skips a non-finite update together. Their
+data shards itself as online DreamerV3's does. World Models' CMA-ES splits its
+population across the ranks instead (``worldmodels.algos.world_models.population``); a
+family the registry does not mark data-parallel is refused before the run starts
+(:func:`refusal`).
 """
 
 from __future__ import annotations
@@ -160,6 +165,47 @@ def average(values: torch.Tensor) -> torch.Tensor:
     return values / dist.get_world_size()
 
 
+def average_values(values: Mapping[str, float]) -> dict[str, float]:
+    """Named figures (a step's loss and metrics) averaged over the ranks: each name over
+    the ranks that report it (a component may report no metric for a batch without a
+    real example); unchanged for a single process. Every rank must call it at the same point."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return dict(values)
+    every = gather({name: float(value) for name, value in values.items()})
+    names = list(dict.fromkeys(name for rank in every for name in rank))
+    return {name: sum(rank[name] for rank in every if name in rank) / sum(name in rank for rank in every)
+            for name in names}
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """The gradients of ``params`` averaged over the ranks in place, in one all-reduce
+    (the step of a model trained outside DDP, component by component: IRIS, Δ-IRIS).
+    A parameter that has a gradient on no rank keeps none (the optimiser skips it, as in
+    one process); one that has a gradient on some ranks gets their sum over the world size
+    (a missing gradient counts as zeros, as in DDP). Every rank must call it with the same
+    parameters in the same order; a no-op for a single process."""
+    params = list(params)
+    if not params or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    device = params[0].device
+    parts = [p.grad.detach().reshape(-1).float() if p.grad is not None else torch.zeros(p.numel(), device=device)
+             for p in params]
+    present = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    flat = torch.cat([*parts, present])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for param, part, seen in zip(params, parts, flat[-len(params):].tolist()):
+        averaged = flat[offset:offset + part.numel()].view_as(param)
+        offset += part.numel()
+        if seen == 0:
+            continue
+        if param.grad is None:
+            param.grad = averaged.to(param.dtype).clone()
+        else:
+            param.grad.copy_(averaged)
+
+
 def concat_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's ``tensor`` (the same shape on each) concatenated along dim 0 in rank
     order; ``tensor`` itself for a single process. Every rank must call it at the same point."""
@@ -170,11 +216,19 @@ def concat_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def collective_device() -> torch.device:
+    """Where a collective's own small tensors live: this rank's GPU under NCCL (it reduces
+    CUDA tensors only), the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` holds on any rank (a stop request seen by one rank stops all)."""
     if not dist.is_initialized():
         return flag
-    value = torch.tensor([float(flag)])
+    value = torch.tensor([float(flag)], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -286,11 +340,11 @@ def refusal(family_name: str, supported: list[str], recorded_world_size: int | N
                 f"(or without torchrun for 1).")
     if where.enabled and family_name not in supported:
         return (f"torchrun: algo.name={family_name} does not run data-parallel yet; supported: "
-                f"{', '.join(supported)} (IRIS, Δ-IRIS and behaviour cloning run in one process).")
+                f"{', '.join(supported)}.")
     return None
 
 
 __all__ = ["DataParallel", "DistributedRunError", "EnvShard", "Placement", "TORCHRUN_VARIABLES", "all_ranks",
-           "any_rank", "average", "backend_for", "barrier", "cleanup", "concat_ranks", "data_config", "device_for",
-           "env_shard", "gather", "init", "is_main", "placement", "rank_dir", "refusal", "same_config",
-           "shard_capacity", "shard_prefill", "wrap"]
+           "any_rank", "average", "average_gradients", "average_values", "backend_for", "barrier", "cleanup",
+           "collective_device", "concat_ranks", "data_config", "device_for", "env_shard", "gather", "init", "is_main",
+           "placement", "rank_dir", "refusal", "same_config", "shard_capacity", "shard_prefill", "wrap"]

@@ -65,6 +65,8 @@ COMMON: dict[str, Rule] = {
     "train.distributed.global_batch_size": OPTIONAL_COUNT,
     "train.distributed.replay_capacity_per_rank": OPTIONAL_COUNT,
     "train.distributed.prefill_per_rank": integer(0).or_null(),
+    "train.distributed.max_env_steps_per_rank": OPTIONAL_COUNT,
+    "train.distributed.global_batch_sizes.*": COUNT,
     "init.path": PATH.or_null(),
     "init.components": list_of(text(), min_len=1).or_null(),
     "logger.wandb.mode": choice("disabled", "online", "offline"),

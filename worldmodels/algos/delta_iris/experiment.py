@@ -22,6 +22,7 @@ from ...rl.component_data import FRAME_KEYS, ComponentData, build_component_data
 from ...rl.imagination_agent import COMPONENTS, OptimConfig, build_optimizer, component_step, frames_first
 from ...rl.imagination_eval import ImaginationEvaluator, frames_changed, next_frame_scores
 from ...rl.protocols import rebuild_agent
+from ...training import distributed
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config, to_dict
 from .actor_critic import DeltaActorCriticConfig
@@ -181,6 +182,6 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> DeltaIrisEvaluator
 
 
 FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator, optimizer=build_optimizer,
-                      step=component_step)
+                      step=component_step, data_config=distributed.same_config)  # the data shards itself
 
 __all__ = ["FACTORIES", "DeltaIrisEvaluator", "agent_configs", "agent_from_spaces", "build_data", "build_model"]

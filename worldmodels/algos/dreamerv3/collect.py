@@ -40,7 +40,7 @@ import torch
 from ...data.episodes import EpisodeWriter
 from ...envs.factory import VectorEnv, make_env, spec_from_config
 from ...rl.actions import onehot, random_policy, stored_action, to_env_action  # noqa: F401  (re-exported)
-from ...rl.collector import Collector, merge_windows
+from ...rl.collector import Collector, shard_metrics
 from ...rl.replay import Replay
 from ...rl.resume import OnlineResumable
 from ...rl.selectors import make_selector
@@ -140,19 +140,9 @@ class OnlineData(OnlineResumable, TrainData):
         return batch_to_torch(batch, self.device)
 
     def log_metrics(self) -> dict[str, float]:
-        """The collector's metrics (:meth:`Collector.metrics`) and ``collect/replay_steps``.
-        Under torchrun (every rank calls it at the same step) they count every rank's env
-        steps, episodes and replay shard, and the returns are those of every rank's episodes."""
-        if distributed.placement().world_size == 1:
-            return {**self.collector.metrics(), "collect/replay_steps": float(self.replay.num_steps)}
-        ranks: list[dict[str, Any]] = []
-
-        def every_rank(window: dict[str, Any]) -> dict[str, Any]:
-            ranks.extend(distributed.gather({**window, "replay_steps": self.replay.num_steps}))
-            return merge_windows(ranks)
-
-        metrics = self.collector.metrics(merge=every_rank)
-        return {**metrics, "collect/replay_steps": float(sum(rank["replay_steps"] for rank in ranks))}
+        """The collector's metrics and ``collect/replay_steps``, over every rank's env steps,
+        episodes and replay shard under torchrun (:func:`~worldmodels.rl.collector.shard_metrics`)."""
+        return shard_metrics(self.collector, self.replay.num_steps)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, the carried fraction, and what :func:`~worldmodels.rl.resume.online_state`

@@ -24,6 +24,7 @@ from ...rl.imagination_agent import build_optimizer, component_step
 from ...rl.imagination_eval import ImaginationEvaluator, frames_changed, next_frame_scores
 from ...rl.lstm_actor_critic import IrisActorCriticConfig
 from ...rl.protocols import rebuild_agent
+from ...training import distributed
 from ...training.loop import Factories
 from ...utils.config import dataclass_from_config, to_dict
 from .agent import COMPONENTS, IrisAgent, OptimConfig, frames_first
@@ -162,4 +163,4 @@ def build_evaluator(cfg: DictConfig, device: torch.device) -> IrisEvaluator:
 
 
 FACTORIES = Factories(model=build_model, data=build_data, evaluator=build_evaluator, optimizer=build_optimizer,
-                      step=component_step)
+                      step=component_step, data_config=distributed.same_config)  # the data shards itself
