@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from worldmodels.algos.world_models import c_stages
+from worldmodels.algos.world_models import c_stages, vm_stages
 from worldmodels.algos.world_models.cmaes import PopulationSearch
 from worldmodels.algos.world_models.config import PipelineConfigError, from_json, preset, to_json
 from worldmodels.algos.world_models.pipeline import run_pipeline
@@ -80,8 +80,48 @@ def test_a_two_rank_split_asks_the_generations_of_a_single_process(trained, tmp_
     assert (split / "controller_best.pt").is_file() and (split / "logs" / "controller" / "metrics.csv").is_file()
 
 
+def vm_worker(rank: int, world_size: int, port: int, settings: dict, run: str, stage: str) -> None:
+    """Train ``stage`` (vae or mdnrnn) as rank ``rank``; keep this rank's final weights
+    and the frames of each of its VAE batches."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    batches, final = [], {}
+    to_images, save = vm_stages.to_images, vm_stages._save
+    vm_stages.to_images = lambda frames, device: (batches.append(len(frames)) or to_images(frames, device))
+    vm_stages._save = lambda path, state: (final.update(state) or save(path, state))
+    try:
+        run_pipeline(from_json(settings), Path(run), [stage], {"backend": "gloo", "timeout_s": 60})
+        distributed.finish()
+    finally:
+        distributed.cleanup()
+    torch.save({"model": final["model"], "batches": batches}, Path(run) / f"{stage}_rank{rank}.pt")
+
+
+@pytest.mark.parametrize("stage", ["vae", "mdnrnn"])
+def test_v_and_m_train_data_parallel_with_the_same_weights_on_every_rank(trained, tmp_path, stage):
+    settings, run = trained
+    split = tmp_path / "split"
+    shutil.copytree(run, split)
+    (split / f"{stage}.pt").unlink()
+    mp.spawn(vm_worker, args=(2, free_port(), settings, str(split), stage), nprocs=2, join=True)
+    ranks = [torch.load(split / f"{stage}_rank{rank}.pt", weights_only=True) for rank in range(2)]
+    for name, value in ranks[0]["model"].items():                    # the averaged gradients keep them equal
+        torch.testing.assert_close(ranks[1]["model"][name], value, rtol=0, atol=0, msg=name)
+    written = torch.load(split / f"{stage}.pt", weights_only=True)["model"]
+    alone = torch.load(run / f"{stage}.pt", weights_only=True)["model"]
+    assert all(torch.equal(written[k], v) for k, v in ranks[0]["model"].items())       # rank 0 wrote them
+    assert any(not torch.equal(alone[k], v) for k, v in written.items())               # not one process's run
+    if stage == "vae":
+        epochs, frames = from_json(settings).vae_epochs, len(vm_stages.load_frames(run))
+        first, second = (sum(r["batches"]) for r in ranks)
+        assert len(ranks[0]["batches"]) == len(ranks[1]["batches"])                    # the same number of steps
+        assert epochs * (frames - 1) <= first + second <= epochs * frames              # each frame once per epoch
+
+
 @pytest.mark.parametrize(("overrides", "stages", "message"), [
-    ({}, ["mdnrnn", "controller"], "only the controller stage (and eval, on rank 0) runs: run mdnrnn in one process"),
+    ({}, ["encode", "mdnrnn"], "only the vae, mdnrnn and controller stages (and eval, on rank 0) run: run encode in one "
+                              "process"),
     ({"population": 2, "generations": 1}, ["controller"], None),
     ({"antithetic": True, "train_in_dream": False, "population": 4}, ["controller"],
      "antithetic pairs in the real env"),

@@ -72,8 +72,9 @@ def run_pipeline(cfg: PipelineConfig, run: Path, stages: list[str],
     """Run ``stages`` in ``run``; rows go to ``pipeline_summary.csv``. Returns stage -> outcome.
 
     Under torchrun (``distributed_settings``: ``train.distributed``, the process group
-    joined if it is not yet) the controller stage splits each generation across the
-    ranks and ``eval`` runs on rank 0; rank 0 alone writes files."""
+    joined if it is not yet) the VAE and MDN-RNN stages train data-parallel, the
+    controller stage splits each generation across the ranks and ``eval`` runs on rank 0;
+    rank 0 alone writes files."""
     env = resolve_env(cfg.env)
     device = distributed.device_for(resolve_device(cfg.device))
     where = distributed.placement()
@@ -103,14 +104,17 @@ def run_pipeline(cfg: PipelineConfig, run: Path, stages: list[str],
     return outcomes
 
 
+TORCHRUN_STAGES = ("vae", "mdnrnn", "controller", "eval")   # data-parallel V and M, the split population, eval on rank 0
+
+
 def check_distributed(cfg: PipelineConfig, stages: list[str]) -> None:
     """Refuse what a torchrun job of this pipeline cannot do, naming the fix."""
     ranks = distributed.placement().world_size
-    others = [stage for stage in stages if stage not in ("controller", "eval")]
+    others = [stage for stage in stages if stage not in TORCHRUN_STAGES]
     if others:
         raise PipelineConfigError(
-            f"under torchrun ({ranks} processes) only the controller stage (and eval, on rank 0) runs: "
-            f"run {','.join(others)} in one process first, then the controller with --stage controller,eval.")
+            f"under torchrun ({ranks} processes) only the vae, mdnrnn and controller stages (and eval, on rank 0) "
+            f"run: run {','.join(others)} in one process first, then e.g. --stage vae or --stage mdnrnn,controller,eval.")
     if cfg.population < ranks:
         raise PipelineConfigError(f"population={cfg.population} is smaller than the {ranks} processes of torchrun.")
     if cfg.antithetic and not cfg.train_in_dream:

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ...nn.vae import ConvVAE, ConvVAEConfig
+from ...training import distributed
 from ...training.checkpoint import load_checkpoint, save_checkpoint
 from .config import PipelineConfig, to_json
 from .envs import WorldModelsEnv, make_batch
@@ -114,10 +115,49 @@ def resume_epoch(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     return int(state["epoch"])
 
 
+class _Quiet:
+    """The stage log of ranks other than 0: they log nothing."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _stage_log(run: Path, stage: str, cfg: PipelineConfig, resume_step: int | None):
+    return stage_logger(run, stage, to_json(cfg), resume_step=resume_step) if distributed.is_main() else _Quiet()
+
+
+def _save(path: Path, state: dict) -> None:
+    """Rank 0 writes the stage checkpoint (every rank holds the same weights)."""
+    if distributed.is_main():
+        save_checkpoint(path, state)
+
+
+def _epoch_means(sums: dict[str, float], count: float) -> dict[str, float]:
+    """Per-item means of ``sums`` over every rank's ``count`` items (one all-reduce)."""
+    totals = distributed.average_values({**sums, "_count": count})   # means over the ranks: the ratio is the same
+    return {key: value / max(totals["_count"], 1e-12) for key, value in totals.items() if key != "_count"}
+
+
+def rank_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """This rank's share of an epoch's ``order``: global batches of ``batch_size`` per
+    rank times the world size, each dealt out round-robin, so every rank takes the same
+    number of steps and the ranks together see each item once (a last global batch
+    smaller than the world size is dropped). One process: ``order.split(batch_size)``."""
+    where = distributed.placement()
+    world = where.world_size if where.enabled else 1
+    rank = where.rank if where.enabled else 0
+    return [b[rank::world] for b in order.split(batch_size * world) if len(b) >= world]
+
+
 def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
     """VAE epochs over every frame; loss = recon + max(KL, kl_tolerance * Z) (the authors' floor).
     The initial weights and each epoch's draws come from the seed (and the epoch), so a
-    resumed run ends with the weights of an uninterrupted one."""
+    resumed run ends with the weights of an uninterrupted one. Under torchrun each rank
+    takes its share of every global batch (:func:`rank_batches`) and the gradients are
+    averaged before each step, so every rank holds the same weights; rank 0 writes them."""
     torch.manual_seed(cfg.seed)
     model = build_vae(cfg, env).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.vae_lr)
@@ -126,12 +166,14 @@ def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch
         return f"skipped: vae.pt has {epoch} epochs"
     frames = load_frames(run)
     floor = cfg.kl_tolerance * cfg.latent_dim
-    logger = stage_logger(run, "vae", to_json(cfg), resume_step=epoch or None)
+    logger = _stage_log(run, "vae", cfg, epoch or None)
+    rank = distributed.placement().rank
     for epoch in range(epoch, cfg.vae_epochs):
-        sums = {"vae/recon": 0.0, "vae/kl": 0.0, "vae/loss": 0.0}
-        torch.manual_seed(cfg.seed * 1000 + epoch)
+        sums, seen = {"vae/recon": 0.0, "vae/kl": 0.0, "vae/loss": 0.0}, 0
+        torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * rank)
         order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        bar = tqdm(order.split(cfg.vae_batch_size), desc=f"vae epoch {epoch + 1}/{cfg.vae_epochs}")
+        bar = tqdm(rank_batches(order, cfg.vae_batch_size), desc=f"vae epoch {epoch + 1}/{cfg.vae_epochs}",
+                   disable=not distributed.is_main())
         for index in bar:
             images = to_images(frames[index], device)
             mu, logvar = model.encode(images)
@@ -139,15 +181,18 @@ def train_vae(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch
             loss = parts["recon"] + parts["kl"].clamp_min(floor)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(list(model.parameters()))
             optimizer.step()
             bar.set_postfix(recon=f"{parts['recon'].item():.1f}", kl=f"{parts['kl'].item():.1f}")
             for key, value in (("vae/recon", parts["recon"]), ("vae/kl", parts["kl"]), ("vae/loss", loss)):
                 sums[key] += value.item() * len(index)
-        logger.log(epoch + 1, {key: total / len(frames) for key, total in sums.items()})   # means over the epoch
-        save_checkpoint(run / "vae.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "config": dataclasses.asdict(model.config), "epoch": epoch + 1,
-                                         "recon": parts["recon"].item(), "kl": parts["kl"].item()})
+            seen += len(index)
+        logger.log(epoch + 1, _epoch_means(sums, seen))   # means over the epoch's frames, every rank's
+        _save(run / "vae.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "config": dataclasses.asdict(model.config), "epoch": epoch + 1,
+                               "recon": parts["recon"].item(), "kl": parts["kl"].item()})
     logger.close()
+    distributed.barrier()   # vae.pt is written before any rank moves on
     return f"done: {cfg.vae_epochs} epochs, last batch recon {parts['recon'].item():.1f} kl {parts['kl'].item():.1f}"
 
 
@@ -211,7 +256,9 @@ def sequence_batch(latents: dict[str, np.ndarray], seq_len: int, batch: int, rng
 
 def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
     """MDN-RNN epochs (an epoch: as many chunks as the data has steps / seq_len); seeded
-    per epoch as the VAE is."""
+    per epoch as the VAE is. Under torchrun each rank draws its own chunks (its own
+    stream, seeded by the rank) for its share of the epoch's batches and the gradients
+    are averaged before clipping, so every rank holds the same weights; rank 0 writes them."""
     torch.manual_seed(cfg.seed)
     model = MDNRNN(mdn_config(cfg, env)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.mdn_lr)
@@ -221,24 +268,28 @@ def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: to
     latents = load_npz(run / "latents.npz")
     if not (latents["lengths"] >= cfg.mdn_seq_len).any():
         raise ValueError(f"no episode has mdn_seq_len={cfg.mdn_seq_len} steps; lower --mdn-seq-len.")
-    batches = max(1, int(latents["lengths"].sum()) // (cfg.mdn_seq_len * cfg.mdn_batch_size))
-    logger = stage_logger(run, "mdnrnn", to_json(cfg), resume_step=epoch or None)
+    where = distributed.placement()
+    world = where.world_size if where.enabled else 1
+    batches = max(1, int(latents["lengths"].sum()) // (cfg.mdn_seq_len * cfg.mdn_batch_size * world))
+    logger = _stage_log(run, "mdnrnn", cfg, epoch or None)
     for epoch in range(epoch, cfg.mdn_epochs):
-        rng = np.random.default_rng([cfg.seed, epoch])
-        bar = tqdm(range(batches), desc=f"mdnrnn epoch {epoch + 1}/{cfg.mdn_epochs}")
+        rng = np.random.default_rng([cfg.seed, epoch] if world == 1 else [cfg.seed, epoch, where.rank])
+        bar = tqdm(range(batches), desc=f"mdnrnn epoch {epoch + 1}/{cfg.mdn_epochs}", disable=not where.is_main)
         sums: dict[str, float] = {}
         for _ in bar:
             loss, metrics = model.compute_loss(sequence_batch(latents, cfg.mdn_seq_len, cfg.mdn_batch_size, rng, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(list(model.parameters()))
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in metrics.items()})
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[f"mdnrnn/{key}"] = sums.get(f"mdnrnn/{key}", 0.0) + value.item()
-        logger.log(epoch + 1, {key: total / batches for key, total in sums.items()})   # means over the epoch
-        save_checkpoint(run / "mdnrnn.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "config": dataclasses.asdict(model.config), "epoch": epoch + 1,
-                                            **{k: v.item() for k, v in metrics.items()}})
+        logger.log(epoch + 1, _epoch_means(sums, batches))   # means over the epoch's batches, every rank's
+        _save(run / "mdnrnn.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "config": dataclasses.asdict(model.config), "epoch": epoch + 1,
+                                  **{k: v.item() for k, v in metrics.items()}})
     logger.close()
+    distributed.barrier()   # mdnrnn.pt is written before any rank moves on
     return "done: {} epochs, {}".format(cfg.mdn_epochs, ", ".join(f"{k} {v.item():.3f}" for k, v in metrics.items()))
