@@ -56,7 +56,7 @@ def test_every_pipeline_setting_is_an_algo_key(config_from):
     ("algo.stages=[controler]", "algo.stages=[controler] is not allowed: expected a list of at least 1 items, "
                                 "each one of collect, vae, encode, mdnrnn, controller, eval."),
     ("algo.population=1", "algo.population=1 is not allowed: expected an integer >= 2, or null."),
-    ("algo.env=CarRacing-v2", "algo.env=CarRacing-v2 is not allowed: expected one of carracing, lunarlander, tiny."),
+    ("algo.env=CarRacing-v2", "algo.env=CarRacing-v2 is not allowed: expected one of carracing, lunarlander, doom, tiny."),
 ])
 def test_bad_settings_are_refused_before_the_run_naming_them(override, message):
     problem = precheck([EXP, override])
