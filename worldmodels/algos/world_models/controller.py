@@ -66,8 +66,9 @@ def population_actions(theta: torch.Tensor, features: torch.Tensor, bias: bool =
     """Raw actions ``[P, R, A]`` in [-1, 1] of P candidates on their features ``[P, R, F]``."""
     per_action = features.shape[-1] + (1 if bias else 0)
     if theta.dim() != 2 or theta.shape[1] % per_action:
-        raise ValueError(f"theta has shape {tuple(theta.shape)}: [P, n] needs n = {per_action} * A "
-                         f"for F={features.shape[-1]} features (bias={bias}).")
+        needs = f"(F + 1) * A = {per_action} * A" if bias else f"F * A = {per_action} * A (no bias)"
+        raise ValueError(f"theta has shape {tuple(theta.shape)}: [P, n] needs n = {needs} "
+                         f"for F={features.shape[-1]} features.")
     weight, offset = unpack(theta, features.shape[-1], theta.shape[1] // per_action, bias)
     if offset is None:
         return torch.tanh(torch.bmm(features, weight))
