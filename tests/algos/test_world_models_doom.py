@@ -179,7 +179,7 @@ def test_doom_presets_follow_the_authors_and_flags_override_them():
 
 
 def test_the_pipeline_runs_end_to_end_on_doom(tmp_path):
-    cfg = preset("tiny", env="doom", generations=1, eval_episodes=3, collect_envs=2)
+    cfg = preset("tiny", env="doom", generations=1, eval_episodes=3, collect_envs=2, mean_eval_every=1)
     outcomes = run_pipeline(cfg, tmp_path, list(STAGES))
     assert all(outcome.startswith("done") for outcome in outcomes.values()), outcomes
     episode = load_npz(sorted((tmp_path / "episodes").glob("episode_*.npz"))[0])
@@ -196,5 +196,7 @@ def test_the_pipeline_runs_end_to_end_on_doom(tmp_path):
         assert (scores > 0).all() and (scores <= DOOM_FRAME_SKIP * cfg.controller_steps).all()
     temperatures = [row["temperature"] for row in results["dream_by_temperature"]]
     assert temperatures == sorted({cfg.temperature, *cfg.eval_temperatures})
+    probe = np.loadtxt(tmp_path / "cmaes_mean_eval.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert probe.shape == (1, 3) and probe[0, 1] % DOOM_FRAME_SKIP == 0 and probe[0, 1] > 0   # the mean, 3 episodes
     rows = (tmp_path / "temperature_gap.csv").read_text().splitlines()
     assert rows[0] == "temperature,dream_mean,dream_std,real_mean,gap" and len(rows) == 1 + len(temperatures)

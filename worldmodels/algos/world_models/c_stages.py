@@ -64,6 +64,10 @@ def dream_starts(run: Path) -> torch.Tensor:
     return torch.from_numpy(latents["mu"][latents["frame_starts"]])
 
 
+EVAL_SEED = 10_000         # evaluation episodes use seeds cfg.seed + EVAL_SEED + i
+MEAN_PROBE_SEED = 20_000   # the CMA-ES mean's probes use seeds cfg.seed + MEAN_PROBE_SEED + i
+
+
 def generation_seed(cfg: PipelineConfig, generation: int) -> int:
     return cfg.seed * 1_000_003 + generation
 
@@ -117,23 +121,21 @@ class Evaluator:
 class MeanProbe:
     """Every ``cfg.mean_eval_every`` generations (0: never), the CMA-ES mean over
     ``cfg.eval_episodes`` real episodes, as the authors' code does; rows of
-    ``cmaes_mean_eval.csv`` (generation, mean_return, std_return)."""
+    ``cmaes_mean_eval.csv`` (generation, mean_return, std_return). Every probe plays the
+    same episodes (seeds ``cfg.seed + MEAN_PROBE_SEED + i``, in batches of ``collect_envs``)."""
 
     def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN,
                  logger=None):
         self.cfg, self.run, self.env, self.device, self.model, self.logger = cfg, run, env, device, model, logger
         self.vae = load_vae(run, device) if cfg.mean_eval_every else None
-        self.batch = None
 
     def __call__(self, generation: int, mean: np.ndarray) -> None:
         cfg = self.cfg
         if not cfg.mean_eval_every or (generation + 1) % cfg.mean_eval_every:
             return
-        if self.batch is None:
-            self.batch = make_batch(self.env, cfg.eval_episodes, cfg.seed + 20_000, cfg.controller_steps)
         theta = torch.from_numpy(mean).float().to(self.device).unsqueeze(0)
-        returns, _ = real_rollouts(self.batch, self.vae, self.model, theta, cfg.eval_episodes, cfg.controller_steps,
-                                   action_map(self.env.action_map), spec=self.env.controller)
+        scores, _ = real_scores(cfg, self.env, self.vae, self.model, theta, record=False, offset=MEAN_PROBE_SEED)
+        returns = torch.from_numpy(scores)
         path = self.run / "cmaes_mean_eval.csv"
         with path.open("a") as handle:
             if handle.tell() == 0:
@@ -143,8 +145,7 @@ class MeanProbe:
             self.logger.log(generation, {"cmaes/mean_eval_return": returns.mean().item()})
 
     def close(self) -> None:
-        if self.batch is not None:
-            self.batch.close()
+        pass
 
 
 def _save_best(run: Path, search: PopulationSearch, feature_dim: int, action_dim: int) -> float:
@@ -242,24 +243,21 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
     return f"done: {cfg.generations} generations in the {where}{ranks}{best}"
 
 
-EVAL_SEED = 10_000   # evaluation episodes use seeds cfg.seed + EVAL_SEED + i
-
-
-def eval_chunks(cfg: PipelineConfig) -> list[tuple[int, int]]:
+def eval_chunks(cfg: PipelineConfig, offset: int = EVAL_SEED) -> list[tuple[int, int]]:
     """``(first seed, episodes)`` of the evaluation batches: ``eval_episodes`` episodes in
     batches of at most ``collect_envs`` envs (100 VizDoom processes at once would not fit
-    a small machine); env ``i`` of the whole evaluation has seed ``cfg.seed + EVAL_SEED + i``."""
+    a small machine); env ``i`` of the whole evaluation has seed ``cfg.seed + offset + i``."""
     size = min(cfg.eval_episodes, cfg.collect_envs)
-    return [(cfg.seed + EVAL_SEED + first, min(size, cfg.eval_episodes - first))
+    return [(cfg.seed + offset + first, min(size, cfg.eval_episodes - first))
             for first in range(0, cfg.eval_episodes, size)]
 
 
 def real_scores(cfg: PipelineConfig, env: WorldModelsEnv, vae, model: MDNRNN, theta: torch.Tensor,
-                record: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+                record: bool, offset: int = EVAL_SEED) -> tuple[np.ndarray, list[np.ndarray]]:
     """The controller ``theta [1, n]`` over ``eval_episodes`` real episodes: returns and the
     first episode's frames (with ``record``)."""
     scores, frames = [], []
-    for seed, count in eval_chunks(cfg):
+    for seed, count in eval_chunks(cfg, offset):
         batch = make_batch(env, count, seed, cfg.controller_steps)
         returns, recorded = real_rollouts(batch, vae, model, theta, count, cfg.controller_steps,
                                           action_map(env.action_map), record=record and not scores,
