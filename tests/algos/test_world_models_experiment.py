@@ -32,6 +32,17 @@ def test_the_experiment_composes_to_the_quick_preset_on_carracing(config_from):
     assert pipeline_config(cfg) == preset("quick", env="carracing", device="auto", seed=0)
 
 
+def test_the_doom_experiment_composes_to_the_doom_presets(config_from):
+    cfg = config_from(["+exp=world_models_doom", "algo.eval_temperatures=[0.5,1.15]", "algo.done_weight=10"])
+    settings = pipeline_config(cfg)
+    assert settings == preset("quick", env="doom", device="auto", seed=0, eval_temperatures=(0.5, 1.15),
+                              done_weight=10.0)
+    assert (settings.latent_dim, settings.hidden_size, settings.temperature) == (64, 512, 1.15)
+    assert settings.predict_done and settings.train_in_dream
+    assert precheck(["+exp=world_models_doom", "algo.eval_temperatures=[-1]"]).startswith(
+        "algo.eval_temperatures=[-1] is not allowed")
+
+
 def test_algo_keys_replace_the_presets_values(config_from):
     cfg = config_from([EXP, "algo.mode=full", "algo.population=16", "algo.vae_widths=[8,16]", "algo.antithetic=true",
                        "seed=7", "device=cpu"])
@@ -56,7 +67,7 @@ def test_every_pipeline_setting_is_an_algo_key(config_from):
     ("algo.stages=[controler]", "algo.stages=[controler] is not allowed: expected a list of at least 1 items, "
                                 "each one of collect, vae, encode, mdnrnn, controller, eval."),
     ("algo.population=1", "algo.population=1 is not allowed: expected an integer >= 2, or null."),
-    ("algo.env=CarRacing-v2", "algo.env=CarRacing-v2 is not allowed: expected one of carracing, lunarlander, tiny."),
+    ("algo.env=CarRacing-v2", "algo.env=CarRacing-v2 is not allowed: expected one of carracing, lunarlander, doom, tiny."),
 ])
 def test_bad_settings_are_refused_before_the_run_naming_them(override, message):
     problem = precheck([EXP, override])

@@ -170,7 +170,7 @@ _IRIS_FAMILY = {
 WM_STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")   # world_models.rundir.STAGES
 _WORLD_MODELS: dict[str, Rule] = {
     "algo.name": text(),
-    "algo.env": choice("carracing", "lunarlander", "tiny"),   # worldmodels.algos.world_models.envs.ENVS
+    "algo.env": choice("carracing", "lunarlander", "doom", "tiny"),   # worldmodels.algos.world_models.envs.ENVS
     "algo.mode": choice("quick", "full", "tiny"),       # worldmodels.algos.world_models.config.MODES
     "algo.stages": list_of(choice(*WM_STAGES), min_len=1),
     **{f"algo.{key}": COUNT.or_null() for key in (
@@ -182,6 +182,8 @@ _WORLD_MODELS: dict[str, Rule] = {
     "algo.vae_widths": list_of(COUNT, min_len=1).or_null(),
     **{f"algo.{key}": positive().or_null() for key in ("vae_lr", "mdn_lr", "sigma0", "temperature")},
     **{f"algo.{key}": NON_NEGATIVE.or_null() for key in ("kl_tolerance", "weight_decay")},
+    "algo.done_weight": positive().or_null(),
+    "algo.eval_temperatures": list_of(NON_NEGATIVE).or_null(),
     **{f"algo.{key}": boolean().or_null() for key in ("predict_done", "train_in_dream", "antithetic", "save_videos")},
 }
 

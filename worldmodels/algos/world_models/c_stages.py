@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ...training.checkpoint import load_checkpoint, save_checkpoint
 from .cmaes import PopulationSearch, fitness
 from .config import PipelineConfig, to_json
-from .controller import action_map, parameter_count, population_actions
+from .controller import ControllerSpec, action_map, parameter_count, population_actions
 from .dream import DreamSettings, dream_rollouts
 from .envs import TwinBatch, WorldModelsEnv, make_batch
 from .mdnrnn import MDNRNN, sample_mixture
@@ -31,7 +31,8 @@ from .vm_stages import collect_round, load_mdnrnn, load_vae, to_images
 
 @torch.no_grad()
 def real_rollouts(env_batch, vae, model: MDNRNN, theta: torch.Tensor, rollouts: int, steps: int,
-                  to_env_action, record: bool = False) -> tuple[torch.Tensor, list[np.ndarray]]:
+                  to_env_action, record: bool = False,
+                  spec: ControllerSpec = ControllerSpec()) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Real-env returns ``[P, R]`` of P candidates, R episodes each, on a batch of P*R envs
     (episodes capped at ``steps``); with ``record`` also env 0's frames."""
     device = theta.device
@@ -44,8 +45,8 @@ def real_rollouts(env_batch, vae, model: MDNRNN, theta: torch.Tensor, rollouts: 
     recorded = [frames[0]] if record else []
     for _ in range(steps):
         z = vae.encode(to_images(torch.from_numpy(frames), device))[0]
-        features = torch.cat([z, state[0]], -1).view(population, rollouts, -1)
-        action = to_env_action(population_actions(theta, features)).reshape(batch, -1)
+        features = spec.features(z, state).view(population, rollouts, -1)
+        action = to_env_action(population_actions(theta, features, spec.bias)).reshape(batch, -1)
         frames, reward, done = env_batch.step(action.cpu().numpy())
         total += torch.from_numpy(reward).to(device) * alive
         alive = alive * torch.from_numpy(~done).to(device).float()
@@ -63,8 +64,23 @@ def dream_starts(run: Path) -> torch.Tensor:
     return torch.from_numpy(latents["mu"][latents["frame_starts"]])
 
 
+EVAL_SEED = 10_000         # evaluation episodes use seeds cfg.seed + EVAL_SEED + i
+MEAN_PROBE_SEED = 20_000   # the CMA-ES mean's probes use seeds cfg.seed + MEAN_PROBE_SEED + i
+
+
 def generation_seed(cfg: PipelineConfig, generation: int) -> int:
     return cfg.seed * 1_000_003 + generation
+
+
+def dream_settings(cfg: PipelineConfig, env: WorldModelsEnv, rollouts: int, temperature: float) -> DreamSettings:
+    """The dream of ``env``: ``rollouts`` per candidate over ``cfg.controller_steps`` steps at ``temperature``."""
+    return DreamSettings(rollouts, cfg.controller_steps, temperature, env.controller, env.alive_reward)
+
+
+def controller_dim(cfg: PipelineConfig, env: WorldModelsEnv, hidden_size: int) -> tuple[int, int]:
+    """The controller's feature count and parameter count for ``env``."""
+    features = env.controller.feature_dim(cfg.latent_dim, hidden_size)
+    return features, parameter_count(features, env.action_dim, env.controller.bias)
 
 
 class Evaluator:
@@ -89,12 +105,12 @@ class Evaluator:
     def __call__(self, theta: torch.Tensor, generation: int) -> torch.Tensor:
         cfg = self.cfg
         if cfg.train_in_dream:
-            settings = DreamSettings(cfg.rollouts_per_candidate, cfg.controller_steps, cfg.temperature)
+            settings = dream_settings(cfg, self.env, cfg.rollouts_per_candidate, cfg.temperature)
             returns = dream_rollouts(self.model, theta, self.starts, settings, generation_seed(cfg, generation),
                                      self.to_env_action)
         else:
             returns, _ = real_rollouts(self.batch, self.vae, self.model, theta, cfg.rollouts_per_candidate,
-                                       cfg.controller_steps, self.to_env_action)
+                                       cfg.controller_steps, self.to_env_action, spec=self.env.controller)
         return returns.mean(1)
 
     def close(self) -> None:
@@ -105,23 +121,21 @@ class Evaluator:
 class MeanProbe:
     """Every ``cfg.mean_eval_every`` generations (0: never), the CMA-ES mean over
     ``cfg.eval_episodes`` real episodes, as the authors' code does; rows of
-    ``cmaes_mean_eval.csv`` (generation, mean_return, std_return)."""
+    ``cmaes_mean_eval.csv`` (generation, mean_return, std_return). Every probe plays the
+    same episodes (seeds ``cfg.seed + MEAN_PROBE_SEED + i``, in batches of ``collect_envs``)."""
 
     def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN,
                  logger=None):
         self.cfg, self.run, self.env, self.device, self.model, self.logger = cfg, run, env, device, model, logger
         self.vae = load_vae(run, device) if cfg.mean_eval_every else None
-        self.batch = None
 
     def __call__(self, generation: int, mean: np.ndarray) -> None:
         cfg = self.cfg
         if not cfg.mean_eval_every or (generation + 1) % cfg.mean_eval_every:
             return
-        if self.batch is None:
-            self.batch = make_batch(self.env, cfg.eval_episodes, cfg.seed + 20_000, cfg.controller_steps)
         theta = torch.from_numpy(mean).float().to(self.device).unsqueeze(0)
-        returns, _ = real_rollouts(self.batch, self.vae, self.model, theta, cfg.eval_episodes, cfg.controller_steps,
-                                   action_map(self.env.action_map))
+        scores, _ = real_scores(cfg, self.env, self.vae, self.model, theta, record=False, offset=MEAN_PROBE_SEED)
+        returns = torch.from_numpy(scores)
         path = self.run / "cmaes_mean_eval.csv"
         with path.open("a") as handle:
             if handle.tell() == 0:
@@ -131,8 +145,7 @@ class MeanProbe:
             self.logger.log(generation, {"cmaes/mean_eval_return": returns.mean().item()})
 
     def close(self) -> None:
-        if self.batch is not None:
-            self.batch.close()
+        pass
 
 
 def _save_best(run: Path, search: PopulationSearch, feature_dim: int, action_dim: int) -> float:
@@ -171,8 +184,7 @@ class SearchRecord:
 
     def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN):
         self.cfg, self.run, self.env = cfg, run, env
-        self.feature_dim = cfg.latent_dim + model.config.hidden_size
-        self.dim = parameter_count(self.feature_dim, env.action_dim)
+        self.feature_dim, self.dim = controller_dim(cfg, env, model.config.hidden_size)
         self.state_path = run / "cmaes_state.npz"
         settings = (self.dim, cfg.population, cfg.sigma0, cfg.seed, cfg.antithetic)
         found = self.state_path.is_file()
@@ -211,7 +223,7 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
     evaluate = Evaluator(cfg, run, env, device, split.rows)
     record = SearchRecord(cfg, run, env, device, evaluate.model) if split.is_main else None
     first = split.broadcast_int(record.search.generation if record else 0)
-    dim = parameter_count(cfg.latent_dim + evaluate.model.config.hidden_size, env.action_dim)
+    _, dim = controller_dim(cfg, env, evaluate.model.config.hidden_size)
     try:
         if first >= cfg.generations:
             return f"skipped: {first} generations already run"
@@ -231,25 +243,65 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
     return f"done: {cfg.generations} generations in the {where}{ranks}{best}"
 
 
+def eval_chunks(cfg: PipelineConfig, offset: int = EVAL_SEED) -> list[tuple[int, int]]:
+    """``(first seed, episodes)`` of the evaluation batches: ``eval_episodes`` episodes in
+    batches of at most ``collect_envs`` envs (100 VizDoom processes at once would not fit
+    a small machine); env ``i`` of the whole evaluation has seed ``cfg.seed + offset + i``."""
+    size = min(cfg.eval_episodes, cfg.collect_envs)
+    return [(cfg.seed + offset + first, min(size, cfg.eval_episodes - first))
+            for first in range(0, cfg.eval_episodes, size)]
+
+
+def real_scores(cfg: PipelineConfig, env: WorldModelsEnv, vae, model: MDNRNN, theta: torch.Tensor,
+                record: bool, offset: int = EVAL_SEED) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The controller ``theta [1, n]`` over ``eval_episodes`` real episodes: returns and the
+    first episode's frames (with ``record``)."""
+    scores, frames = [], []
+    for seed, count in eval_chunks(cfg, offset):
+        batch = make_batch(env, count, seed, cfg.controller_steps)
+        returns, recorded = real_rollouts(batch, vae, model, theta, count, cfg.controller_steps,
+                                          action_map(env.action_map), record=record and not scores,
+                                          spec=env.controller)
+        batch.close()
+        scores.append(returns.flatten().cpu().numpy())
+        frames = frames or recorded
+    return np.concatenate(scores), frames
+
+
+def dream_by_temperature(cfg: PipelineConfig, env: WorldModelsEnv, run: Path, model: MDNRNN, theta: torch.Tensor,
+                         real_mean: float) -> list[dict[str, float]]:
+    """The controller's dream score over ``eval_episodes`` dreams at ``cfg.temperature`` and
+    each of ``cfg.eval_temperatures``, beside its real score (the paper's table 2)."""
+    rows = []
+    for tau in sorted({cfg.temperature, *cfg.eval_temperatures}):
+        dream = dream_rollouts(model, theta, dream_starts(run), dream_settings(cfg, env, cfg.eval_episodes, tau),
+                               cfg.seed + EVAL_SEED, action_map(env.action_map)).flatten().cpu().numpy()
+        rows.append({"temperature": float(tau), "dream_mean": float(dream.mean()), "dream_std": float(dream.std()),
+                     "real_mean": real_mean, "gap": float(dream.mean()) - real_mean})
+    with (run / "temperature_gap.csv").open("w") as handle:
+        handle.write("temperature,dream_mean,dream_std,real_mean,gap\n")
+        for row in rows:
+            handle.write(",".join(f"{row[key]:.4f}" for key in row) + "\n")
+    return rows
+
+
 def evaluate_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
-    """``evaluation_results.json``: the best controller over ``eval_episodes`` real episodes
-    and as many dream episodes; ``videos/`` when asked."""
+    """``evaluation_results.json``: the best controller over ``eval_episodes`` real episodes,
+    the random policy over the same episodes' seeds, and the dream at each temperature
+    (``temperature_gap.csv``); ``videos/`` when asked."""
     vae, model = load_vae(run, device), load_mdnrnn(run, device)
     best = load_checkpoint(run / "controller_best.pt")
     theta = best["theta"].to(device).unsqueeze(0)
-    to_env_action = action_map(env.action_map)
-    batch = make_batch(env, cfg.eval_episodes, cfg.seed + 10_000, cfg.controller_steps)
-    real, frames = real_rollouts(batch, vae, model, theta, cfg.eval_episodes, cfg.controller_steps, to_env_action,
-                                 record=cfg.save_videos)
-    batch.close()
-    settings = DreamSettings(cfg.eval_episodes, cfg.controller_steps, cfg.temperature)
-    dream = dream_rollouts(model, theta, dream_starts(run), settings, cfg.seed + 10_000, to_env_action)
-    real_np, dream_np = real.flatten().cpu().numpy(), dream.flatten().cpu().numpy()
+    real_np, frames = real_scores(cfg, env, vae, model, theta, record=cfg.save_videos)
+    by_tau = dream_by_temperature(cfg, env, run, model, theta, float(real_np.mean()))
+    dream = next(row for row in by_tau if row["temperature"] == cfg.temperature)
     random_np = random_policy_returns(cfg, env)
     results = {"env": env.env_id, "episodes": cfg.eval_episodes, "steps_cap": cfg.controller_steps,
+               "score": "frames survived" if env.alive_reward is not None else "return",
                "real_mean": float(real_np.mean()), "real_std": float(real_np.std()), "real_returns": real_np.tolist(),
-               "dream_mean": float(dream_np.mean()), "dream_std": float(dream_np.std()),
+               "dream_mean": dream["dream_mean"], "dream_std": dream["dream_std"], "dream_by_temperature": by_tau,
                "random_policy_mean": float(random_np.mean()), "random_policy_std": float(random_np.std()),
+               "random_policy_returns": random_np.tolist(),
                "temperature": cfg.temperature, "trained_in_dream": cfg.train_in_dream,
                "controller_generation": int(best["generation"]), "controller_fitness": float(best["fitness"])}
     save_json(run / "evaluation_results.json", results)
@@ -258,22 +310,25 @@ def evaluate_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, dev
         "real_mean", "real_std", "dream_mean", "dream_std", "random_policy_mean", "random_policy_std")})
     logger.close()
     if cfg.save_videos:
-        write_videos(cfg, run, vae, model, theta, frames, to_env_action, device)
+        write_videos(cfg, run, vae, model, theta, frames, env, device)
     return (f"done: real {results['real_mean']:.2f} +- {results['real_std']:.2f}, dream {results['dream_mean']:.2f}, "
-            f"random policy {results['random_policy_mean']:.2f}")
+            f"random policy {results['random_policy_mean']:.2f} +- {results['random_policy_std']:.2f}")
 
 
 def random_policy_returns(cfg: PipelineConfig, env: WorldModelsEnv) -> np.ndarray:
     """Returns ``[eval_episodes]`` of the random collection policy on the evaluation seeds."""
-    batch = make_batch(env, cfg.eval_episodes, cfg.seed + 10_000, cfg.controller_steps)
-    episodes = collect_round(env, batch, np.random.default_rng([cfg.seed, 10_000]), cfg.controller_steps)
-    batch.close()
-    return np.array([episode["reward"].sum() for episode in episodes])
+    rng = np.random.default_rng([cfg.seed, EVAL_SEED])
+    returns = []
+    for seed, count in eval_chunks(cfg):
+        batch = make_batch(env, count, seed, cfg.controller_steps)
+        returns += [episode["reward"].sum() for episode in collect_round(env, batch, rng, cfg.controller_steps)]
+        batch.close()
+    return np.array(returns)
 
 
 @torch.no_grad()
 def write_videos(cfg: PipelineConfig, run: Path, vae, model: MDNRNN, theta: torch.Tensor, frames: list[np.ndarray],
-                 to_env_action, device: torch.device) -> None:
+                 env: WorldModelsEnv, device: torch.device) -> None:
     """``videos/rollout.gif``: real frames | VAE reconstruction | the dream from the same start."""
     from ...utils.images import write_gif
 
@@ -283,7 +338,8 @@ def write_videos(cfg: PipelineConfig, run: Path, vae, model: MDNRNN, theta: torc
     state = model.initial_state(1, device)
     dreamed = [vae.decode(z)]
     for _ in range(len(real) - 1):
-        action = to_env_action(population_actions(theta, torch.cat([z, state[0]], -1).view(1, 1, -1))).view(1, -1)
+        features = env.controller.features(z, state).view(1, 1, -1)
+        action = action_map(env.action_map)(population_actions(theta, features, env.controller.bias)).view(1, -1)
         state = model.step(z, action, state)
         out = model.heads(state[0])
         noise = torch.rand_like(z), torch.randn_like(z)

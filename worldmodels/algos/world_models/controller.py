@@ -7,38 +7,72 @@ through one ``torch.baddbmm``. Each env maps raw actions in [-1, 1] to its own b
 (:data:`ACTION_MAPS`): CarRacing keeps steering in [-1, 1], maps gas to [0, 1] as
 ``(x + 1) / 2`` and clips brake to [0, 1], as the authors' code does (so a controller
 brakes only where its brake output is positive).
+
+Doom take-cover (:class:`ControllerSpec` ``inputs="zhc", bias=False``): the authors'
+controller reads ``[z, h, c]`` (the LSTM's cell state too) with no bias, one output
+(64 + 512 + 512 = 1,088 parameters); its tanh value is the M model's action input, and
+the env thresholds it at +-1/3 into left / stay / right
+(:func:`~worldmodels.algos.world_models.envs.doom_discrete_actions`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-
-def parameter_count(feature_dim: int, action_dim: int) -> int:
-    """``F * A + A`` (CarRacing: 288 * 3 + 3 = 867)."""
-    return feature_dim * action_dim + action_dim
+CONTROLLER_INPUTS = ("zh", "zhc")
 
 
-def unpack(theta: torch.Tensor, feature_dim: int, action_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``theta [P, n]`` -> ``(W [P, F, A], b [P, 1, A])``."""
-    expected = parameter_count(feature_dim, action_dim)
+@dataclass(frozen=True)
+class ControllerSpec:
+    """What the controller reads (``zh``: ``[z, h]``; ``zhc``: ``[z, h, c]``) and whether it has a bias."""
+
+    inputs: str = "zh"
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.inputs not in CONTROLLER_INPUTS:
+            raise ValueError(f"controller inputs {self.inputs!r} is not one of {', '.join(CONTROLLER_INPUTS)}.")
+
+    def feature_dim(self, latent_dim: int, hidden_size: int) -> int:
+        """``Z + H`` or ``Z + 2H``."""
+        return latent_dim + hidden_size * (2 if self.inputs == "zhc" else 1)
+
+    def features(self, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``[N, F]`` from ``z [N, Z]`` and the LSTM state ``(h, c)``."""
+        return torch.cat([z, state[0], state[1]] if self.inputs == "zhc" else [z, state[0]], -1)
+
+
+def parameter_count(feature_dim: int, action_dim: int, bias: bool = True) -> int:
+    """``F * A + A`` (CarRacing: 288 * 3 + 3 = 867); ``F * A`` without bias (Doom: 1,088 * 1)."""
+    return feature_dim * action_dim + (action_dim if bias else 0)
+
+
+def unpack(theta: torch.Tensor, feature_dim: int, action_dim: int,
+           bias: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``theta [P, n]`` -> ``(W [P, F, A], b [P, 1, A])`` (``b`` None without bias)."""
+    expected = parameter_count(feature_dim, action_dim, bias)
     if theta.dim() != 2 or theta.shape[1] != expected:
         raise ValueError(f"theta has shape {tuple(theta.shape)}, expected [P, {expected}] "
-                         f"for {feature_dim} features and {action_dim} actions.")
+                         f"for {feature_dim} features and {action_dim} actions (bias={bias}).")
     split = feature_dim * action_dim
-    return theta[:, :split].view(-1, feature_dim, action_dim), theta[:, split:].view(-1, 1, action_dim)
+    weight = theta[:, :split].view(-1, feature_dim, action_dim)
+    return weight, (theta[:, split:].view(-1, 1, action_dim) if bias else None)
 
 
-def population_actions(theta: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+def population_actions(theta: torch.Tensor, features: torch.Tensor, bias: bool = True) -> torch.Tensor:
     """Raw actions ``[P, R, A]`` in [-1, 1] of P candidates on their features ``[P, R, F]``."""
-    per_action = features.shape[-1] + 1
+    per_action = features.shape[-1] + (1 if bias else 0)
     if theta.dim() != 2 or theta.shape[1] % per_action:
-        raise ValueError(f"theta has shape {tuple(theta.shape)}: [P, n] needs n = (F + 1) * A = {per_action} * A "
+        needs = f"(F + 1) * A = {per_action} * A" if bias else f"F * A = {per_action} * A (no bias)"
+        raise ValueError(f"theta has shape {tuple(theta.shape)}: [P, n] needs n = {needs} "
                          f"for F={features.shape[-1]} features.")
-    weight, bias = unpack(theta, features.shape[-1], theta.shape[1] // per_action)
-    return torch.tanh(torch.baddbmm(bias, features, weight))
+    weight, offset = unpack(theta, features.shape[-1], theta.shape[1] // per_action, bias)
+    if offset is None:
+        return torch.tanh(torch.bmm(features, weight))
+    return torch.tanh(torch.baddbmm(offset, features, weight))
 
 
 def carracing_actions(raw: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,10 @@ from typing import Callable
 
 import torch
 
-from .controller import population_actions
+from .controller import ControllerSpec, population_actions
 from .mdnrnn import MDNRNN, sample_mixture
+
+END_CHECK_EVERY = 16
 
 
 @dataclass
@@ -28,6 +30,8 @@ class DreamSettings:
     rollouts: int = 2
     horizon: int = 100
     temperature: float = 1.0
+    controller: ControllerSpec = ControllerSpec()
+    alive_reward: float | None = None   # a fixed reward per step alive instead of M's reward head
 
 
 def _draw(shape: tuple[int, ...], generator: torch.Generator, device: torch.device, normal: bool) -> torch.Tensor:
@@ -60,19 +64,24 @@ def dream_rollouts(model: MDNRNN, theta: torch.Tensor, start_latents: torch.Tens
     state = model.initial_state(batch, device)
     alive = torch.ones(batch, device=device)
     total = torch.zeros(batch, device=device)
-    for _ in range(settings.horizon):
-        features = torch.cat([z, state[0]], -1).view(population, rollouts, -1)
-        action = to_env_action(population_actions(theta, features)).reshape(batch, -1)
+    spec = settings.controller
+    for step in range(settings.horizon):
+        features = spec.features(z, state).view(population, rollouts, -1)
+        action = to_env_action(population_actions(theta, features, spec.bias)).reshape(batch, -1)
         state = model.step(z, action, state)
         out = model.heads(state[0])
         uniform = _shared(_draw((rollouts, latent), generator, device, False), population)
         normal = _shared(_draw((rollouts, latent), generator, device, True), population)
         z = sample_mixture(out["logit_pi"], out["mu"], out["log_sigma"], settings.temperature, uniform, normal)
         done_draw = _shared(_draw((rollouts,), generator, device, False), population)
-        if "reward" in out:
+        if settings.alive_reward is not None:
+            total = total + settings.alive_reward * alive
+        elif "reward" in out:
             total = total + out["reward"] * alive
         if "done_logit" in out:
             alive = alive * (torch.sigmoid(out["done_logit"]) <= done_draw).float()
+            if step % END_CHECK_EVERY == END_CHECK_EVERY - 1 and not alive.any():
+                break
     return total.view(population, rollouts)
 
 

@@ -4,7 +4,11 @@
 cropped to the road (rows 0-83, dropping the dashboard, as the authors' code does) and
 resized to 64x64. ``lunarlander``: LunarLanderContinuous-v3 on envpool from pixels (its
 400x600 rgb_array render resized to 64x64; gymnasium's needs box2d, which this package
-does not install, so envpool is required). ``tiny``: a small synthetic task (a dot steered towards the centre of
+does not install, so envpool is required). ``doom``: VizDoom take-cover on envpool
+(``TakeCover-v1``: 64x64 frames, 4 frames per agent step, the combined actions
+no-op / right / left); the controller's one tanh output is thresholded at +-1/3 into
+left / stay / right as the authors' code does, and the score is the frames survived
+(4 per agent step; envpool's own reward for this task is 0). ``tiny``: a small synthetic task (a dot steered towards the centre of
 a 16x16 frame, reward minus the distance) that the tests and smoke runs use; it needs no
 env package.
 
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import WorldModelsError
+from .controller import ControllerSpec
 
 
 class EnvIdError(WorldModelsError, ValueError):
@@ -37,15 +42,21 @@ class WorldModelsEnv:
     image_size: int
     action_dim: int
     action_map: str
+    controller: ControllerSpec = ControllerSpec()
+    alive_reward: float | None = None   # the dream's reward per step alive (Doom: frames survived); None: M's head
 
 
+DOOM_FRAME_SKIP = 4
 ENVS = {
     "carracing": WorldModelsEnv("carracing", "CarRacing-v3", 64, 3, "carracing"),
     "lunarlander": WorldModelsEnv("lunarlander", "LunarLanderContinuous-v3", 64, 2, "identity"),
+    "doom": WorldModelsEnv("doom", "TakeCover-v1", 64, 1, "identity", ControllerSpec("zhc", bias=False),
+                           alive_reward=float(DOOM_FRAME_SKIP)),
     "tiny": WorldModelsEnv("tiny", "tiny", 16, 2, "identity"),
 }
-ALIASES = {"CarRacing-v3": "carracing", "LunarLanderContinuous-v3": "lunarlander"}
+ALIASES = {"CarRacing-v3": "carracing", "LunarLanderContinuous-v3": "lunarlander", "TakeCover-v1": "doom"}
 RETIRED = {
+    "DoomTakeCover-v0": "DoomTakeCover-v0 (gym-doom) is retired; the current id is envpool's TakeCover-v1 (--env doom).",
     "CarRacing-v2": "CarRacing-v2 is retired in gymnasium 1.0; the current id is CarRacing-v3 (--env carracing).",
     "CarRacing-v1": "CarRacing-v1 is retired in gymnasium 1.0; the current id is CarRacing-v3 (--env carracing).",
     "LunarLander-v2": "LunarLander-v2 is retired in gymnasium 1.0; the current id is LunarLander-v3 "
@@ -185,9 +196,56 @@ class TinyBatch:
         pass
 
 
-def make_batch(env: WorldModelsEnv, num_envs: int, seed: int, max_steps: int) -> CarRacingBatch | TinyBatch:
+DOOM_STAY, DOOM_RIGHT, DOOM_LEFT = 0, 1, 2   # envpool's combined actions of take_cover.cfg (MOVE_LEFT, MOVE_RIGHT)
+DOOM_THRESHOLD = 1.0 / 3.0                  # the authors' 0.3333
+
+
+def doom_discrete_actions(actions: np.ndarray) -> np.ndarray:
+    """Controller outputs ``[N, 1]`` (or ``[N]``) in [-1, 1] -> envpool actions ``[N]`` int:
+    below -1/3 left, above +1/3 right, else stay (the authors' ``doomreal.py``)."""
+    values = np.asarray(actions, np.float32).reshape(len(actions), -1)[:, 0]
+    discrete = np.full(len(values), DOOM_STAY, np.int32)
+    discrete[values < -DOOM_THRESHOLD] = DOOM_LEFT
+    discrete[values > DOOM_THRESHOLD] = DOOM_RIGHT
+    return discrete
+
+
+class DoomBatch:
+    """``num_envs`` VizDoom take-cover envs on envpool (``TakeCover-v1``), 64x64 frames,
+    ``DOOM_FRAME_SKIP`` frames per step; ``max_steps`` agent steps at most (525: the
+    authors' 2,100 frames). Reward: the frames survived in the step."""
+
+    def __init__(self, num_envs: int, seed: int, max_steps: int):
+        try:
+            import envpool
+        except ModuleNotFoundError:
+            raise EnvIdError("--env doom needs envpool (pip install envpool; Linux), which has VizDoom's "
+                             "TakeCover-v1.") from None
+        self.num_envs = num_envs
+        self._env = envpool.make("TakeCover-v1", env_type="gymnasium", num_envs=num_envs, seed=seed,
+                                 img_height=64, img_width=64, stack_num=1, frame_skip=DOOM_FRAME_SKIP,
+                                 use_combined_action=True, max_episode_steps=max_steps)
+
+    @staticmethod
+    def _frames(obs: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(obs).transpose(0, 2, 3, 1))   # [N, 3, 64, 64] -> [N, 64, 64, 3]
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self._env.reset()
+        return self._frames(obs)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        obs, _, terminated, truncated, _ = self._env.step(doom_discrete_actions(actions))
+        done = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+        return self._frames(obs), np.full(self.num_envs, DOOM_FRAME_SKIP, np.float32), done
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def make_batch(env: WorldModelsEnv, num_envs: int, seed: int, max_steps: int):
     """``num_envs`` copies of ``env`` stepping together."""
-    maker = {"carracing": CarRacingBatch, "lunarlander": LunarLanderBatch, "tiny": TinyBatch}[env.name]
+    maker = {"carracing": CarRacingBatch, "lunarlander": LunarLanderBatch, "doom": DoomBatch, "tiny": TinyBatch}[env.name]
     return maker(num_envs, seed, max_steps)
 
 

@@ -39,8 +39,9 @@ def pipeline_config(cfg: DictConfig) -> PipelineConfig:
     ``algo.*`` settings that are not null, with the root ``seed`` and ``device``."""
     algo = OmegaConf.to_container(cfg.algo, resolve=True)
     given = {name: algo[name] for name in setting_names() if algo.get(name) is not None}
-    if "vae_widths" in given:
-        given["vae_widths"] = tuple(given["vae_widths"])
+    for key in ("vae_widths", "eval_temperatures"):
+        if key in given:
+            given[key] = tuple(given[key])
     return preset(str(algo["mode"]), env=str(algo["env"]), seed=int(cfg.seed), device=str(cfg.device), **given)
 
 

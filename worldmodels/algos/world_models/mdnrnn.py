@@ -6,7 +6,8 @@ dimension j separately, a mixture of K Gaussians over ``z_{t+1, j}``:
     p(z_{t+1} | z_t, a_t, h_t) = prod_j sum_k pi_{jk} N(z_{t+1,j}; mu_{jk}, sigma_{jk}^2),
 
 plus an optional reward head (mean squared error) and an optional done ("restart")
-logit (binary cross-entropy). Sampling with temperature tau divides the mixture logits
+logit (binary cross-entropy, the positive case weighted by ``done_weight``: the
+authors' ``restart_factor`` is 10 for Doom). Sampling with temperature tau divides the mixture logits
 by tau and scales sigma by sqrt(tau), as the authors' code does; tau -> 0 picks the
 most probable component's mean.
 
@@ -39,11 +40,22 @@ class MDNRNNConfig:
     num_mixtures: int = 5
     predict_reward: bool = True
     predict_done: bool = False
+    done_weight: float = 1.0      # weight of done=1 steps in the done loss (the authors' restart_factor)
 
     def __post_init__(self) -> None:
         for key in ("latent_dim", "action_dim", "hidden_size", "num_mixtures"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"MDNRNNConfig.{key}={getattr(self, key)} must be >= 1.")
+        if self.done_weight <= 0:
+            raise ValueError(f"MDNRNNConfig.done_weight={self.done_weight} must be > 0.")
+
+
+def done_loss(done_logit: torch.Tensor, done: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """Mean weighted binary cross-entropy of done logits: each step's
+    ``-(w * y * log sigmoid(l) + (1 - y) * log(1 - sigmoid(l)))``, as the authors' restart
+    cost ``(1 + y * (w - 1)) * BCE`` (the same for y in {0, 1})."""
+    pos_weight = torch.as_tensor(float(weight), dtype=done_logit.dtype, device=done_logit.device)
+    return F.binary_cross_entropy_with_logits(done_logit, done, pos_weight=pos_weight)
 
 
 def mixture_log_prob(target: torch.Tensor, logit_pi: torch.Tensor, mu: torch.Tensor,
@@ -136,7 +148,7 @@ class MDNRNN(nn.Module):
             loss = loss + reward_loss
             metrics["reward_mse"] = reward_loss.detach()
         if self.done is not None:
-            done_loss = F.binary_cross_entropy_with_logits(out["done_logit"], batch["done"])
-            loss = loss + done_loss
-            metrics["done_bce"] = done_loss.detach()
+            done_cost = done_loss(out["done_logit"], batch["done"], self.config.done_weight)
+            loss = loss + done_cost
+            metrics["done_bce"] = done_cost.detach()
         return loss, metrics

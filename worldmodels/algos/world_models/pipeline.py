@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         if field.type == "bool":
             parser.add_argument(_flag(field.name), type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
         elif field.type.startswith("tuple"):
-            parser.add_argument(_flag(field.name), type=int, nargs="+", default=None)
+            kind = float if "float" in field.type else int
+            parser.add_argument(_flag(field.name), type=kind, nargs="*" if kind is float else "+", default=None)
         else:
             kind = {"int": int, "float": float}.get(field.type, str)
             parser.add_argument(_flag(field.name), type=kind, default=None)
@@ -156,8 +157,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
     """Settings and run directory from parsed flags (a resumed run's config.json under them)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)
              if getattr(args, f.name) is not None}
-    if "vae_widths" in given:
-        given["vae_widths"] = tuple(given["vae_widths"])
+    for key in ("vae_widths", "eval_temperatures"):
+        if key in given:
+            given[key] = tuple(given[key])
     if args.resume is not None:
         saved = args.resume / "config.json"
         if not saved.is_file():

@@ -229,7 +229,8 @@ def encode(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.de
 
 def mdn_config(cfg: PipelineConfig, env: WorldModelsEnv) -> MDNRNNConfig:
     return MDNRNNConfig(latent_dim=cfg.latent_dim, action_dim=env.action_dim, hidden_size=cfg.hidden_size,
-                        num_mixtures=cfg.num_mixtures, predict_reward=True, predict_done=cfg.predict_done)
+                        num_mixtures=cfg.num_mixtures, predict_reward=True, predict_done=cfg.predict_done,
+                        done_weight=cfg.done_weight)
 
 
 def load_mdnrnn(run: Path, device: torch.device) -> MDNRNN:
