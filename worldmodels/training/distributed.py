@@ -160,9 +160,9 @@ def average(values: torch.Tensor) -> torch.Tensor:
     rank logs and stops on the same figures); unchanged for a single process."""
     if not dist.is_initialized():
         return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / dist.get_world_size()
+    reduced = values.to(collective_device(), copy=True)   # NCCL reduces CUDA tensors only
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return (reduced / dist.get_world_size()).to(values.device)
 
 
 def average_values(values: Mapping[str, float]) -> dict[str, float]:
