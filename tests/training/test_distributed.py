@@ -267,3 +267,24 @@ def test_leaving_the_group_frees_the_ddp_wrapper_first(tmp_path):
         if collecting:
             gc.enable()
     assert not dist.is_initialized()
+
+
+def test_ddp_searches_for_unused_parameters_unless_the_model_uses_them_all():
+    import torch.distributed as dist
+    from types import SimpleNamespace
+
+    from worldmodels.algos.dreamerv3.agent import DreamerAgent, DreamerConfig
+
+    tiny = dict(deter=16, stoch=4, classes=4, hidden=16, blocks=1, mlp_units=16, head_units=16, head_layers=1,
+                actor_layers=1, critic_layers=1, horizon=3)
+    space, act = {"vector": ((3,), "float32")}, SimpleNamespace(discrete=True, size=2)
+    online, offline = (DreamerAgent(DreamerConfig(train_actor=on, **tiny), space, act) for on in (True, False))
+    assert online.uses_every_parameter and not offline.uses_every_parameter
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        decided = [distributed.wrap(m, {"find_unused_parameters": None}).ddp.find_unused_parameters
+                   for m in (online, offline, ConvVAE(ConvVAEConfig(image_size=16, latent_dim=4)))]
+        forced = distributed.wrap(online, {"find_unused_parameters": True}).ddp.find_unused_parameters
+    finally:
+        dist.destroy_process_group()
+    assert decided == [False, True, True] and forced    # a model that does not say keeps the safe search

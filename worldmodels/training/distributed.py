@@ -149,10 +149,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 def wrap(model: nn.Module, settings: Mapping[str, Any]) -> Any:
     """The object the gradient step calls ``compute_loss`` on: ``model`` itself for a
-    single process, a :class:`DataParallel` under torchrun."""
+    single process, a :class:`DataParallel` under torchrun. ``find_unused_parameters``
+    null lets the model decide: off when it declares ``uses_every_parameter`` (DDP then
+    skips a traversal of the graph each step), on otherwise."""
     if not dist.is_initialized():
         return model
-    return DataParallel(model, find_unused_parameters=bool(settings.get("find_unused_parameters", True)))
+    find_unused = settings.get("find_unused_parameters")
+    if find_unused is None:   # the model says whether every step reaches all its parameters
+        find_unused = not getattr(model, "uses_every_parameter", False)
+    return DataParallel(model, find_unused_parameters=bool(find_unused))
 
 
 def average(values: torch.Tensor) -> torch.Tensor:

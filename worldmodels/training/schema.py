@@ -60,7 +60,7 @@ COMMON: dict[str, Rule] = {
     "train.progress": boolean(),
     "train.distributed.backend": choice("auto", "nccl", "gloo"),
     "train.distributed.timeout_s": positive(),
-    "train.distributed.find_unused_parameters": boolean(),
+    "train.distributed.find_unused_parameters": boolean().or_null(),
     "train.distributed.world_size": OPTIONAL_COUNT,
     "train.distributed.global_batch_size": OPTIONAL_COUNT,
     "train.distributed.replay_capacity_per_rank": OPTIONAL_COUNT,

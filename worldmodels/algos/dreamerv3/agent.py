@@ -59,6 +59,12 @@ class DreamerAgent(nn.Module):
         self.actor_critic = ActorCritic(config, self.world_model.feat_dim, act_space)
 
     @property
+    def uses_every_parameter(self) -> bool:
+        """Whether every training step reaches all parameters (world model, actor and
+        critic): true when the actor-critic trains. DDP then needs no unused-parameter search."""
+        return bool(self.config.train_actor)
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
