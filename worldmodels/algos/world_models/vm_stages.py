@@ -15,6 +15,7 @@ from tqdm import tqdm
 from ...nn.vae import ConvVAE, ConvVAEConfig
 from ...training import distributed
 from ...training.checkpoint import load_checkpoint, save_checkpoint
+from ...training.loop import SilentLogger
 from .config import PipelineConfig, to_json
 from .envs import WorldModelsEnv, make_batch
 from .mdnrnn import MDNRNN, MDNRNNConfig
@@ -115,18 +116,8 @@ def resume_epoch(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     return int(state["epoch"])
 
 
-class _Quiet:
-    """The stage log of ranks other than 0: they log nothing."""
-
-    def log(self, step: int, metrics: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _stage_log(run: Path, stage: str, cfg: PipelineConfig, resume_step: int | None):
-    return stage_logger(run, stage, to_json(cfg), resume_step=resume_step) if distributed.is_main() else _Quiet()
+    return stage_logger(run, stage, to_json(cfg), resume_step=resume_step) if distributed.is_main() else SilentLogger()
 
 
 def _save(path: Path, state: dict) -> None:
