@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from worldmodels.algos.world_models.config import PipelineConfig, preset
+from worldmodels.algos.world_models.config import PipelineConfig, PipelineConfigError, preset
 from worldmodels.algos.world_models.experiment import ROOT_KEYS, pipeline_config, setting_names
-from worldmodels.algos.world_models.rundir import STAGES, load_npz
+from worldmodels.algos.world_models.rundir import STAGES, load_npz, stage_logger
 from worldmodels.algos.world_models.envs import ENVS
 from worldmodels.train import precheck
 from worldmodels.training.schema import ALGOS, WM_STAGES
@@ -61,6 +61,28 @@ def test_every_pipeline_setting_is_an_algo_key(config_from):
     assert set(rules) == {f"algo.{key}" for key in algo}                  # a rule per key, none left over
     assert WM_STAGES == STAGES and all(rules["algo.env"].accepts(name) for name in ENVS)
     assert not rules["algo.env"].accepts("CarRacing-v3")
+
+
+def test_the_stage_logs_follow_the_wandb_logger_settings(config_from, tmp_path, monkeypatch):
+    settings = pipeline_config(config_from([EXP, "logger.wandb.mode=offline", "logger.wandb.project=wm"]))
+    assert (settings.wandb, settings.wandb_project) == ("offline", "wm")
+    assert pipeline_config(config_from([EXP])).wandb == "disabled"
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    run = tmp_path / "run0"
+    logger = stage_logger(run, "vae", preset("tiny", env="tiny", wandb="offline"))
+    try:
+        assert logger.wandb is not None and logger.wandb.name == "run0/vae" and logger.wandb.group == "run0"
+        logger.log(1, {"vae/loss": 1.0})
+    finally:
+        logger.close()
+    assert list((run / "logs" / "vae" / "wandb").glob("offline-run-*"))
+    assert stage_logger(run, "mdnrnn", preset("tiny", env="tiny")).wandb is None
+
+
+def test_an_unknown_wandb_mode_is_one_line():
+    with pytest.raises(PipelineConfigError, match="wandb='on' is not one of disabled, online, offline"):
+        preset("tiny", env="tiny", wandb="on")
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -105,7 +105,8 @@ def _start_wandb(run_dir: Path, cfg: Mapping[str, Any], config: dict):
     return wandb.init(
         project=cfg.get("project", "worldmodels"),
         entity=cfg.get("entity"),
-        name=run_dir.name,
+        name=cfg.get("name") or run_dir.name,
+        group=cfg.get("group"),
         id=run_id,
         resume="allow",
         dir=str(run_dir),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ...training.checkpoint import load_checkpoint, save_checkpoint
 from .cmaes import PopulationSearch, fitness
-from .config import PipelineConfig, to_json
+from .config import PipelineConfig
 from .controller import ControllerSpec, action_map, parameter_count, population_actions
 from .dream import DreamSettings, dream_rollouts
 from .envs import TwinBatch, WorldModelsEnv, make_batch
@@ -190,7 +190,7 @@ class SearchRecord:
         found = self.state_path.is_file()
         self.search = PopulationSearch.load(self.state_path, *settings) if found else PopulationSearch(*settings)
         resume_step = self.search.generation - 1 if self.search.generation else None   # the last generation logged
-        self.logger = stage_logger(run, "controller", to_json(cfg), resume_step=resume_step)
+        self.logger = stage_logger(run, "controller", cfg, resume_step=resume_step)
         self.probe = MeanProbe(cfg, run, env, device, model, self.logger)
         self.bar = tqdm(total=cfg.generations, initial=self.search.generation, desc="cma-es", unit="generation")
         self.best = float("-inf")
@@ -305,7 +305,7 @@ def evaluate_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, dev
                "temperature": cfg.temperature, "trained_in_dream": cfg.train_in_dream,
                "controller_generation": int(best["generation"]), "controller_fitness": float(best["fitness"])}
     save_json(run / "evaluation_results.json", results)
-    logger = stage_logger(run, "eval", to_json(cfg))
+    logger = stage_logger(run, "eval", cfg)
     logger.log(results["controller_generation"], {f"eval/{key}": results[key] for key in (
         "real_mean", "real_std", "dream_mean", "dream_std", "random_policy_mean", "random_policy_std")})
     logger.close()

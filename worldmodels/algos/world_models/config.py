@@ -34,6 +34,7 @@ from ...errors import WorldModelsError
 
 MODES = ("quick", "full", "tiny")
 DEVICES = ("cpu", "cuda", "auto")
+WANDB_MODES = ("disabled", "online", "offline")
 
 
 class PipelineConfigError(WorldModelsError, ValueError):
@@ -82,11 +83,16 @@ class PipelineConfig:
     eval_temperatures: tuple[float, ...] = ()   # dream scores of the best controller at each tau, beside its real score
     save_videos: bool = False
     video_steps: int = 60
+    # logs: every stage writes CSV and TensorBoard; wandb too when this is online or offline
+    wandb: str = "disabled"        # disabled | online | offline (one wandb run per stage, grouped by run)
+    wandb_project: str = "worldmodels"
 
     def check(self) -> "PipelineConfig":
         """Raise :class:`PipelineConfigError` naming the first bad setting; return self."""
         if self.mode not in MODES:
             raise PipelineConfigError(f"mode={self.mode!r} is not one of {', '.join(MODES)}.")
+        if self.wandb not in WANDB_MODES:
+            raise PipelineConfigError(f"wandb={self.wandb!r} is not one of {', '.join(WANDB_MODES)}.")
         if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
             raise PipelineConfigError(f"device={self.device!r} is not cpu, cuda, cuda:N or auto.")
         for field in dataclasses.fields(self):

@@ -26,7 +26,7 @@ from .rundir import load_npz
 # algo.* keys that are not PipelineConfig settings
 RUN_KEYS = ("name", "env", "mode", "stages")
 # PipelineConfig settings that come from elsewhere in the Hydra config
-ROOT_KEYS = ("env", "mode", "seed", "device")
+ROOT_KEYS = ("env", "mode", "seed", "device", "wandb", "wandb_project")
 
 
 def setting_names() -> list[str]:
@@ -36,13 +36,17 @@ def setting_names() -> list[str]:
 
 def pipeline_config(cfg: DictConfig) -> PipelineConfig:
     """The pipeline's settings of a Hydra config: ``algo.mode``'s preset under the
-    ``algo.*`` settings that are not null, with the root ``seed`` and ``device``."""
+    ``algo.*`` settings that are not null, with the root ``seed`` and ``device`` and the
+    ``logger.wandb`` mode and project."""
     algo = OmegaConf.to_container(cfg.algo, resolve=True)
     given = {name: algo[name] for name in setting_names() if algo.get(name) is not None}
     for key in ("vae_widths", "eval_temperatures"):
         if key in given:
             given[key] = tuple(given[key])
-    return preset(str(algo["mode"]), env=str(algo["env"]), seed=int(cfg.seed), device=str(cfg.device), **given)
+    wandb = {"wandb": str(OmegaConf.select(cfg, "logger.wandb.mode", default="disabled")),
+             "wandb_project": str(OmegaConf.select(cfg, "logger.wandb.project", default="worldmodels"))}
+    return preset(str(algo["mode"]), env=str(algo["env"]), seed=int(cfg.seed), device=str(cfg.device), **wandb,
+                  **given)
 
 
 def run(cfg: DictConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ...errors import WorldModelsError
 from ...utils.atomic import atomic_write
+from .config import PipelineConfig, to_json
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")
 # what each stage reads, and which stage makes it
@@ -73,16 +74,18 @@ def save_json(path: str | os.PathLike, value: object) -> Path:
     return atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=2).encode()))
 
 
-def stage_logger(run: Path, stage: str, settings: dict, resume_step: int | None = None):
-    """The package's :class:`~worldmodels.training.metrics_log.MetricsLogger` (CSV and
-    TensorBoard) of one stage, in ``run/logs/<stage>/``. A resumed stage passes the last
-    step it has (``resume_step``): rows and events past it are dropped, those before kept;
-    None starts the stage's log afresh."""
+def stage_logger(run: Path, stage: str, cfg: PipelineConfig, resume_step: int | None = None):
+    """The package's :class:`~worldmodels.training.metrics_log.MetricsLogger` of one stage,
+    in ``run/logs/<stage>/``: CSV and TensorBoard, and wandb when ``cfg.wandb`` is online
+    or offline (a wandb run ``<run>/<stage>`` in the group ``<run>``). A resumed stage
+    passes the last step it has (``resume_step``): rows and events past it are dropped,
+    those before kept; None starts the stage's log afresh."""
     from ...training.metrics_log import MetricsLogger
 
     folder = run / "logs" / stage
     folder.mkdir(parents=True, exist_ok=True)
-    return MetricsLogger(folder, {}, settings, resume_step=resume_step)
+    wandb = {"mode": cfg.wandb, "project": cfg.wandb_project, "group": run.name, "name": f"{run.name}/{stage}"}
+    return MetricsLogger(folder, {"wandb": wandb}, to_json(cfg), resume_step=resume_step)
 
 
 def append_summary(run: Path, stage: str, seconds: float, outcome: str) -> None:

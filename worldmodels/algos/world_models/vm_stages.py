@@ -16,7 +16,7 @@ from ...nn.vae import ConvVAE, ConvVAEConfig
 from ...training import distributed
 from ...training.checkpoint import load_checkpoint, save_checkpoint
 from ...training.loop import SilentLogger
-from .config import PipelineConfig, to_json
+from .config import PipelineConfig
 from .envs import WorldModelsEnv, make_batch
 from .mdnrnn import MDNRNN, MDNRNNConfig
 from .rundir import load_npz, save_json, save_npz, stage_logger
@@ -64,7 +64,7 @@ def collect(cfg: PipelineConfig, run: Path, env: WorldModelsEnv) -> str:
         return f"skipped: {have} episodes already there"
     rng = np.random.default_rng([cfg.seed, have])
     batch = make_batch(env, cfg.collect_envs, cfg.seed + have, cfg.rollout_steps)
-    logger = stage_logger(run, "collect", to_json(cfg), resume_step=have or None)
+    logger = stage_logger(run, "collect", cfg, resume_step=have or None)
     with tqdm(total=cfg.rollouts, initial=have, desc="collect", unit="episode") as bar:
         while have < cfg.rollouts:
             episodes = collect_round(env, batch, rng, cfg.rollout_steps)[: cfg.rollouts - have]
@@ -117,7 +117,7 @@ def resume_epoch(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
 
 
 def _stage_log(run: Path, stage: str, cfg: PipelineConfig, resume_step: int | None):
-    return stage_logger(run, stage, to_json(cfg), resume_step=resume_step) if distributed.is_main() else SilentLogger()
+    return stage_logger(run, stage, cfg, resume_step=resume_step) if distributed.is_main() else SilentLogger()
 
 
 def _save(path: Path, state: dict) -> None:
@@ -208,7 +208,7 @@ def encode(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.de
     arrays["lengths"] = steps
     save_npz(run / "latents.npz", **arrays)
     kl = 0.5 * (np.square(arrays["mu"]) + np.exp(arrays["logvar"]) - 1 - arrays["logvar"]).sum(1)
-    logger = stage_logger(run, "encode", to_json(cfg))
+    logger = stage_logger(run, "encode", cfg)
     logger.log(0, {"encode/frames": float(len(kl)), "encode/mean_kl": float(kl.mean())})
     logger.close()
     save_json(run / "latents.json", {"env": env.env_id, "latent_dim": cfg.latent_dim, "episodes": len(steps),
