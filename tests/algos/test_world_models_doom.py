@@ -10,12 +10,13 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from worldmodels.algos.world_models.c_stages import real_rollouts
-from worldmodels.algos.world_models.config import preset
+from worldmodels.algos.world_models.config import PipelineConfigError, preset
 from worldmodels.algos.world_models.controller import ControllerSpec, parameter_count, population_actions
-from worldmodels.algos.world_models.dream import DreamSettings, dream_rollouts
+from worldmodels.algos.world_models.dream import DreamSettings, dream_rollouts, still_alive
 from worldmodels.algos.world_models.envs import (
     DOOM_FRAME_SKIP,
     DOOM_LEFT,
@@ -152,6 +153,29 @@ def test_a_dream_that_never_ends_lasts_the_horizon():
     theta = torch.zeros(1, parameter_count(spec.feature_dim(3, 8), 1, bias=False))
     returns = dream_rollouts(model, theta, torch.randn(4, 3), DreamSettings(3, 40, 1.0, spec, 4.0), 0, lambda r: r)
     torch.testing.assert_close(returns, torch.full((1, 3), 160.0))
+
+
+def test_the_threshold_rule_ends_only_where_the_logit_is_above_zero():
+    spec = ControllerSpec("zhc", bias=False)
+    theta = torch.zeros(1, parameter_count(spec.feature_dim(3, 8), 1, bias=False))
+    starts = torch.randn(4, 3)
+    likely = DreamSettings(3, 40, 1.0, spec, 4.0, done_rule="threshold")
+    # p = 0.4 ends every sampled episode early, never a thresholded one; p = 0.6 ends it at the first step
+    assert dream_rollouts(constant_done_model(0.4), theta, starts, DreamSettings(3, 40, 1.0, spec, 4.0), 0,
+                          lambda r: r).max() < 160.0
+    torch.testing.assert_close(dream_rollouts(constant_done_model(0.4), theta, starts, likely, 0, lambda r: r),
+                               torch.full((1, 3), 160.0))
+    torch.testing.assert_close(dream_rollouts(constant_done_model(0.6), theta, starts, likely, 0, lambda r: r),
+                               torch.full((1, 3), 4.0))
+    torch.testing.assert_close(still_alive(torch.tensor([-0.1, 0.0, 0.1]), torch.zeros(3), "threshold"),
+                               torch.tensor([1.0, 1.0, 0.0]))
+
+
+def test_an_unknown_done_rule_is_one_line():
+    with pytest.raises(ValueError, match="done_rule='logit' is not one of sample, threshold"):
+        DreamSettings(done_rule="logit")
+    with pytest.raises(PipelineConfigError, match="dream_done='x' is not one of sample, threshold"):
+        preset("tiny", env="tiny", dream_done="x")
 
 
 def test_the_doom_controller_reads_z_h_c_without_bias_1088_parameters():

@@ -183,6 +183,7 @@ _WORLD_MODELS: dict[str, Rule] = {
     **{f"algo.{key}": positive().or_null() for key in ("vae_lr", "mdn_lr", "sigma0", "temperature")},
     **{f"algo.{key}": NON_NEGATIVE.or_null() for key in ("kl_tolerance", "weight_decay")},
     "algo.done_weight": positive().or_null(),
+    "algo.dream_done": choice("sample", "threshold").or_null(),
     "algo.eval_temperatures": list_of(NON_NEGATIVE).or_null(),
     **{f"algo.{key}": boolean().or_null() for key in ("predict_done", "train_in_dream", "antithetic", "save_videos")},
 }

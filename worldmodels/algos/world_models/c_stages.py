@@ -74,7 +74,8 @@ def generation_seed(cfg: PipelineConfig, generation: int) -> int:
 
 def dream_settings(cfg: PipelineConfig, env: WorldModelsEnv, rollouts: int, temperature: float) -> DreamSettings:
     """The dream of ``env``: ``rollouts`` per candidate over ``cfg.controller_steps`` steps at ``temperature``."""
-    return DreamSettings(rollouts, cfg.controller_steps, temperature, env.controller, env.alive_reward)
+    return DreamSettings(rollouts, cfg.controller_steps, temperature, env.controller, env.alive_reward,
+                         done_rule=cfg.dream_done)
 
 
 def controller_dim(cfg: PipelineConfig, env: WorldModelsEnv, hidden_size: int) -> tuple[int, int]:

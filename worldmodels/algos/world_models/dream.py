@@ -3,8 +3,8 @@
 P candidates x R rollouts form the batch dimension ``B = P * R`` of every MDN-RNN step;
 the P controllers act through one batched matmul
 (:func:`~worldmodels.algos.world_models.controller.population_actions`); an episode's
-end (a sampled done, when the model predicts dones) only clears its entry of an alive
-mask, so every step runs the same kernels whatever has ended (ready for a CUDA graph).
+end (when the model predicts dones: sampled from sigmoid(logit), or where the logit is
+above 0 as the authors' doomrnn ends it) only clears its entry of an alive mask, so every step runs the same kernels whatever has ended (ready for a CUDA graph).
 
 Common random numbers: the start latents and every step's draws (component uniforms,
 Gaussian noise, done uniforms) have shape ``[R, ...]`` and are shared by all P
@@ -23,6 +23,7 @@ from .controller import ControllerSpec, population_actions
 from .mdnrnn import MDNRNN, sample_mixture
 
 END_CHECK_EVERY = 16
+DONE_RULES = ("sample", "threshold")
 
 
 @dataclass
@@ -32,6 +33,11 @@ class DreamSettings:
     temperature: float = 1.0
     controller: ControllerSpec = ControllerSpec()
     alive_reward: float | None = None   # a fixed reward per step alive instead of M's reward head
+    done_rule: str = "sample"            # "sample": done ~ Bernoulli(sigmoid(logit)); "threshold": done where logit > 0
+
+    def __post_init__(self) -> None:
+        if self.done_rule not in DONE_RULES:
+            raise ValueError(f"done_rule={self.done_rule!r} is not one of {', '.join(DONE_RULES)}.")
 
 
 def _draw(shape: tuple[int, ...], generator: torch.Generator, device: torch.device, normal: bool) -> torch.Tensor:
@@ -79,10 +85,20 @@ def dream_rollouts(model: MDNRNN, theta: torch.Tensor, start_latents: torch.Tens
         elif "reward" in out:
             total = total + out["reward"] * alive
         if "done_logit" in out:
-            alive = alive * (torch.sigmoid(out["done_logit"]) <= done_draw).float()
+            alive = alive * still_alive(out["done_logit"], done_draw, settings.done_rule)
             if step % END_CHECK_EVERY == END_CHECK_EVERY - 1 and not alive.any():
                 break
     return total.view(population, rollouts)
+
+
+def still_alive(done_logit: torch.Tensor, uniform: torch.Tensor, rule: str) -> torch.Tensor:
+    """1 where a dream episode goes on, 0 where it ends: ``sample`` ends it where
+    ``uniform < sigmoid(logit)`` (done drawn with its predicted probability);
+    ``threshold`` where ``logit > 0`` (the authors' doomrnn: a death only in states M
+    finds more likely than not to end, so the hazard's base rate kills nobody)."""
+    if rule == "threshold":
+        return (done_logit <= 0).float()
+    return (torch.sigmoid(done_logit) <= uniform).float()
 
 
 def _shared(draw: torch.Tensor, population: int) -> torch.Tensor:
