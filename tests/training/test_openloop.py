@@ -99,7 +99,8 @@ def test_bad_shapes_and_values_are_errors_that_name_the_model():
         def rollout(self, context, actions, horizon):
             return super().rollout(context, actions, horizon - 1)
 
-    with pytest.raises(ValueError, match=r"copy: rollout returned shape \(6, 3, 3, 12, 12\), expected \(6, 4, 3, 12, 12\)"):
+    with pytest.raises(ValueError,
+                       match=r"copy: rollout returned shape \(6, 3, 3, 12, 12\), expected \(6, 4, 3, 12, 12\)"):
         score_rollouts(Short(), frames, actions, STACK, seed=0)
     with pytest.raises(ValueError, match="copy: rollout values must be finite and in \\[0, 1\\]"):
         check_rollout(torch.full((1, 2, 3, 12, 12), 1.5), torch.zeros(1, 2, 3, 12, 12), "copy")
