@@ -127,3 +127,9 @@ def test_an_unregistered_family_is_a_one_line_error_naming_the_registered_ones(s
 def test_windows_longer_than_every_episode_name_the_option(squares, tmp_path, capsys):
     assert compare_openloop.main(arguments(squares, tmp_path / "x", "--families", "nextframe", "--window", "40")) == 2
     assert "no training episode holds 40 frames (the longest has 24); lower --window" in capsys.readouterr().err
+
+
+def test_an_unknown_size_is_refused_before_any_family_runs(squares, tmp_path, capsys):
+    assert compare_openloop.main(arguments(squares, tmp_path / "x", "--size", "huge")) == 2
+    assert capsys.readouterr().err.strip() == "error: --size='huge' is not one of tiny, small."
+    assert not (tmp_path / "x").exists()

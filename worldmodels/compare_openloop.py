@@ -44,7 +44,9 @@ from tqdm.auto import tqdm
 from .algos import registry
 from .data.frames import FrameShards, gather_windows, split_episodes, window_starts
 from .errors import WorldModelsError
-from .training.openloop import SCORES, image_scores, mean_and_ci95, parameter_count, score_rollouts
+from .training.openloop import (
+    SCORES, SIZES, image_scores, mean_and_ci95, parameter_count, score_rollouts, unknown_size,
+)
 from .utils.openloop_report import write_gif, write_plot, write_tables
 
 EVAL_BATCH = 32
@@ -86,6 +88,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise CompareError(f"--window={args.window} must be >= 2 (a frame and the one after it).")
     if not 0 < args.val_ratio < 1:
         raise CompareError(f"--val-ratio={args.val_ratio} must lie in (0, 1).")
+    if args.size not in SIZES:
+        raise CompareError(f"--{unknown_size(args.size)}")
 
 
 def select_families(spec: str) -> list[str]:
