@@ -45,16 +45,18 @@ class OpenLoopSize:
     tokenizer_frames: int = 4
 
 
-# tiny: delta_iris_tiny's widths at 64x64 (three halvings -> 8x8 latents, 2x2 = 4 tokens of
-# 64 codes), lr 1e-3 (delta_iris_tiny). small: Δ-IRIS's published Crafter networks (4 tokens
-# of 1024 codes, 3 layers of width 512) with reward-sign classes, lr 1e-4.
+# tiny: three halvings (64x64 -> 8x8 latents, 2x2 = 4 tokens of 64 codes) 8 channels wide at
+# full resolution and 32 at 8x8 (the full-resolution convolutions dominate a CPU update),
+# delta_iris_tiny's 2-layer world model of width 64 and lr 1e-3. small: Δ-IRIS's published
+# Crafter networks (4 tokens of 1024 codes, 3 layers of width 512) with reward-sign
+# classes, lr 1e-4.
 SIZES = {
     "tiny": OpenLoopSize(
-        tokenizer={"tokens_per_frame": 4, "vocab_size": 64, "code_dim": 16, "latent_dim": 8, "channels": 16,
-                   "mult": (1, 1, 2), "down": (1, 1, 1), "frame_channels": 8, "frame_latent_dim": 4,
+        tokenizer={"tokens_per_frame": 4, "vocab_size": 64, "code_dim": 16, "latent_dim": 8, "channels": 8,
+                   "mult": (1, 2, 4), "down": (1, 1, 1), "frame_channels": 8, "frame_latent_dim": 4,
                    "decay": 0.9},
         world_model={"max_blocks": 16, "num_layers": 2, "num_heads": 2, "embed_dim": 64, "frame_channels": 8,
-                     "frame_latent_dim": 2, "frame_mult": (1, 1, 2), "frame_down": (1, 1, 1), "reward_bins": 0},
+                     "frame_latent_dim": 2, "frame_mult": (1, 2, 4), "frame_down": (1, 1, 1), "reward_bins": 0},
         optim={"tokenizer": OptimConfig(lr=1e-3, weight_decay=0.01),
                "world_model": OptimConfig(lr=1e-3, weight_decay=0.01)},
         tokenizer_frames=4),

@@ -46,13 +46,15 @@ class OpenLoopSize:
     tokenizer_frames: int = 32
 
 
-# tiny: iris_tiny's widths at 64x64 (5 levels -> 4x4 = 16 tokens), 128 codes with dead codes
-# restarted (not in IRIS: without it a short run uses few codes), lr 1e-3 (iris_tiny).
+# tiny: 5 levels (64x64 -> 4x4 = 16 tokens, as IRIS) 8 channels wide at full resolution and
+# 32 at 4x4 (IRIS: 64 at every level; the full-resolution convolutions dominate a CPU
+# update), 128 codes with dead codes restarted (not in IRIS: without it a short run uses
+# few codes), iris_tiny's 2-layer world model of width 64 and lr 1e-3.
 # small: IRIS's 16 tokens of 512 codes with a narrower autoencoder and a 4-layer world
 # model, IRIS's learning rate 1e-4. No LPIPS term (its weights are not shipped).
 SIZES = {
     "tiny": OpenLoopSize(
-        tokenizer={"z_channels": 32, "ch": 16, "ch_mult": (1, 1, 1, 1, 1), "num_res_blocks": 1,
+        tokenizer={"z_channels": 32, "ch": 8, "ch_mult": (1, 2, 2, 4, 4), "num_res_blocks": 1,
                    "attn_resolutions": (), "vocab_size": 128, "dead_threshold": 0.5},
         world_model={"max_blocks": 16, "num_layers": 2, "num_heads": 2, "embed_dim": 64},
         optim={"tokenizer": OptimConfig(lr=1e-3), "world_model": OptimConfig(lr=1e-3, weight_decay=0.01)},
