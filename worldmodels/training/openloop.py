@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..errors import WorldModelsError
 from ..ops.image_quality import psnr_ref, ssim_ref
 
 # The per-sequence scores of :func:`score_rollouts`, in the order tables print them.
@@ -140,5 +141,40 @@ def mean_and_ci95(values: Tensor) -> dict[str, list[float]]:
     return {"mean": values.mean(0).tolist(), "ci95": half_width.tolist()}
 
 
-__all__ = ["SCORES", "SIZES", "OpenLoopModel", "check_rollout", "image_scores", "mean_and_ci95", "parameter_count",
+def check_window(frames: Tensor, actions: Tensor, frame_shape: tuple[int, int, int], num_actions: int) -> None:
+    """A ``train_step``'s inputs: ``frames [B, T, C, H, W]`` floating and ``actions [B, T']``
+    int64 in ``[0, num_actions)``, the same B; a one-line WorldModelsError otherwise."""
+    if frames.dim() != 5 or tuple(frames.shape[2:]) != tuple(frame_shape) or not frames.is_floating_point():
+        raise WorldModelsError(f"frames must be float [B, T, {', '.join(map(str, frame_shape))}] in [0, 1], got "
+                               f"{list(frames.shape)} {frames.dtype}.")
+    if actions.dim() != 2 or actions.dtype != torch.int64 or actions.shape[0] != frames.shape[0]:
+        raise WorldModelsError(f"actions must be int64 [B={frames.shape[0]}, T], got {list(actions.shape)} "
+                               f"{actions.dtype}.")
+    if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= num_actions):
+        raise WorldModelsError(f"actions must lie in [0, {num_actions}), got [{int(actions.min())}, "
+                               f"{int(actions.max())}].")
+
+
+def check_rollout_inputs(context: Tensor, actions: Tensor, horizon: int) -> None:
+    """A ``rollout``'s inputs: ``actions [B, K + horizon - 1]`` for ``context [B, K, ...]``,
+    ``horizon >= 1``; a one-line WorldModelsError otherwise."""
+    if horizon < 1:
+        raise WorldModelsError(f"horizon={horizon} must be >= 1.")
+    expected = context.shape[1] + horizon - 1
+    if actions.dim() != 2 or actions.shape[1] != expected:
+        raise WorldModelsError(f"rollout: actions must be [B, K + horizon - 1] = [B, {expected}] for "
+                               f"K={context.shape[1]}, horizon={horizon}; got {list(actions.shape)}.")
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, module: torch.nn.Module, loss: Tensor,
+                 max_grad_norm: float) -> None:
+    """Backward, clip ``module``'s gradient norm to ``max_grad_norm``, step: one update of
+    one component of an adapter that trains its components apart."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
+    optimizer.step()
+
+
+__all__ = ["SCORES", "SIZES", "OpenLoopModel", "check_rollout", "check_rollout_inputs", "check_window", "clipped_step", "image_scores", "mean_and_ci95", "parameter_count",
            "score_rollouts", "shuffle_actions", "unknown_size"]

@@ -28,7 +28,8 @@ from torch import nn
 
 from ...errors import WorldModelsError
 from ...nn.delta_tokenizer import DeltaTokenizer, DeltaTokenizerConfig
-from ...rl.imagination_agent import OptimConfig, split_weight_decay
+from ...rl.imagination_agent import OptimConfig, component_adamw
+from ...training.openloop import check_rollout_inputs, check_window, clipped_step
 from .world_model import DeltaWorldModel, DeltaWorldModelConfig
 
 Tensor = torch.Tensor
@@ -69,44 +70,6 @@ SIZES = {
 }
 
 
-def adamw(module: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """Δ-IRIS's AdamW of one component: weight decay on linear weights only."""
-    decay, no_decay = split_weight_decay(module)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr)
-
-
-def check_window(frames: Tensor, actions: Tensor, frame_shape: tuple[int, int, int], num_actions: int) -> None:
-    """``frames [B, T, C, H, W]`` floating and ``actions [B, T']`` int64 in range, same B."""
-    if frames.dim() != 5 or tuple(frames.shape[2:]) != tuple(frame_shape) or not frames.is_floating_point():
-        raise WorldModelsError(f"frames must be float [B, T, {', '.join(map(str, frame_shape))}] in [0, 1], got "
-                               f"{list(frames.shape)} {frames.dtype}.")
-    if actions.dim() != 2 or actions.dtype != torch.int64 or actions.shape[0] != frames.shape[0]:
-        raise WorldModelsError(f"actions must be int64 [B={frames.shape[0]}, T], got {list(actions.shape)} "
-                               f"{actions.dtype}.")
-    if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= num_actions):
-        raise WorldModelsError(f"actions must lie in [0, {num_actions}), got [{int(actions.min())}, "
-                               f"{int(actions.max())}].")
-
-
-def check_rollout(context: Tensor, actions: Tensor, horizon: int) -> None:
-    """``actions [B, K + horizon - 1]`` for ``context [B, K, ...]``, ``horizon >= 1``."""
-    if horizon < 1:
-        raise WorldModelsError(f"horizon={horizon} must be >= 1.")
-    expected = context.shape[1] + horizon - 1
-    if actions.dim() != 2 or actions.shape[1] != expected:
-        raise WorldModelsError(f"rollout: actions must be [B, K + horizon - 1] = [B, {expected}] for "
-                               f"K={context.shape[1]}, horizon={horizon}; got {list(actions.shape)}.")
-
-
-def clipped_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: Tensor, max_grad_norm: float) -> None:
-    """Backward, clip the component's gradient norm, step (each component apart)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
-    optimizer.step()
-
-
 class DeltaIrisOpenLoop:
     """Δ-IRIS's tokenizer and world model as an open-loop predictor (the
     ``OpenLoopModel`` protocol of :mod:`worldmodels.training.openloop`)."""
@@ -121,8 +84,8 @@ class DeltaIrisOpenLoop:
         c = tokenizer.config
         self.frame_shape = (c.in_channels, c.resolution, c.resolution)
         self.optim = size.optim
-        self.optimizers = {"tokenizer": adamw(self.tokenizer, size.optim["tokenizer"]),
-                           "world_model": adamw(self.world_model, size.optim["world_model"])}
+        self.optimizers = {"tokenizer": component_adamw(self.tokenizer, size.optim["tokenizer"]),
+                           "world_model": component_adamw(self.world_model, size.optim["world_model"])}
         self.tokenizer_frames = size.tokenizer_frames
         self.generator = torch.Generator().manual_seed(seed)
         self.trained_window = 0   # the longest window trained on: rollouts keep at most this many frames
@@ -185,7 +148,7 @@ class DeltaIrisOpenLoop:
         it is full, the caches restart from the last frames. Returns
         ``[B, horizon, C, H, W]`` in [0, 1]."""
         check_window(context, actions, self.frame_shape, self.world_model.config.num_actions)
-        check_rollout(context, actions, horizon)
+        check_rollout_inputs(context, actions, horizon)
         context, actions = context.to(self.device), actions.to(self.device)
         self.tokenizer.eval()
         self.world_model.eval()
