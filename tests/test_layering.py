@@ -11,7 +11,7 @@ import worldmodels
 PACKAGE = Path(worldmodels.__file__).parent
 ALGOS = PACKAGE / "algos"
 FAMILIES = sorted(p.name for p in ALGOS.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
-CLI_TOOLS = ("train.py", "play.py", "play_modes.py", "play_view.py", "record.py", "visualize.py")
+CLI_TOOLS = ("train.py", "play.py", "play_modes.py", "play_view.py", "record.py", "visualize.py", "compare_openloop.py")
 
 
 def imported_modules(path: Path) -> set[str]:

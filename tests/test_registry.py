@@ -79,3 +79,19 @@ def test_weights_that_do_not_fit_are_a_one_line_error(config_from):
              "env_spaces": EnvSpaces({"vector": ((5,), np.dtype(np.float32))}, spaces.act).to_state()}
     with pytest.raises(WorldModelsError, match="do not fit the model of its config"):
         registry.load_agent(state)
+
+
+def test_open_loop_builders_resolve_and_other_names_list_the_registered_ones():
+    names = registry.openloop_names()
+    assert {"dreamerv3", "world_models", "nextframe"} <= set(names) and names == sorted(names)
+    assert names == sorted(n for n, f in registry.FAMILIES.items() if f.openloop)
+    for name in names:
+        build = registry.openloop_builder(name)
+        assert callable(build) and build.__name__ == "build_openloop", name
+    listed = ", ".join(names)
+    with pytest.raises(WorldModelsError, match=f"^'dreamer' is not a family; the families registered for open loop "
+                                               f"are {listed}\\.$"):
+        registry.openloop_builder("dreamer")
+    with pytest.raises(WorldModelsError, match=f"^'vae' has no open-loop model yet; the families registered for "
+                                               f"open loop are {listed}\\.$"):
+        registry.openloop_builder("vae")

@@ -24,7 +24,11 @@ Each ``algo.name`` maps to where its factories live and what else the family off
   family that runs its own stages instead of :func:`~worldmodels.training.loop.fit`
   (World Models' staged pipeline); its ``factories`` is then None;
 - ``population_parallel``: under ``torchrun`` its runner splits a gradient-free search's
-  population across the ranks.
+  population across the ranks;
+- ``openloop``: ``"module:function"``, ``build_openloop(frame_shape, num_actions, size,
+  seed, device) -> OpenLoopModel`` (:mod:`worldmodels.training.openloop`): its world
+  model as an offline action-conditioned frame predictor, trained and scored on recorded
+  frames by ``python -m worldmodels.compare_openloop``; None when it has none.
 
 Adding a family: one folder ``worldmodels/algos/<family>/`` with its model, losses and
 factories, its configs (``configs/algo/<name>.yaml``, ``configs/model/...``,
@@ -57,6 +61,7 @@ class Family:
     data_parallel: bool = False
     runner: str | None = None
     population_parallel: bool = False
+    openloop: str | None = None
 
 
 _VAE = ("eval/loss", "eval/recon", "eval/kl")
@@ -68,23 +73,27 @@ _NEXTFRAME = ("eval/loss", "eval/mse")
 FAMILIES: dict[str, Family] = {
     "vae": Family("worldmodels.algos.vae:FACTORIES", visualizer=True, best_metrics=_VAE, data_parallel=True),
     "vta": Family("worldmodels.algos.vta.experiment:FACTORIES", visualizer=True, best_metrics=_VTA,
-                  data_parallel=True),
+                  data_parallel=True, openloop="worldmodels.algos.vta.openloop:build_openloop"),
     "dreamerv3": Family("worldmodels.algos.dreamerv3.experiment:FACTORIES",
                         agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
-                        best_metrics=_RETURN, data_parallel=True),
+                        best_metrics=_RETURN, data_parallel=True,
+                        openloop="worldmodels.algos.dreamerv3.openloop:build_openloop"),
     "dreamer_offline": Family("worldmodels.algos.dreamerv3.offline:FACTORIES",
                               agent_loader="worldmodels.algos.dreamerv3.experiment:load_agent", visualizer=True,
                               steps_env=False, best_metrics=_OFFLINE, data_parallel=True),
     "dreamer_bc": Family("worldmodels.algos.dreamerv3.bc:FACTORIES", best_metrics=_RETURN, data_parallel=True),
     "iris": Family("worldmodels.algos.iris.experiment:FACTORIES", agent_loader="worldmodels.algos.iris.experiment:load_agent",
-                   playable=True, visualizer=True, best_metrics=_RETURN, data_parallel=True),
+                   playable=True, visualizer=True, best_metrics=_RETURN, data_parallel=True,
+                   openloop="worldmodels.algos.iris.openloop:build_openloop"),
     "delta_iris": Family("worldmodels.algos.delta_iris.experiment:FACTORIES",
                          agent_loader="worldmodels.algos.delta_iris.experiment:load_agent", playable=True,
-                         visualizer=True, best_metrics=_RETURN, data_parallel=True),
+                         visualizer=True, best_metrics=_RETURN, data_parallel=True,
+                         openloop="worldmodels.algos.delta_iris.openloop:build_openloop"),
     "nextframe": Family("worldmodels.algos.nextframe:FACTORIES", steps_env=False, best_metrics=_NEXTFRAME,
-                        data_parallel=True),
+                        data_parallel=True, openloop="worldmodels.algos.nextframe.openloop:build_openloop"),
     "world_models": Family(None, steps_env=False, runner="worldmodels.algos.world_models.experiment:run",
-                           population_parallel=True),
+                           population_parallel=True,
+                           openloop="worldmodels.algos.world_models.openloop:build_openloop"),
 }
 
 
@@ -126,6 +135,22 @@ def runner(name: str) -> Any:
     return None if entry.runner is None else _resolve(entry.runner)
 
 
+def openloop_names() -> list[str]:
+    """The families with an open-loop model (:mod:`worldmodels.training.openloop`)."""
+    return sorted(name for name, entry in FAMILIES.items() if entry.openloop)
+
+
+def openloop_builder(name: str) -> Any:
+    """``build_openloop(frame_shape, num_actions, size, seed, device)`` of family ``name``;
+    a name that is not registered for open loop lists those that are."""
+    entry = FAMILIES.get(name)
+    if entry is None or entry.openloop is None:
+        what = "is not a family" if entry is None else "has no open-loop model yet"
+        raise UnknownAlgorithmError(f"{name!r} {what}; the families registered for open loop are "
+                                    f"{', '.join(openloop_names())}.")
+    return _resolve(entry.openloop)
+
+
 def algo_name(state: dict[str, Any]) -> str:
     """The ``algo.name`` recorded in a checkpoint's config."""
     name = ((state.get("config") or {}).get("algo") or {}).get("name")
@@ -147,4 +172,4 @@ def load_agent(state: dict[str, Any]) -> Any:
 
 
 __all__ = ["FAMILIES", "Family", "UnknownAlgorithmError", "algo_name", "data_parallel_names", "factories", "family",
-           "load_agent", "runner", "torchrun_names"]
+           "load_agent", "openloop_builder", "openloop_names", "runner", "torchrun_names"]

@@ -234,8 +234,16 @@ class ImaginationAgent(nn.Module):
         return action.cpu().numpy().astype(np.int64), new_state
 
 
-__all__ = ["COMPONENTS", "ImaginationAgent", "OptimConfig", "build_optimizer", "component_autocast", "component_step",
+__all__ = ["COMPONENTS", "ImaginationAgent", "OptimConfig", "build_optimizer", "component_adamw", "component_autocast", "component_step",
            "frames_first", "split_weight_decay"]
+
+
+def component_adamw(module: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW of one component on its own, at ``optim.lr``, with ``optim.weight_decay`` on
+    the weights :func:`split_weight_decay` decays and none on the rest."""
+    decay, no_decay = split_weight_decay(module)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr)
 
 
 def build_optimizer(cfg: Any, model: ImaginationAgent) -> torch.optim.Optimizer:

@@ -8,6 +8,10 @@ predictions for ``horizon`` steps, with the recorded actions. Beside it, per hor
 - ``shuffled``: the same model fed the actions of other sequences and steps (a random
   permutation of all the rollout actions); ``delta_psnr`` = model - shuffled shows
   whether the model uses the action at all.
+
+The scoring is the one every family's open-loop model shares
+(:func:`worldmodels.training.openloop.score_rollouts`); :class:`StackRollout` presents
+a frame-stack predictor to it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...ops.image_quality import psnr_ref, ssim_ref
+from ...training.openloop import SCORES, score_rollouts, shuffle_actions
 
-COLUMNS = ("step", "horizon", "psnr", "ssim", "copy_last_psnr", "copy_last_ssim", "shuffled_psnr", "shuffled_ssim",
-           "delta_psnr")
+COLUMNS = ("step", "horizon", *SCORES)
 
 
 @torch.no_grad()
@@ -36,28 +39,34 @@ def open_loop(model: nn.Module, context: torch.Tensor, actions: torch.Tensor) ->
     return torch.stack(predictions, 1)
 
 
-def shuffle_actions(actions: torch.Tensor, seed: int) -> torch.Tensor:
-    """The same actions in a seeded random order over all sequences and steps."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(actions.numel(), generator=generator).to(actions.device)
-    return actions.flatten()[order].view_as(actions)
+class StackRollout:
+    """A frame-stack predictor (``predict(stack, action)``) as the open-loop model of
+    :mod:`worldmodels.training.openloop`: it reads the last ``stack`` given frames and
+    the actions from the last given frame on (the earlier ones it never sees)."""
+
+    def __init__(self, model: nn.Module, stack: int, name: str = "nextframe"):
+        self.model, self.stack, self.name, self.uses_actions = model, stack, name, True
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor, horizon: int) -> torch.Tensor:
+        if context.shape[1] < self.stack:
+            raise ValueError(f"the predictor stacks {self.stack} frames; got a context of {context.shape[1]}.")
+        given = context.shape[1]
+        return open_loop(self.model, context[:, given - self.stack:], actions[:, given - 1:given - 1 + horizon])
 
 
 @torch.no_grad()
 def rollout_scores(model: nn.Module, frames: torch.Tensor, actions: torch.Tensor, stack: int, seed: int
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per-sequence scores ``[B, H]`` of the model, copy-last and shuffled actions on
-    ``frames [B, K + H, C, H_img, W_img]`` in [0, 1] with ``actions [B, H]``, keyed by the
-    :data:`COLUMNS` names; and the model's rollout ``[B, H, C, H_img, W_img]``."""
-    context, truth = frames[:, :stack], frames[:, stack:].float()
-    prediction = open_loop(model, context, actions)
-    shuffled = open_loop(model, context, shuffle_actions(actions, seed))
-    copy_last = context[:, -1:].expand_as(truth)
-    scores = {}
-    for prefix, guess in (("", prediction), ("copy_last_", copy_last), ("shuffled_", shuffled)):
-        scores[f"{prefix}psnr"], scores[f"{prefix}ssim"] = psnr_ref(guess.float(), truth), ssim_ref(guess.float(), truth)
-    scores["delta_psnr"] = scores["psnr"] - scores["shuffled_psnr"]
-    return scores, prediction
+    ``frames [B, K + H, C, H_img, W_img]`` in [0, 1] with ``actions [B, H]`` (the action
+    at each of the frames K-1 .. K+H-2), keyed by the :data:`COLUMNS` names; and the
+    model's rollout ``[B, H, C, H_img, W_img]``
+    (:func:`worldmodels.training.openloop.score_rollouts`)."""
+    context_actions = actions.new_zeros(actions.shape[0], stack - 1)   # never read: the stack holds the frames
+    return score_rollouts(StackRollout(model, stack), frames, torch.cat([context_actions, actions], 1), stack, seed)
 
 
 def rollout_table(model: nn.Module, frames: torch.Tensor, actions: torch.Tensor, stack: int, seed: int
@@ -80,4 +89,5 @@ def append_rollout_csv(path: Path, step: int, table: dict[str, torch.Tensor]) ->
     return path
 
 
-__all__ = ["COLUMNS", "append_rollout_csv", "open_loop", "rollout_scores", "rollout_table", "shuffle_actions"]
+__all__ = ["COLUMNS", "StackRollout", "append_rollout_csv", "open_loop", "rollout_scores", "rollout_table",
+           "shuffle_actions"]
