@@ -1,13 +1,15 @@
 """One vectorised environment interface for DreamerV3/IRIS, whatever the backend.
 
-:class:`EnvSpec` names a task (suite ``classic | gym | atari | dmc | crafter``);
+:class:`EnvSpec` names a task (suite ``classic | gym | atari | dmc | crafter | robosuite``);
 :func:`make_env` builds a :class:`VectorEnv` of ``num_envs`` copies on envpool when it
 is installed and has the task (classic control, Atari, DMC), otherwise on gymnasium
 (a Python loop over ``gymnasium.make`` envs; Atari through ale-py, Crafter through
 the ``crafter`` package). DMC gives proprioceptive ``vector`` observations (its
 observation dict flattened in key order) on envpool, and on dm_control
 (:mod:`worldmodels.envs.dmc`) when envpool is missing or when ``render_image`` asks for
-camera frames (``image``, rendered headless by MuJoCo: DMC from pixels).
+camera frames (``image``, rendered headless by MuJoCo: DMC from pixels). robosuite's
+manipulation tasks (:mod:`worldmodels.envs.robosuite`) keep their observation dict under
+robomimic's names (``agentview_image``, ``robot0_eef_pos``, ..., ``log_success``).
 
 Every call returns a dict of arrays with leading dim ``N``: observations (``image``
 uint8 ``[N, H, W, C]`` and/or ``vector`` float32 ``[N, D]``), ``reward`` float32
