@@ -56,7 +56,6 @@ DEFAULT_PROPRIO = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 OBJECT_KEY = "object"            # robomimic's name for robosuite's "object-state"
 SUCCESS_KEY = "log_success"
 DEFAULT_MAX_STEPS = 500
-ROBOSUITE_HINT = "suite 'robosuite' needs robosuite and MuJoCo: pip install worldmodels[robot]"
 
 
 def image_key(camera: str) -> str:
@@ -136,7 +135,7 @@ class RobosuiteTask:
         for key in self.proprio:
             source = "object-state" if key == OBJECT_KEY else key
             if source not in raw:
-                raise KeyError(f"robosuite task {self.task!r} gives no observation {source!r} "
+                raise ValueError(f"robosuite task {self.task!r} gives no observation {source!r} "
                                f"(it gives {sorted(k for k in raw if not k.endswith('_image'))})")
             obs[key] = np.asarray(raw[source], np.float32).reshape(-1)
         obs[SUCCESS_KEY] = np.asarray([float(self.success())], np.float32)
