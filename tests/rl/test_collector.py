@@ -121,6 +121,36 @@ def test_evaluator_counts_the_first_episodes_to_start():
     assert result.metrics()["eval/neg_return"] == pytest.approx(-8 / 3)
 
 
+class SuccessEnv(CountingEnv):
+    """CountingEnv with ``log_success``, set at the steps ``t`` listed for env ``i`` in
+    ``flags[i]`` of that env's first episode only."""
+
+    def __init__(self, lengths, flags):
+        self.flags, self.episode = flags, np.zeros(len(lengths), np.int64)
+        super().__init__(lengths)
+        self.obs_space = {**self.obs_space, "log_success": ((), np.dtype(np.float32))}
+
+    def _obs(self, action, reward, first):
+        obs = super()._obs(action, reward, first)
+        self.episode += np.asarray(first, bool) & (self.steps > 0)
+        obs["log_success"] = np.array([float(self.episode[i] == 0 and int(self.t[i]) in self.flags[i])
+                                       for i in range(self.num_envs)], np.float32)
+        return obs
+
+
+def test_evaluator_reports_each_episodes_success_from_any_of_its_steps():
+    # env 0 (1 step) succeeds at the final step of its first episode only; env 1 (6 steps) never;
+    # the third episode to start is env 0's second: no success carried over from its first
+    env = SuccessEnv(lengths=(1, 6), flags=[{1}, set()])
+    result = EpisodeEvaluator(env, episodes=3, mode="greedy").run(ConstantAgent(0))
+    np.testing.assert_array_equal(result.successes, [True, False, False])
+    assert result.metrics()["eval/success_rate"] == pytest.approx(1 / 3)
+    middle = SuccessEnv(lengths=(3,), flags=[{1}])     # set at step 1 of 3, cleared after: still a success
+    assert EpisodeEvaluator(middle, episodes=1, mode="greedy").run(ConstantAgent(0)).successes.tolist() == [True]
+    plain = EpisodeEvaluator(CountingEnv(lengths=(2, 3)), episodes=2, mode="greedy").run(ConstantAgent(0))
+    assert plain.successes is None and "eval/success_rate" not in plain.metrics()
+
+
 def test_evaluator_records_the_first_episode_with_its_last_step():
     env = CountingEnv(lengths=(4, 2))
     evaluator = EpisodeEvaluator(env, episodes=2, record_envs=2, record_steps=100)

@@ -26,7 +26,7 @@ WRONG = ["(", 0.5]
 
 def experiment(config_from, name):
     overrides = [] if name is None else [f"+exp={name}"]
-    if name == "dreamer_bc":
+    if name is not None and name.startswith("dreamer_bc"):   # dreamer_bc, dreamer_bc_lift
         overrides.append("checkpoint=runs/x/checkpoints/best.pt")
     return config_from(overrides)
 

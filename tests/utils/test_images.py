@@ -43,3 +43,15 @@ def test_annotate_grid_labels_rows_draws_the_divider_and_the_legend():
     assert (out[:, :margin] < 128).any()                                         # the labels
     with pytest.raises(ValueError, match="5 row labels"):
         annotate_grid(grid, list("abcde"))
+
+
+def test_stacked_cameras_are_shown_side_by_side():
+    from worldmodels.utils.images import cameras_side_by_side, openloop_frames
+
+    videos = torch.randint(0, 256, (2, 3, 4, 5, 6), dtype=torch.uint8)   # [B, T, H, W, 2 cameras x RGB]
+    wide = cameras_side_by_side(videos)
+    assert wide.shape == (2, 3, 4, 10, 3)
+    assert torch.equal(wide[..., :5, :], videos[..., :3]) and torch.equal(wide[..., 5:, :], videos[..., 3:])
+    assert torch.equal(cameras_side_by_side(videos[..., :3]), videos[..., :3])   # one camera: unchanged
+    frames = openloop_frames(videos, videos, None, context=1)
+    assert frames.shape[0] == 3 and frames.shape[-1] == 3

@@ -78,6 +78,10 @@ class GymnasiumVectorEnv(VectorEnv):
                 rows.append(self._step_one(i, act))
         return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
+    def reseed(self) -> bool:
+        self._seeded = False
+        return True
+
     def close(self) -> None:
         for env in self._envs:
             env.close()

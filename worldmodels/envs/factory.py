@@ -1,13 +1,15 @@
 """One vectorised environment interface for DreamerV3/IRIS, whatever the backend.
 
-:class:`EnvSpec` names a task (suite ``classic | gym | atari | dmc | crafter``);
+:class:`EnvSpec` names a task (suite ``classic | gym | atari | dmc | crafter | robosuite``);
 :func:`make_env` builds a :class:`VectorEnv` of ``num_envs`` copies on envpool when it
 is installed and has the task (classic control, Atari, DMC), otherwise on gymnasium
 (a Python loop over ``gymnasium.make`` envs; Atari through ale-py, Crafter through
 the ``crafter`` package). DMC gives proprioceptive ``vector`` observations (its
 observation dict flattened in key order) on envpool, and on dm_control
 (:mod:`worldmodels.envs.dmc`) when envpool is missing or when ``render_image`` asks for
-camera frames (``image``, rendered headless by MuJoCo: DMC from pixels).
+camera frames (``image``, rendered headless by MuJoCo: DMC from pixels). robosuite's
+manipulation tasks (:mod:`worldmodels.envs.robosuite`) keep their observation dict under
+robomimic's names (``agentview_image``, ``robot0_eef_pos``, ..., ``log_success``).
 
 Every call returns a dict of arrays with leading dim ``N``: observations (``image``
 uint8 ``[N, H, W, C]`` and/or ``vector`` float32 ``[N, D]``), ``reward`` float32
@@ -53,7 +55,7 @@ from .spaces import (  # noqa: F401  (re-exported: the factory is where users im
     resize_image,
 )
 
-SUITES = ("classic", "gym", "atari", "dmc", "crafter")
+SUITES = ("classic", "gym", "atari", "dmc", "crafter", "robosuite")
 BACKENDS = ("auto", "envpool", "gymnasium")
 DEFAULT_ACTION_REPEAT = {"atari": 4, "dmc": 2}
 CLASSIC_TASKS = {
@@ -62,6 +64,10 @@ CLASSIC_TASKS = {
 }
 CRAFTER_TASKS = ("reward", "noreward")
 ENVS_HINT = "pip install worldmodels[envs]"
+ROBOSUITE_DEFAULTS = {"robot": "Panda", "cameras": ("agentview",),
+                      "proprio": ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"),
+                      "controller": None, "reward_shaping": False,
+                      "render_effects": False}   # as worldmodels.envs.robosuite
 
 
 def _camel(name: str) -> str:
@@ -90,6 +96,10 @@ def resolve_task(suite: str, task: str) -> tuple[str | None, str | None]:
         if re.fullmatch(r"[a-z]+(_[a-z]+)+", task) is None:
             raise ValueError(f"bad dmc task {task!r}; use domain_task, e.g. 'walker_walk' or 'ball_in_cup_catch'")
         return None, f"{_camel(task)}-v1"
+    if suite == "robosuite":
+        if re.fullmatch(r"[A-Z][A-Za-z0-9]*", task) is None:
+            raise ValueError(f"bad robosuite task {task!r}; use a robosuite env name, e.g. 'Lift' or 'Stack'")
+        return None, None
     if suite == "crafter":
         if task not in CRAFTER_TASKS:
             raise ValueError(f"unknown crafter task {task!r}; known: {', '.join(CRAFTER_TASKS)}")
@@ -117,6 +127,12 @@ class EnvSpec:
     gymnasium + ale-py it restarts), ``use_fire_reset`` (press FIRE after a reset, for
     games that wait for it), ``full_action_space`` (all 18 actions instead of the game's
     minimal set).
+
+    robosuite only (:mod:`worldmodels.envs.robosuite`): ``robot``, ``cameras`` (robosuite
+    camera names, each an ``<camera>_image`` observation of ``size``), ``proprio`` (the
+    other observation keys), ``controller`` (None: the robot's default) and
+    ``reward_shaping`` (robosuite's dense reward instead of the sparse success reward),
+    ``render_effects`` (MuJoCo's shadows, reflections and skybox; off: 5x faster frames).
     """
 
     suite: str
@@ -133,6 +149,12 @@ class EnvSpec:
     terminal_on_life_loss: bool = False
     use_fire_reset: bool = False
     full_action_space: bool = False
+    robot: str = ROBOSUITE_DEFAULTS["robot"]
+    cameras: tuple[str, ...] = ROBOSUITE_DEFAULTS["cameras"]
+    proprio: tuple[str, ...] = ROBOSUITE_DEFAULTS["proprio"]
+    controller: str | None = ROBOSUITE_DEFAULTS["controller"]
+    reward_shaping: bool = ROBOSUITE_DEFAULTS["reward_shaping"]
+    render_effects: bool = ROBOSUITE_DEFAULTS["render_effects"]
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -162,7 +184,21 @@ class EnvSpec:
         for name in atari_only:
             if getattr(self, name) and self.suite != "atari":
                 raise ValueError(f"{name} is an Atari option; suite {self.suite!r} has no lives or FIRE button")
+        self._check_robosuite_options()
         resolve_task(self.suite, self.task)
+
+    def _check_robosuite_options(self) -> None:
+        self.cameras, self.proprio = tuple(str(c) for c in self.cameras), tuple(str(k) for k in self.proprio)
+        if self.suite != "robosuite":
+            for name, default in ROBOSUITE_DEFAULTS.items():
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name} is a robosuite option; suite {self.suite!r} does not take it")
+            return
+        if len(set(self.cameras)) != len(self.cameras) or len(set(self.proprio)) != len(self.proprio):
+            raise ValueError(f"cameras and proprio must not repeat a name, got {list(self.cameras)}, "
+                             f"{list(self.proprio)}")
+        if not self.cameras and not self.proprio:
+            raise ValueError("a robosuite env needs cameras or proprio keys to observe")
 
 
 class MissingEnvPackageError(WorldModelsError, ImportError):
@@ -237,6 +273,9 @@ def _check_packages(spec: EnvSpec) -> None:
     if spec.suite == "dmc" and not _installed("dm_control"):
         what = "from pixels needs dm_control" if spec.render_image else "needs envpool or dm_control here"
         raise MissingEnvPackageError(f"dmc task {spec.task!r} {what}: {ENVS_HINT}")
+    if spec.suite == "robosuite" and not (_installed("robosuite") and _installed("mujoco")):
+        raise MissingEnvPackageError(f"robosuite task {spec.task!r} needs robosuite and MuJoCo: "
+                                     "pip install worldmodels[robot]")
     if spec.render_image and spec.suite == "classic" and not _installed("pygame"):
         raise MissingEnvPackageError(f"render_image on classic task {spec.task!r} needs pygame: pip install pygame "
                                      f"(or {ENVS_HINT})")
@@ -251,7 +290,8 @@ def backend_name(spec: EnvSpec) -> str:
     if backend == "envpool":
         return "envpool"
     _check_packages(spec)
-    return {"crafter": "crafter", "atari": "gymnasium+ale-py", "dmc": "dm_control"}.get(spec.suite, "gymnasium")
+    return {"crafter": "crafter", "atari": "gymnasium+ale-py", "dmc": "dm_control",
+            "robosuite": "robosuite"}.get(spec.suite, "gymnasium")
 
 
 def _offscreen_rendering() -> None:
@@ -307,6 +347,23 @@ def _dmc_tasks(spec: EnvSpec) -> list:
     return [DMCTask(spec.task, spec.size, spec.seed + i, limit) for i in range(spec.num_envs)]
 
 
+def _robosuite_env(spec: EnvSpec) -> VectorEnv:
+    _check_packages(spec)
+    from .robosuite import RobosuiteTask, RobosuiteVectorEnv
+
+    limit = None if spec.max_episode_steps is None else spec.max_episode_steps * spec.action_repeat
+    tasks = []
+    try:
+        for i in range(spec.num_envs):
+            tasks.append(RobosuiteTask(spec.task, spec.robot, spec.cameras, spec.size, spec.proprio, spec.seed + i,
+                                       limit, spec.reward_shaping, spec.controller, spec.render_effects))
+    except BaseException:
+        for task in tasks:
+            task.close()
+        raise
+    return RobosuiteVectorEnv(tasks, spec.seed)
+
+
 def make_env(spec: EnvSpec) -> VectorEnv:
     """Build ``spec``'s :class:`VectorEnv` (see the module docstring for backends).
 
@@ -320,6 +377,8 @@ def make_env(spec: EnvSpec) -> VectorEnv:
         print(f"worldmodels: {note}")
     if backend == "envpool":
         return EnvpoolVectorEnv(spec, envpool_id, envpool)
+    if spec.suite == "robosuite":
+        return _robosuite_env(spec)
     if spec.suite == "crafter":
         env = GymnasiumVectorEnv(_crafter_envs(spec), spec.seed)
         env.deterministic = False   # objects in sets, iterated in address order: one seed, two worlds after ~90 steps
@@ -339,6 +398,9 @@ def spec_from_config(env: Any, *, seed: int, num_envs: int | None = None) -> Env
     given = {key: env[key] for key in fields if key in env and env[key] is not None}
     if "size" in given:
         given["size"] = tuple(int(s) for s in given["size"])
+    for key in ("cameras", "proprio"):
+        if key in given:
+            given[key] = tuple(str(k) for k in given[key])
     return EnvSpec(num_envs=int(num_envs or env.get("num_envs", 1)), seed=int(seed), **given)
 
 

@@ -164,6 +164,12 @@ class VectorEnv:
     def close(self) -> None:
         """Release the environments."""
 
+    def reseed(self) -> bool:
+        """Seed the envs again at the next reset as at the first one (env ``i`` with
+        ``seed + i``), so the episodes that follow repeat those of the first reset; False
+        where the backend cannot (the default)."""
+        return False
+
     def __enter__(self) -> Self:
         return self
 

@@ -9,6 +9,10 @@ temperature); the first episodes can be recorded step by step for media.
 
     evaluator = EpisodeEvaluator(make_env(spec), episodes=16, mode="greedy", record_envs=1)
     result = evaluator.run(agent)      # result.returns [16], result.lengths, result.recorded
+
+An env whose observations hold ``log_success`` (robosuite's tasks) also gives each
+episode's success: whether ``log_success`` was set at any of its steps, the final one
+included (``result.successes``, ``eval/success_rate``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .collector import Collector
 from .protocols import Agent, check_mode
 
 EVAL_SEED_OFFSET = 10_000   # evaluation envs are seeded seed + EVAL_SEED_OFFSET
+SUCCESS_KEY = "log_success"  # an env's per-step success flag (worldmodels.envs.robosuite)
 
 
 def eval_env_config(cfg: Any) -> Any:
@@ -39,19 +44,25 @@ def eval_env_config(cfg: Any) -> Any:
 class EvalResult:
     """``returns`` and ``lengths`` ``[N]`` (agent steps) in the order the episodes
     started; ``recorded``: for each recorded env, its first episode's stored steps
-    ``{key: [T, ...]}`` (the final ``is_last`` step included, up to ``record_steps``)."""
+    ``{key: [T, ...]}`` (the final ``is_last`` step included, up to ``record_steps``);
+    ``successes``: bool ``[N]`` for envs that report ``log_success`` (None otherwise)."""
 
     returns: np.ndarray
     lengths: np.ndarray
     recorded: list[dict[str, np.ndarray]] = field(default_factory=list)
+    successes: np.ndarray | None = None
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         """``{prefix}/return_{mean,std,min,max}``, ``{prefix}/length_mean`` and
-        ``{prefix}/neg_return`` (minus the mean: lower is better, for ``train.best_metric``)."""
+        ``{prefix}/neg_return`` (minus the mean: lower is better, for ``train.best_metric``),
+        and ``{prefix}/success_rate`` when the env reports successes."""
         mean = float(self.returns.mean())
-        return {f"{prefix}/return_mean": mean, f"{prefix}/return_std": float(self.returns.std()),
-                f"{prefix}/return_min": float(self.returns.min()), f"{prefix}/return_max": float(self.returns.max()),
-                f"{prefix}/length_mean": float(self.lengths.mean()), f"{prefix}/neg_return": -mean}
+        metrics = {f"{prefix}/return_mean": mean, f"{prefix}/return_std": float(self.returns.std()),
+                   f"{prefix}/return_min": float(self.returns.min()), f"{prefix}/return_max": float(self.returns.max()),
+                   f"{prefix}/length_mean": float(self.lengths.mean()), f"{prefix}/neg_return": -mean}
+        if self.successes is not None:
+            metrics[f"{prefix}/success_rate"] = float(self.successes.mean())
+        return metrics
 
 
 class EpisodeEvaluator:
@@ -85,10 +96,14 @@ class EpisodeEvaluator:
         counting = np.arange(n) < self.episodes
         started, returns, lengths = int(counting.sum()), [], []
         slot = {i: i for i in range(n) if counting[i]}   # env -> index of the episode it runs
-        results: dict[int, tuple[float, int]] = {}
+        results: dict[int, tuple[float, int, bool]] = {}
         recording = {i: [] for i in range(self.record_envs)}
+        tracks_success = SUCCESS_KEY in collector.env.obs_space
+        succeeded = np.zeros(n, bool)   # log_success seen in the env's current episode
 
         def on_step(step: dict[str, np.ndarray]) -> None:
+            if tracks_success:
+                succeeded[:] = np.where(step["is_first"], False, succeeded) | (step[SUCCESS_KEY] > 0)
             for i, steps in recording.items():
                 if len(steps) < self.record_steps and (not steps or not steps[-1]["is_last"]):
                     steps.append({key: np.array(value[i]) for key, value in step.items()})
@@ -96,7 +111,8 @@ class EpisodeEvaluator:
         def on_episode(index: int, ret: float, length: int) -> None:
             nonlocal started
             if counting[index]:
-                results[slot[index]] = (ret, length)
+                final = tracks_success and bool(collector.last_obs[SUCCESS_KEY][index] > 0)
+                results[slot[index]] = (ret, length, bool(succeeded[index]) or final)
             counting[index] = started < self.episodes
             if counting[index]:
                 slot[index], started = started, started + 1
@@ -111,7 +127,8 @@ class EpisodeEvaluator:
         lengths = np.array([results[i][1] for i in range(self.episodes)], np.int64)
         recorded = [{key: np.stack([s[key] for s in steps]) for key in steps[0]}
                     for steps in recording.values() if steps]
-        return EvalResult(returns, lengths, recorded)
+        successes = np.array([results[i][2] for i in range(self.episodes)], bool) if tracks_success else None
+        return EvalResult(returns, lengths, recorded, successes)
 
     def _finish_recordings(self, recording: dict[int, list]) -> None:
         """Add the final observation of recorded episodes that ended on the last step."""
@@ -128,4 +145,4 @@ class EpisodeEvaluator:
         self.collector.close()
 
 
-__all__ = ["EVAL_SEED_OFFSET", "EpisodeEvaluator", "EvalResult", "eval_env_config"]
+__all__ = ["EVAL_SEED_OFFSET", "SUCCESS_KEY", "EpisodeEvaluator", "EvalResult", "eval_env_config"]

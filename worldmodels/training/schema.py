@@ -30,7 +30,7 @@ from .validation import (
 OP_IMPLS = ("auto", "triton", "cpp", "ref")          # worldmodels.ops._dispatch.IMPLS
 RSSM_IMPLS = ("auto", "triton", "cpp", "scan", "ref")  # worldmodels.ops.rssm.RSSM_IMPLS
 ATTENTION_IMPLS = ("auto", "triton", "ref")          # worldmodels.nn.transformer.ATTENTION_IMPLS
-ENV_SUITES = ("classic", "gym", "atari", "dmc", "crafter")  # worldmodels.envs.factory.SUITES
+ENV_SUITES = ("classic", "gym", "atari", "dmc", "crafter", "robosuite")  # worldmodels.envs.factory.SUITES
 ENV_BACKENDS = ("auto", "envpool", "gymnasium")      # worldmodels.envs.factory.BACKENDS
 NON_NEGATIVE = number(0)
 COUNT = integer(1)
@@ -117,6 +117,13 @@ ENVS: dict[str, dict[str, Rule]] = {
         "env.terminal_on_life_loss": boolean(),
         "env.use_fire_reset": boolean(),
         "env.full_action_space": boolean(),
+        # robosuite only (worldmodels.envs.robosuite)
+        "env.robot": text(),
+        "env.cameras": list_of(text()),
+        "env.proprio": list_of(text()),
+        "env.controller": text().or_null(),
+        "env.reward_shaping": boolean(),
+        "env.render_effects": boolean(),
     },
 }
 # The evaluation env of online runs: null (the training env) or settings that differ from env's.

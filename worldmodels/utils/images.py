@@ -94,14 +94,26 @@ def annotate_grid(
     return np.asarray(canvas)
 
 
+def cameras_side_by_side(videos: torch.Tensor) -> torch.Tensor:
+    """``[..., H, W, 3k]`` (``k`` RGB images stacked on channels) -> ``[..., H, k W, 3]``;
+    1- and 3-channel frames unchanged."""
+    channels = videos.shape[-1]
+    if channels in (1, 3) or channels % 3:
+        return videos
+    parts = videos.split(3, dim=-1)
+    return torch.cat(parts, dim=-2)
+
+
 def openloop_frames(truth: torch.Tensor, prediction: torch.Tensor, error: torch.Tensor | None,
                     context: int, scale: int = 2, bar: int = 3) -> np.ndarray:
     """uint8 ``[B, T, H, W, C]`` videos -> ``[T, H', W', 3]`` uint8 frames (rows truth,
     prediction, error; columns the ``B`` sequences; a green bar over the ``context``
     frames the model saw, red over those it predicted). ``error`` defaults to
-    ``(prediction - truth + 255) / 2``."""
+    ``(prediction - truth + 255) / 2``. Frames of ``3k`` channels (``k`` RGB cameras stacked,
+    :class:`~worldmodels.data.obs_transform.ObsTransform`) show the cameras side by side."""
     if error is None:
         error = ((prediction.float() - truth.float() + 255.0) / 2.0).round().to(torch.uint8)
+    truth, prediction, error = (cameras_side_by_side(v) for v in (truth, prediction, error))
     as_unit = [(v.detach().cpu().float() / 255.0).permute(1, 0, 4, 2, 3) for v in (truth, prediction, error)]
     frames = []
     for t in range(as_unit[0].shape[0]):

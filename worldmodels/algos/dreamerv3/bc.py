@@ -22,7 +22,9 @@ its keys or give it another shape, raise naming the key.
 Evaluation: ``algo.eval_episodes`` episodes in ``env.*`` with the greedy policy
 (argmax / mean): ``eval/return_mean``, ``eval/return_std``, ``eval/neg_return`` (the
 best metric), ``eval/random_return_mean`` (a uniformly random policy in the same
-env, measured at the first evaluation and repeated after), and with
+env, measured at the first evaluation and repeated after; on the same episode seeds
+where the env can be seeded again, :meth:`VectorEnv.reseed`), in an env that reports
+successes (robosuite) ``eval/success_rate`` and ``eval/random_success_rate``, and with
 ``data.eval_dir`` the held-out ``eval/accuracy`` (discrete) or ``eval/mse`` and
 ``eval/nll``.
 
@@ -57,7 +59,7 @@ from ...nn.distributions import BoundedNormal
 from ...nn.mlp import MLP
 from ...nn.multi_io import MultiEncoder
 from ...rl.actions import from_env_action
-from ...rl.evaluator import EVAL_SEED_OFFSET, EpisodeEvaluator, eval_env_config
+from ...rl.evaluator import EVAL_SEED_OFFSET, EpisodeEvaluator, EvalResult, eval_env_config
 from ...training.checkpoint import CheckpointError, load_checkpoint
 from ...training.contract import Evaluator, TrainData
 from ...training.loop import Factories
@@ -328,19 +330,25 @@ class BCEvaluator(Evaluator):
         check_keys(obs_space, keys, self.transform.space(env.obs_space), "env")
         self.runner = EpisodeEvaluator(env, env.num_envs, mode="greedy", seed=seed)
         self.held_out, self.batch_size = held_out, int(batch_size)
-        self.random_returns: np.ndarray | None = None
+        self.random_result: EvalResult | None = None
 
     @property
     def env(self) -> VectorEnv:
         return self.runner.env
 
     def evaluate(self, model: BCPolicy) -> dict[str, float]:
-        returns = self.runner.run(BCAgent(model, self.env.act_space, self.transform)).returns
-        if self.random_returns is None:
-            self.random_returns = self.runner.run(None).returns
+        self.env.reseed()   # where the backend can: every evaluation and the random baseline on the same episodes
+        result = self.runner.run(BCAgent(model, self.env.act_space, self.transform))
+        if self.random_result is None:
+            self.env.reseed()
+            self.random_result = self.runner.run(None)
+        returns, random_returns = result.returns, self.random_result.returns
         metrics = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
                    "eval/neg_return": -float(returns.mean()),
-                   "eval/random_return_mean": float(self.random_returns.mean())}
+                   "eval/random_return_mean": float(random_returns.mean())}
+        if result.successes is not None:
+            metrics["eval/success_rate"] = float(result.successes.mean())
+            metrics["eval/random_success_rate"] = float(self.random_result.successes.mean())
         if self.held_out is not None:
             metrics.update(self.held_out_metrics(model))
         return metrics
