@@ -20,7 +20,7 @@ This module is a shared layer: it imports no family.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -166,15 +166,16 @@ def check_rollout_inputs(context: Tensor, actions: Tensor, horizon: int) -> None
                                f"K={context.shape[1]}, horizon={horizon}; got {list(actions.shape)}.")
 
 
-def clipped_step(optimizer: torch.optim.Optimizer, module: torch.nn.Module, loss: Tensor,
-                 max_grad_norm: float) -> None:
-    """Backward, clip ``module``'s gradient norm to ``max_grad_norm``, step: one update of
-    one component of an adapter that trains its components apart."""
+def clipped_step(optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter], loss: Tensor,
+                 max_grad_norm: float | None) -> None:
+    """Backward, clip the gradient norm of ``parameters`` to ``max_grad_norm`` (None: no
+    clip), step: one update of one optimiser of an adapter."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(list(parameters), max_grad_norm)
     optimizer.step()
 
 
-__all__ = ["SCORES", "SIZES", "OpenLoopModel", "check_rollout", "check_rollout_inputs", "check_window", "clipped_step", "image_scores", "mean_and_ci95", "parameter_count",
-           "score_rollouts", "shuffle_actions", "unknown_size"]
+__all__ = ["SCORES", "SIZES", "OpenLoopModel", "check_rollout", "check_rollout_inputs", "check_window", "clipped_step",
+           "image_scores", "mean_and_ci95", "parameter_count", "score_rollouts", "shuffle_actions", "unknown_size"]

@@ -19,31 +19,18 @@ frames of each window (the whole window when it is shorter).
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from ...errors import WorldModelsError
 from ...nn.delta_tokenizer import DeltaTokenizer, DeltaTokenizerConfig
-from ...rl.imagination_agent import OptimConfig, component_adamw
-from ...training.openloop import check_rollout_inputs, check_window, clipped_step
+from ...rl.imagination_agent import OptimConfig
+from ...rl.token_openloop import OpenLoopSize, TokenizerWorldModelOpenLoop
+from ...training.openloop import check_rollout_inputs, check_window, unknown_size
 from .world_model import DeltaWorldModel, DeltaWorldModelConfig
 
 Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class OpenLoopSize:
-    """The settings of one size: tokenizer and world-model config fields, the AdamW of
-    each, and the consecutive frames of each window the tokenizer trains on."""
-
-    tokenizer: dict = field(default_factory=dict)
-    world_model: dict = field(default_factory=dict)
-    optim: dict = field(default_factory=dict)
-    tokenizer_frames: int = 4
 
 
 # tiny: three halvings (64x64 -> 8x8 latents, 2x2 = 4 tokens of 64 codes) 8 channels wide at
@@ -70,53 +57,19 @@ SIZES = {
 }
 
 
-class DeltaIrisOpenLoop:
+class DeltaIrisOpenLoop(TokenizerWorldModelOpenLoop):
     """Δ-IRIS's tokenizer and world model as an open-loop predictor (the
-    ``OpenLoopModel`` protocol of :mod:`worldmodels.training.openloop`)."""
+    ``OpenLoopModel`` protocol of :mod:`worldmodels.training.openloop`). Its tokenizer
+    trains on ``tokenizer_frames`` consecutive frames of every window, its world model on
+    the window's delta tokens."""
 
     name = "delta_iris"
-    uses_actions = True
+    min_window = 2      # a delta token encodes a frame given the one before
 
     def __init__(self, tokenizer: DeltaTokenizer, world_model: DeltaWorldModel, size: OpenLoopSize, seed: int,
                  device: str | torch.device):
-        self.tokenizer, self.world_model = tokenizer.to(device), world_model.to(device)
-        self.device = torch.device(device)
         c = tokenizer.config
-        self.frame_shape = (c.in_channels, c.resolution, c.resolution)
-        self.optim = size.optim
-        self.optimizers = {"tokenizer": component_adamw(self.tokenizer, size.optim["tokenizer"]),
-                           "world_model": component_adamw(self.world_model, size.optim["world_model"])}
-        self.tokenizer_frames = size.tokenizer_frames
-        self.generator = torch.Generator().manual_seed(seed)
-        self.trained_window = 0   # the longest window trained on: rollouts keep at most this many frames
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return itertools.chain(self.tokenizer.parameters(), self.world_model.parameters())
-
-    # ------------------------------------------------------------------ training
-
-    def train_step(self, frames: Tensor, actions: Tensor) -> dict[str, float]:
-        """One tokenizer update on a run of consecutive frames of each window, then one
-        world-model update on the window's delta tokens from the just-updated tokenizer."""
-        check_window(frames, actions, self.frame_shape, self.world_model.config.num_actions)
-        if actions.shape[1] != frames.shape[1] or frames.shape[1] < 2:
-            raise WorldModelsError(f"train_step: frames {list(frames.shape[:2])} need T >= 2 and actions [B, T], "
-                                   f"got {list(actions.shape)}.")
-        if frames.shape[1] > self.world_model.config.max_blocks:
-            raise WorldModelsError(f"train_step: windows of T={frames.shape[1]} frames exceed the world model's "
-                                   f"context max_blocks={self.world_model.config.max_blocks}.")
-        frames, actions = frames.to(self.device), actions.to(self.device)
-        self.tokenizer.train()
-        self.world_model.train()
-        tok_loss, tok_metrics = self.tokenizer.compute_loss(self._tokenizer_batch(frames, actions))
-        clipped_step(self.optimizers["tokenizer"], self.tokenizer, tok_loss, self.optim["tokenizer"].max_grad_norm)
-        wm_loss, wm_metrics = self.world_model.compute_loss(self._world_model_batch(frames, actions))
-        clipped_step(self.optimizers["world_model"], self.world_model, wm_loss,
-                     self.optim["world_model"].max_grad_norm)
-        self.trained_window = max(self.trained_window, frames.shape[1])
-        return {"loss": float(tok_loss.detach() + wm_loss.detach()), "tokenizer/loss": float(tok_loss.detach()),
-                "tokenizer/l2": float(tok_metrics["l2"]), "world_model/loss": float(wm_loss.detach()),
-                "world_model/loss_latents": float(wm_metrics["loss_latents"])}
+        super().__init__(tokenizer, world_model, size, seed, device, (c.in_channels, c.resolution, c.resolution))
 
     def _tokenizer_batch(self, frames: Tensor, actions: Tensor) -> dict[str, Tensor]:
         """``tokenizer_frames`` consecutive frames of every window, from one random start."""
@@ -127,13 +80,13 @@ class DeltaIrisOpenLoop:
         return {"observations": frames[:, window], "actions": actions[:, window], "mask_padding": mask}
 
     def _world_model_batch(self, frames: Tensor, actions: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad():
-            self.tokenizer.eval()      # no codebook update from these frames, as DeltaIrisAgent
-            tokens = self.tokenizer.encode(frames[:, :-1], actions[:, :-1], frames[:, 1:]).tokens
-            self.tokenizer.train()
+        tokens = self.tokenizer.encode(frames[:, :-1], actions[:, :-1], frames[:, 1:]).tokens
         zeros = torch.zeros(actions.shape, device=self.device)
         return {"observations": frames, "actions": actions, "rewards": zeros, "ends": zeros.bool(),
                 "mask_padding": torch.ones_like(zeros, dtype=torch.bool), "latent_tokens": tokens}
+
+    def _metrics(self, tokenizer: Mapping[str, Tensor], world_model: Mapping[str, Tensor]) -> dict[str, float]:
+        return {"tokenizer/l2": float(tokenizer["l2"]), "world_model/loss_latents": float(world_model["loss_latents"])}
 
     # ------------------------------------------------------------------ rollout
 
@@ -172,11 +125,6 @@ class DeltaIrisOpenLoop:
             held += 1
         return torch.stack(frames[steps:], dim=1)
 
-    def context_limit(self) -> int:
-        """Frames the caches may hold: the trained window, at most ``max_blocks``, at least 2."""
-        blocks = self.world_model.config.max_blocks
-        return max(2, min(blocks, self.trained_window or blocks))
-
     def _prime(self, frames: list[Tensor], tokens: list[Tensor], actions: Tensor, count: int) -> int:
         """Fresh caches holding the last ``count`` of ``frames`` with the actions and
         delta tokens between them (``tokens[t]`` encodes ``frames[t + 1]``); returns how
@@ -195,7 +143,7 @@ def build_openloop(frame_shape: tuple[int, int, int], num_actions: int, size: st
                    device: str) -> DeltaIrisOpenLoop:
     """Δ-IRIS at ``size`` (``tiny`` or ``small``) for ``frame_shape (C, H, W)`` square frames."""
     if size not in SIZES:
-        raise WorldModelsError(f"delta_iris open-loop size={size!r} is not one of {', '.join(SIZES)}.")
+        raise WorldModelsError(unknown_size(size))
     channels, height, width = frame_shape
     if height != width:
         raise WorldModelsError(f"Δ-IRIS needs square frames, got {height}x{width}.")
@@ -209,4 +157,4 @@ def build_openloop(frame_shape: tuple[int, int, int], num_actions: int, size: st
     return DeltaIrisOpenLoop(DeltaTokenizer(tok), DeltaWorldModel(wm), settings, seed, device)
 
 
-__all__ = ["SIZES", "DeltaIrisOpenLoop", "OpenLoopSize", "build_openloop"]
+__all__ = ["SIZES", "DeltaIrisOpenLoop", "build_openloop"]

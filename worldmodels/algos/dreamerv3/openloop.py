@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import WorldModelsError
-from ...training.openloop import unknown_size
+from ...training.openloop import clipped_step, unknown_size
 from .config import DreamerConfig
 from .world_model import WorldModel, prev_actions
 
@@ -85,10 +85,7 @@ class DreamerOpenLoop:
     def train_step(self, frames: Tensor, actions: Tensor) -> dict[str, float]:
         self.model.train()
         total, metrics = self.loss(frames, actions)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.parameters()), self.config.model_grad_clip)
-        self.optimizer.step()
+        clipped_step(self.optimizer, self.parameters(), total, self.config.model_grad_clip)
         return metrics
 
     @torch.no_grad()

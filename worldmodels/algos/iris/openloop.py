@@ -19,32 +19,19 @@ drawn from the window (all of them when the window has fewer).
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from ...errors import WorldModelsError
 from ...nn.kv_cache import KVCache
 from ...nn.tokenizer import Tokenizer, TokenizerConfig
-from ...rl.imagination_agent import OptimConfig, component_adamw
-from ...training.openloop import check_rollout_inputs, check_window, clipped_step
+from ...rl.imagination_agent import OptimConfig
+from ...rl.token_openloop import OpenLoopSize, TokenizerWorldModelOpenLoop
+from ...training.openloop import check_rollout_inputs, check_window, unknown_size
 from .world_model import IrisWorldModel, IrisWorldModelConfig
 
 Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class OpenLoopSize:
-    """The settings of one size: tokenizer and world-model config fields, the AdamW of
-    each, and the tokenizer's frames per update."""
-
-    tokenizer: dict = field(default_factory=dict)
-    world_model: dict = field(default_factory=dict)
-    optim: dict = field(default_factory=dict)
-    tokenizer_frames: int = 32
 
 
 # tiny: 5 levels (64x64 -> 4x4 = 16 tokens, as IRIS) 8 channels wide at full resolution and
@@ -69,70 +56,34 @@ SIZES = {
 }
 
 
-class IrisOpenLoop:
+class IrisOpenLoop(TokenizerWorldModelOpenLoop):
     """IRIS's tokenizer and world model as an open-loop predictor (the
     ``OpenLoopModel`` protocol of :mod:`worldmodels.training.openloop`)."""
 
     name = "iris"
-    uses_actions = True
 
     def __init__(self, tokenizer: Tokenizer, world_model: IrisWorldModel, size: OpenLoopSize, seed: int,
                  device: str | torch.device):
-        self.tokenizer, self.world_model = tokenizer.to(device), world_model.to(device)
-        self.device = torch.device(device)
-        self.frame_shape = (tokenizer.config.in_channels, tokenizer.config.resolution, tokenizer.config.resolution)
-        self.optim = size.optim
-        self.optimizers = {"tokenizer": component_adamw(self.tokenizer, size.optim["tokenizer"]),
-                           "world_model": component_adamw(self.world_model, size.optim["world_model"])}
-        self.tokenizer_frames = size.tokenizer_frames
-        self.generator = torch.Generator().manual_seed(seed)
-        self.trained_window = 0   # the longest window trained on: rollouts keep at most this many frames
+        c = tokenizer.config
+        super().__init__(tokenizer, world_model, size, seed, device, (c.in_channels, c.resolution, c.resolution))
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return itertools.chain(self.tokenizer.parameters(), self.world_model.parameters())
-
-    # ------------------------------------------------------------------ training
-
-    def train_step(self, frames: Tensor, actions: Tensor) -> dict[str, float]:
-        """One tokenizer update on frames of the window, then one world-model update on
-        the window's tokens from the just-updated tokenizer (no gradient into it)."""
-        check_window(frames, actions, self.frame_shape, self.world_model.config.num_actions)
-        if actions.shape[1] != frames.shape[1]:
-            raise WorldModelsError(f"train_step: actions {list(actions.shape)} must be [B, T] for frames "
-                                   f"{list(frames.shape[:2])}.")
-        if frames.shape[1] > self.world_model.config.max_blocks:
-            raise WorldModelsError(f"train_step: windows of T={frames.shape[1]} frames exceed the world model's "
-                                   f"context max_blocks={self.world_model.config.max_blocks}.")
-        frames, actions = frames.to(self.device), actions.to(self.device)
-        self.tokenizer.train()
-        self.world_model.train()
-        tok_loss, tok_metrics = self.tokenizer.compute_loss({"observations": self._tokenizer_batch(frames)})
-        clipped_step(self.optimizers["tokenizer"], self.tokenizer, tok_loss, self.optim["tokenizer"].max_grad_norm)
-        wm_loss, wm_metrics = self.world_model.compute_loss(self._world_model_batch(frames, actions))
-        clipped_step(self.optimizers["world_model"], self.world_model, wm_loss,
-                     self.optim["world_model"].max_grad_norm)
-        self.trained_window = max(self.trained_window, frames.shape[1])
-        return {"loss": float(tok_loss.detach() + wm_loss.detach()), "tokenizer/loss": float(tok_loss.detach()),
-                "tokenizer/reconstruction": float(tok_metrics["reconstruction"]),
-                "world_model/loss": float(wm_loss.detach()), "world_model/loss_obs": float(wm_metrics["loss_obs"])}
-
-    def _tokenizer_batch(self, frames: Tensor) -> Tensor:
-        """``[1, N, C, H, W]``: ``tokenizer_frames`` frames of the window drawn without
-        replacement (all of them when the window holds fewer)."""
+    def _tokenizer_batch(self, frames: Tensor, actions: Tensor) -> dict[str, Tensor]:
+        """``observations [1, N, C, H, W]``: ``tokenizer_frames`` frames of the window drawn
+        without replacement (all of them when the window holds fewer)."""
         flat = frames.flatten(0, 1)
         if len(flat) > self.tokenizer_frames:
             picked = torch.randperm(len(flat), generator=self.generator)[: self.tokenizer_frames]
             flat = flat[picked.to(flat.device)]
-        return flat.unsqueeze(0)
+        return {"observations": flat.unsqueeze(0)}
 
     def _world_model_batch(self, frames: Tensor, actions: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad():
-            self.tokenizer.eval()      # its codebook statistics follow its own batches only, as IrisAgent
-            tokens = self.tokenizer.encode(frames).tokens
-            self.tokenizer.train()
         zeros = torch.zeros(actions.shape, device=self.device)
-        return {"obs_tokens": tokens, "actions": actions, "rewards": zeros, "ends": zeros.bool(),
-                "mask_padding": torch.ones_like(zeros, dtype=torch.bool)}
+        return {"obs_tokens": self.tokenizer.encode(frames).tokens, "actions": actions, "rewards": zeros,
+                "ends": zeros.bool(), "mask_padding": torch.ones_like(zeros, dtype=torch.bool)}
+
+    def _metrics(self, tokenizer: Mapping[str, Tensor], world_model: Mapping[str, Tensor]) -> dict[str, float]:
+        return {"tokenizer/reconstruction": float(tokenizer["reconstruction"]),
+                "world_model/loss_obs": float(world_model["loss_obs"])}
 
     # ------------------------------------------------------------------ rollout
 
@@ -163,11 +114,6 @@ class IrisOpenLoop:
             held += 1
         return self.tokenizer.decode_tokens(torch.stack(tokens[first:], dim=1))
 
-    def context_limit(self) -> int:
-        """Frames the caches may hold: the trained window, at most ``max_blocks``, at least 2."""
-        blocks = self.world_model.config.max_blocks
-        return max(2, min(blocks, self.trained_window or blocks))
-
     def _prime(self, tokens: list[Tensor], actions: Tensor) -> int:
         """Fresh caches holding frames ``tokens`` (``[B, K]`` each) and the ``actions
         [B, n - 1]`` between them (the last frame's action not fed); returns ``n``."""
@@ -182,7 +128,7 @@ def build_openloop(frame_shape: tuple[int, int, int], num_actions: int, size: st
                    device: str) -> IrisOpenLoop:
     """IRIS at ``size`` (``tiny`` or ``small``) for ``frame_shape (C, H, W)`` square frames."""
     if size not in SIZES:
-        raise WorldModelsError(f"iris open-loop size={size!r} is not one of {', '.join(SIZES)}.")
+        raise WorldModelsError(unknown_size(size))
     channels, height, width = frame_shape
     if height != width:
         raise WorldModelsError(f"IRIS needs square frames, got {height}x{width}.")
@@ -194,4 +140,4 @@ def build_openloop(frame_shape: tuple[int, int, int], num_actions: int, size: st
     return IrisOpenLoop(Tokenizer(tok), IrisWorldModel(wm), settings, seed, device)
 
 
-__all__ = ["SIZES", "IrisOpenLoop", "OpenLoopSize", "build_openloop"]
+__all__ = ["SIZES", "IrisOpenLoop", "build_openloop"]

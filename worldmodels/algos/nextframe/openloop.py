@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ...errors import WorldModelsError
-from ...training.openloop import unknown_size
+from ...training.openloop import clipped_step, unknown_size
 from .model import NextFrameConfig, NextFramePredictor
 from .rollout import StackRollout
 
@@ -63,10 +63,7 @@ class NextFrameOpenLoop(StackRollout):
         self.model.train()
         batch = sample_stacks(frames.to(self.device), actions.to(self.device), STACK, self.generator)
         loss, metrics = self.model.compute_loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-        self.optimizer.step()
+        clipped_step(self.optimizer, self.model.parameters(), loss, GRAD_CLIP)
         return {"loss": float(loss.detach()), **{name: float(value) for name, value in metrics.items()}}
 
     @torch.no_grad()

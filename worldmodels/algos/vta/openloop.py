@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ...errors import WorldModelsError
+from ...training.openloop import clipped_step, unknown_size
 from .model import VTA, VTAConfig, quantize
 
 Tensor = torch.Tensor
@@ -72,10 +73,7 @@ class VTAOpenLoop:
         self.model.train()
         no_actions = frames.new_zeros(*frames.shape[:2], 0)
         out = self.model(frames, no_actions, seq_size, c.init_size, c.obs_std, c.loss_type)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.train_loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-        self.optimizer.step()
+        clipped_step(self.optimizer, self.model.parameters(), out.train_loss, GRAD_CLIP)
         self.model.step += 1      # the boundary temperature's schedule, as VTA.compute_loss counts it
         terms = {"loss": out.train_loss, "obs_cost": out.obs_cost.mean(), "kl_abs": out.kl_abs.mean(),
                  "kl_obs": out.kl_obs.mean(), "kl_mask": out.kl_mask.mean(),
@@ -151,7 +149,7 @@ def build_openloop(frame_shape: tuple[int, int, int], num_actions: int, size: st
     """VTA at ``size`` (``tiny`` or ``small``) for ``frame_shape (C, H, W)`` square frames of
     side ``4 * 2**k``; ``num_actions`` is unused (VTA is action-free)."""
     if size not in SIZES:
-        raise WorldModelsError(f"vta open-loop size={size!r} is not one of {', '.join(SIZES)}.")
+        raise WorldModelsError(unknown_size(size))
     channels, height, width = frame_shape
     if height != width:
         raise WorldModelsError(f"VTA needs square frames, got {height}x{width}.")

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ...errors import WorldModelsError
 from ...nn.vae import ConvVAE, ConvVAEConfig
-from ...training.openloop import unknown_size
+from ...training.openloop import clipped_step, unknown_size
 from .config import PipelineConfig
 from .mdnrnn import MDNRNN, MDNRNNConfig, sample_mixture
 
@@ -75,16 +75,11 @@ class WorldModelsOpenLoop:
         mu, logvar = self.vae.encode(images)
         parts = self.vae.losses(images, mu + torch.randn_like(mu) * (0.5 * logvar).exp(), mu, logvar)
         vae_loss = parts["recon"] + parts["kl"].clamp_min(self.kl_floor)
-        self.vae_optimizer.zero_grad(set_to_none=True)
-        vae_loss.backward()
-        self.vae_optimizer.step()
+        clipped_step(self.vae_optimizer, self.vae.parameters(), vae_loss, None)
 
         z = mu.detach().unflatten(0, frames.shape[:2])
         mdn_loss, metrics = self.mdnrnn.compute_loss({"z": z, "action": self._one_hot(actions[:, :-1])})
-        self.mdn_optimizer.zero_grad(set_to_none=True)
-        mdn_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.mdnrnn.parameters(), 1.0)
-        self.mdn_optimizer.step()
+        clipped_step(self.mdn_optimizer, self.mdnrnn.parameters(), mdn_loss, 1.0)
         values = {"loss": vae_loss + mdn_loss, "vae_loss": vae_loss, "recon": parts["recon"], "kl": parts["kl"],
                   "mdn_nll_per_dim": metrics["nll_per_dim"]}
         return {name: float(value.detach()) for name, value in values.items()}
