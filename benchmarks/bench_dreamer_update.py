@@ -1,4 +1,4 @@
-"""One DreamerV3 training update (world model + actor-critic) at the 12M preset.
+"""One DreamerV3 training update (world model + actor-critic) at the 12M preset (and the 2023 small size).
 
 Each row times :func:`worldmodels.training.step.train_step` on a synthetic Atari-like
 replay batch (64x64 RGB uint8 frames, 6 discrete actions): loss, backward, the three
@@ -66,9 +66,9 @@ def replay_batch(batch: int, length: int, device: str, seed: int = 0) -> dict[st
     return {k: v.to(device) for k, v in data.items()}
 
 
-def _update_fn(device: str, impl: str, shape: tuple[int, int]):
+def _update_fn(device: str, impl: str, shape: tuple[int, int], size: str = "dreamer2024_12m"):
     torch.manual_seed(0)
-    agent = DreamerAgent(preset(rssm_impl=impl), OBS_SPACE, ACT_SPACE).to(device)
+    agent = DreamerAgent(preset(size, rssm_impl=impl), OBS_SPACE, ACT_SPACE).to(device)
     optimizer = torch.optim.Adam(agent.param_groups())
     precision = Precision(device, torch.bfloat16 if device == "cuda" else None)
     scaler = precision.grad_scaler()
@@ -90,14 +90,14 @@ def _time(update, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _row(benchmark, device: str, impl: str, shape: tuple[int, int], repeats: int):
-    agent, update = _update_fn(device, impl, shape)
+def _row(benchmark, device: str, impl: str, shape: tuple[int, int], repeats: int, size: str = "dreamer2024_12m"):
+    agent, update = _update_fn(device, impl, shape, size)
     batch, length = shape
     params = sum(p.numel() for p in agent.parameters())
     benchmark.extra_info.update(environment_info(device))
-    benchmark.extra_info.update(dict(size="dreamer2024_12m", params=params, batch=batch, length=length, rssm_impl=impl))
+    benchmark.extra_info.update(dict(size=size, params=params, batch=batch, length=length, rssm_impl=impl))
     if impl != "ref":
-        _SECONDS[device, shape] = _time(_update_fn(device, "ref", shape)[1], repeats)
+        _SECONDS[device, shape, size] = _time(_update_fn(device, "ref", shape, size)[1], repeats)
     update()
     benchmark.pedantic(update, rounds=repeats, iterations=1, warmup_rounds=0)
     stats = getattr(benchmark.stats, "stats", None)  # None under --benchmark-disable
@@ -106,14 +106,21 @@ def _row(benchmark, device: str, impl: str, shape: tuple[int, int], repeats: int
     benchmark.extra_info["updates_per_s"] = round(1.0 / stats.mean, 3)
     benchmark.extra_info["replayed_steps_per_s"] = round(batch * length / stats.mean, 1)
     if impl != "ref":
-        benchmark.extra_info["ref_s"] = round(_SECONDS[device, shape], 4)
-        benchmark.extra_info["speedup_vs_ref"] = round(_SECONDS[device, shape] / stats.mean, 2)
+        benchmark.extra_info["ref_s"] = round(_SECONDS[device, shape, size], 4)
+        benchmark.extra_info["speedup_vs_ref"] = round(_SECONDS[device, shape, size] / stats.mean, 2)
 
 
 @pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: f"B{s[0]}xT{s[1]}")
 @pytest.mark.parametrize("impl", ["auto", "ref"])
 def test_update_cpu(benchmark, impl, shape):
     _row(benchmark, "cpu", impl, shape, repeats=5)
+
+
+@pytest.mark.parametrize("impl", ["auto", "ref"])
+def test_update_cpu_small2023(benchmark, impl):
+    """The 2023 paper's ``small`` size (19.1M parameters, the size of NM512/dreamerv3-torch's defaults) at the
+    paper's batch: the row ``bench_dreamer_port.py`` sets beside the port."""
+    _row(benchmark, "cpu", impl, (16, 64), repeats=3, size="dreamer2023_small")
 
 
 @needs_cuda

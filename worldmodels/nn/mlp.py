@@ -91,8 +91,12 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"MLP expects inputs [..., {self.in_dim}], got shape {tuple(x.shape)}.")
-        x = self.hidden(x)
-        return self.out(x) if self.out is not None else x
+        # Rows as one 2-D matrix: a strided 3-D input (a slice such as feat[:, 1:]) would
+        # otherwise reach torch.matmul's batched path, one small GEMM per leading index.
+        lead = x.shape[:-1]
+        x = self.hidden(x.reshape(-1, self.in_dim))
+        x = self.out(x) if self.out is not None else x
+        return x.reshape(*lead, x.shape[-1])
 
 
 __all__ = ["ACTIVATIONS", "MLP", "activation", "init_fan_avg_"]

@@ -53,10 +53,15 @@ class RSSMImaginer:
         self.use_graph, self.warmup = use_graph, warmup
         self._graphs: dict = {}
 
+    def captures(self, deter: Tensor) -> bool:
+        """Whether a rollout from ``deter`` replays a CUDA graph (else it runs eagerly, and
+        the policy may keep what it computes)."""
+        return self.use_graph if self.use_graph is not None else deter.is_cuda
+
     def __call__(self, deter: Tensor, stoch: Tensor, policy: Callable | None = None, *,
                  actions: Tensor | None = None, horizon: int | None = None) -> Imagination:
         horizon = self._check(deter, policy, actions, horizon)
-        graph = self.use_graph if self.use_graph is not None else deter.is_cuda
+        graph = self.captures(deter)
         if graph and not deter.is_cuda:
             raise ValueError("RSSMImaginer: use_graph=True needs CUDA tensors; pass use_graph=None or False.")
         with torch.no_grad():

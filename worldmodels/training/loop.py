@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import WorldModelsError
+from ..utils.host_memory import retain_freed_memory
 from ..utils.profiling import nvtx_range
 from ..utils.seeding import capture_rng_state, restore_rng_state, seed_everything
 from . import distributed
@@ -137,6 +138,8 @@ def build_run(cfg: DictConfig, factories: Factories) -> Run:
     device = distributed.device_for(resolve_device(str(cfg.device)))
     where = distributed.init(_settings(cfg), device)
     precision = resolve_precision(str(cfg.precision), device)
+    if device.type == "cpu" and cfg.train.get("retain_host_memory", True):
+        retain_freed_memory()
     model = factories.model(cfg).to(device)
     optimizer = factories.optimizer(cfg, model)
     if where.enabled:

@@ -58,6 +58,7 @@ COMMON: dict[str, Rule] = {
     "train.stop_at": OPTIONAL_COUNT,
     "train.snapshot_every": OPTIONAL_COUNT,
     "train.progress": boolean(),
+    "train.retain_host_memory": boolean(),
     "train.distributed.backend": choice("auto", "nccl", "gloo"),
     "train.distributed.timeout_s": positive(),
     "train.distributed.find_unused_parameters": boolean().or_null(),

@@ -94,7 +94,10 @@ class ActorCritic(nn.Module):
 
     def policy(self, feat: Tensor) -> OneHotDist | BoundedNormal:
         """``pi(. | s)`` for features ``[..., F]`` (event ``[..., A]``)."""
-        out = self.actor(feat)
+        return self._policy_from_output(self.actor(feat))
+
+    def _policy_from_output(self, out: Tensor) -> OneHotDist | BoundedNormal:
+        """``pi`` from the actor network's output ``[..., A]`` (discrete) or ``[..., 2A]``."""
         if self.discrete:
             return OneHotDist(out, self.config.unimix)
         mean_raw, std_raw = out.chunk(2, dim=-1)
@@ -111,7 +114,24 @@ class ActorCritic(nn.Module):
 
     def _sample_imagined_action(self, deter: Tensor, stoch: Tensor) -> Tensor:
         """Capturable policy sample for the imaginer: ``(h [N, H], z [N, S, K]) -> a [N, A]``."""
-        dist = self.policy(torch.cat([deter, stoch.flatten(-2).to(deter.dtype)], dim=-1))
+        return self._sample(self.policy(torch.cat([deter, stoch.flatten(-2).to(deter.dtype)], dim=-1)), deter)
+
+    def _recording_policy(self, outputs: list[Tensor]):
+        """A policy for an eager (not graph-captured) imagination that also keeps the actor's
+        outputs with their autograd graph in ``outputs``, one ``[N, A]`` (or ``[N, 2A]``) per
+        step: the actor loss then reuses them instead of running the actor again. Samples
+        are drawn exactly as :meth:`_sample_imagined_action` draws them."""
+
+        def policy(deter: Tensor, stoch: Tensor) -> Tensor:
+            with torch.enable_grad():
+                out = self.actor(torch.cat([deter, stoch.flatten(-2).to(deter.dtype)], dim=-1))
+            outputs.append(out)
+            return self._sample(self._policy_from_output(out.detach()), deter)
+
+        return policy
+
+    def _sample(self, dist: OneHotDist | BoundedNormal, deter: Tensor) -> Tensor:
+        """An action ``[N, A]`` of ``dist`` in ``deter``'s dtype (continuous: bounded)."""
         if self.discrete:
             noise = torch.rand(dist.log_probs.shape, device=deter.device)
             return dist.sample(noise=noise).to(deter.dtype)
@@ -131,6 +151,28 @@ class ActorCritic(nn.Module):
         imag = self.imagine(world_model, start_deter, start_stoch)
         feat = world_model.features(imag.deter, imag.stoch)
         return self._targets(world_model, feat, imag.action, start_cont, world_model.reward, self.value)
+
+    def _rollout_with_critic(self, world_model, start_deter: Tensor, start_stoch: Tensor,
+                             start_cont: Tensor | None) -> tuple[Rollout, Tensor, Tensor | None]:
+        """:meth:`rollout`, plus the critic's logits ``[N, H+1, bins]`` with their graph (one
+        critic pass gives both the detached values of the targets and the critic loss) and,
+        where the imagination runs eagerly, the actor's outputs ``[N, H, .]`` on ``s_0 ..
+        s_{H-1}`` with their graph (one actor pass samples the actions and gives the actor
+        loss; a CUDA-graph imagination cannot keep them: None, the loss runs the actor)."""
+        imaginer = world_model.imaginer()
+        start_deter, start_stoch = start_deter.detach(), start_stoch.detach()
+        if imaginer.captures(start_deter):
+            imag, actor_out = self.imagine(world_model, start_deter, start_stoch), None
+        else:
+            outputs: list[Tensor] = []
+            imag = imaginer(start_deter, start_stoch, self._recording_policy(outputs), horizon=self.config.horizon)
+            actor_out = torch.stack(outputs, 1)
+        feat = world_model.features(imag.deter, imag.stoch)
+        critic_logits = self.critic(feat)
+        with torch.no_grad():
+            value = TwoHotSymlog(critic_logits.detach())
+            roll = self._targets(world_model, feat, imag.action, start_cont, world_model.reward, lambda _: value)
+        return roll, critic_logits, actor_out
 
     def rollout_with_dynamics(self, world_model, start_deter: Tensor, start_stoch: Tensor,
                               start_cont: Tensor | None = None) -> Rollout:
@@ -165,9 +207,9 @@ class ActorCritic(nn.Module):
         c = self.config
         reward = reward_fn(feat[:, 1:]).mean()
         with torch.no_grad():
-            cont = world_model.cont(feat).mean()
+            cont = world_model.cont(feat[:, 1:]).mean()
         first = torch.ones_like(cont[:, 0]) if start_cont is None else start_cont.to(cont)
-        cont = torch.cat([first.reshape(-1, 1), cont[:, 1:]], dim=1)
+        cont = torch.cat([first.reshape(-1, 1), cont], dim=1)
         value = value_fn(feat).mean()
         returns = lambda_returns(reward, cont[:, 1:], value, c.discount, c.lam)
         weight = torch.cumprod(c.discount * cont[:, :-1], dim=1) / c.discount
@@ -188,14 +230,18 @@ class ActorCritic(nn.Module):
             detached scalars. Updates the return normaliser when ``self.training``.
         """
         c = self.config
-        imagine = self.rollout_with_dynamics if self.dynamics_grad else self.rollout
-        roll = imagine(world_model, start_deter, start_stoch, start_cont)
+        if self.dynamics_grad:
+            roll = self.rollout_with_dynamics(world_model, start_deter, start_stoch, start_cont)
+            critic_logits = actor_out = None
+        else:
+            roll, critic_logits, actor_out = self._rollout_with_critic(world_model, start_deter, start_stoch,
+                                                                       start_cont)
         if self.training:
             self.return_norm.update(roll.returns)
         scale = self.return_norm.scale()
         advantage = (roll.returns - roll.value[:, :-1]) / scale
         feat = roll.feat[:, :-1].detach()
-        dist = self.policy(feat)
+        dist = self.policy(feat) if actor_out is None else self._policy_from_output(actor_out)
         entropy = dist.entropy()
         if self.dynamics_grad:
             objective = advantage
@@ -204,7 +250,7 @@ class ActorCritic(nn.Module):
         actor = (roll.weight * (-objective - c.entropy * entropy)).mean()
         roll = Rollout(*(x.detach() for x in roll))
         advantage = advantage.detach()
-        critic_dist = self.value(feat)
+        critic_dist = self.value(feat) if critic_logits is None else TwoHotSymlog(critic_logits[:, :-1])
         with torch.no_grad():
             slow_value = self.value(feat, slow=True).mean()
         critic_nll = -critic_dist.log_prob(roll.returns) - c.slow_critic_reg * critic_dist.log_prob(slow_value)
