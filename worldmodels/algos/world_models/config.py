@@ -92,8 +92,11 @@ class PipelineConfig:
     # authors' code). standardized: each feature minus its mean, over its std, both
     # measured once on M's features over the training episodes and saved in the
     # controller checkpoint; the real-env and the dream controller apply them. Why: on
-    # Doom, M's cell state c is large, so at sigma0 0.1 over 1,088 weights nearly every
-    # generation-0 candidate is a bang-bang policy (README, "Doom take-cover").
+    # Doom, M's cell state c is large (median |mean| 32), so at sigma0 0.1 over 1,088
+    # weights the generation-0 candidates are bang-bang policies. Measured on a small
+    # Doom V and M (quick, VAE 2 epochs, M 10), 64 candidates on 4,096 training steps:
+    # raw, median |pre-activation| 35.7 and |tanh| > 0.99 at 92.1% of steps;
+    # standardized, 1.10 and 17.8%.
     controller_input: str = "raw"
     dream_done: str = "sample"     # how a dream episode ends: sample (done ~ sigmoid(logit)) | threshold (logit > 0, the authors')
     mean_eval_every: int = 0       # generations between real-env evaluations of the CMA-ES mean; 0: never
