@@ -113,6 +113,7 @@ def plot_table(run: Path, taus: tuple[float, ...], rows: list[dict[str, float]],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
     x = np.arange(len(rows))
@@ -124,7 +125,9 @@ def plot_table(run: Path, taus: tuple[float, ...], rows: list[dict[str, float]],
     bars.set_xlabel("tau the controller was trained at"), bars.set_ylabel("score"), bars.legend()
     for tau in taus:
         losses = load_npz(temperature_dir(run, tau) / "cmaes_state.npz")["losses"]
-        curves.plot(np.arange(len(losses)), (-losses).max(1), label=f"tau {tau:g}")
+        curves.plot(np.arange(len(losses)), (-losses).max(1), label=f"tau {tau:g}",
+                    marker="o" if len(losses) < 30 else None)
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("generation"), curves.set_ylabel("best fitness in the dream"), curves.legend()
     for axis in (bars, curves):
         axis.grid(alpha=0.3)
