@@ -20,7 +20,8 @@ from .rundir import save_json, stage_logger
 from .vm_stages import collect_round, load_mdnrnn, load_vae, to_images
 
 
-def saved_spec(cfg: PipelineConfig, env: WorldModelsEnv, path: Path, saved: dict, device: torch.device) -> ControllerSpec:
+def saved_spec(cfg: PipelineConfig, env: WorldModelsEnv, path: Path, saved: dict,
+               device: torch.device) -> ControllerSpec:
     """``env``'s controller with the input scale saved in the checkpoint ``saved`` (read from ``path``)."""
     scale = checked_input_scale(cfg, path, saved)
     return env.controller if scale is None else dataclasses.replace(env.controller, scale=scale.to(device))

@@ -88,7 +88,8 @@ def checked_input_scale(cfg: PipelineConfig, path: Path, saved: dict) -> Feature
     trained = saved.get("controller_input", "raw")
     if trained != cfg.controller_input:
         raise PipelineConfigError(f"{path} was trained with controller_input={trained!r}, this run has "
-                                  f"{cfg.controller_input!r}; pass --controller-input {trained} or use a new run directory.")
+                                  f"{cfg.controller_input!r}; pass --controller-input {trained} "
+                                  "or use a new run directory.")
     return FeatureScale.from_state(saved) if trained == "standardized" else None
 
 
@@ -270,7 +271,8 @@ def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device
     of each generation (:class:`~worldmodels.algos.world_models.population.PopulationSplit`)."""
     split = PopulationSplit(cfg.population)
     evaluate = Evaluator(cfg, run, env, device, split.rows, out)
-    record = SearchRecord(cfg, run, env, device, evaluate.model, evaluate.spec, out, log_name) if split.is_main else None
+    record = (SearchRecord(cfg, run, env, device, evaluate.model, evaluate.spec, out, log_name)
+              if split.is_main else None)
     first = split.broadcast_int(record.search.generation if record else 0)
     _, dim = controller_dim(cfg, env, evaluate.model.config.hidden_size)
     try:

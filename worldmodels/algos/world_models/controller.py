@@ -13,6 +13,10 @@ controller reads ``[z, h, c]`` (the LSTM's cell state too) with no bias, one out
 (64 + 512 + 512 = 1,088 parameters); its tanh value is the M model's action input, and
 the env thresholds it at +-1/3 into left / stay / right
 (:func:`~worldmodels.algos.world_models.envs.doom_discrete_actions`).
+
+A spec may carry a :class:`FeatureScale` (``controller_input=standardized``): its
+features are then ``(x - mean) / std``, wherever the controller acts (dream, real env,
+videos).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
     python -m worldmodels.world_models --env carracing --mode quick
     python -m worldmodels.world_models --env carracing --stage controller,eval --resume runs/world_models/<run>
     python -m worldmodels.world_models --env carracing --mode full --real-env --save-videos
+    python -m worldmodels.world_models --env doom --train-temperatures 0.1,0.5,1.0,1.15,1.3 \\
+        --controller-input standardized        # one controller per tau, inputs scaled
     torchrun --standalone --nproc_per_node=4 -m worldmodels.world_models --resume runs/world_models/<run> \\
         --stage controller,eval --train-in-dream      # each generation split across 4 processes
 
