@@ -193,6 +193,8 @@ _WORLD_MODELS: dict[str, Rule] = {
     "algo.done_weight": positive().or_null(),
     "algo.dream_done": choice("sample", "threshold").or_null(),
     "algo.eval_temperatures": list_of(NON_NEGATIVE).or_null(),
+    "algo.train_temperatures": list_of(NON_NEGATIVE, min_len=1).or_null(),
+    "algo.controller_input": choice("raw", "standardized").or_null(),   # world_models.config.CONTROLLER_INPUTS
     **{f"algo.{key}": boolean().or_null() for key in ("predict_done", "train_in_dream", "antithetic", "save_videos")},
 }
 

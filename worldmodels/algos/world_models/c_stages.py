@@ -1,5 +1,5 @@
-"""The last two stages: train C with CMA-ES (in the dream or in the real env), then
-evaluate the best controller in the real env (and the dream), with optional videos.
+"""The controller stage: train C with CMA-ES (in the dream or in the real env), and the
+rollouts it shares with the ``eval`` stage (:mod:`~worldmodels.algos.world_models.c_eval`).
 
 Real-env generations step P x R envs together (one envpool batch): frames go through
 the VAE encoder (posterior mean as z) and the MDN-RNN's LSTM as one batch, and the P
@@ -11,6 +11,7 @@ tracks (:class:`~worldmodels.algos.world_models.envs.TwinBatch`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +20,15 @@ from tqdm import tqdm
 
 from ...training.checkpoint import load_checkpoint, save_checkpoint
 from .cmaes import PopulationSearch, fitness
-from .config import PipelineConfig
-from .controller import ControllerSpec, action_map, parameter_count, population_actions
+from .config import PipelineConfig, PipelineConfigError
+from .controller import ControllerSpec, FeatureScale, action_map, parameter_count, population_actions
 from .dream import DreamSettings, dream_rollouts
 from .envs import TwinBatch, WorldModelsEnv, make_batch
-from .mdnrnn import MDNRNN, sample_mixture
+from .feature_scale import measure_scale, probe_features, saturation
+from .mdnrnn import MDNRNN
 from .population import PopulationSplit
-from .rundir import load_npz, save_json, stage_logger
-from .vm_stages import collect_round, load_mdnrnn, load_vae, to_images
+from .rundir import load_npz, stage_logger
+from .vm_stages import load_mdnrnn, load_vae, to_images
 
 
 @torch.no_grad()
@@ -72,10 +74,36 @@ def generation_seed(cfg: PipelineConfig, generation: int) -> int:
     return cfg.seed * 1_000_003 + generation
 
 
-def dream_settings(cfg: PipelineConfig, env: WorldModelsEnv, rollouts: int, temperature: float) -> DreamSettings:
-    """The dream of ``env``: ``rollouts`` per candidate over ``cfg.controller_steps`` steps at ``temperature``."""
-    return DreamSettings(rollouts, cfg.controller_steps, temperature, env.controller, env.alive_reward,
+def dream_settings(cfg: PipelineConfig, env: WorldModelsEnv, rollouts: int, temperature: float,
+                   spec: ControllerSpec | None = None) -> DreamSettings:
+    """The dream of ``env``: ``rollouts`` per candidate over ``cfg.controller_steps`` steps
+    at ``temperature``, the controller reading its inputs as ``spec`` says (default ``env``'s)."""
+    return DreamSettings(rollouts, cfg.controller_steps, temperature, spec or env.controller, env.alive_reward,
                          done_rule=cfg.dream_done)
+
+
+def checked_input_scale(cfg: PipelineConfig, path: Path, saved: dict) -> FeatureScale | None:
+    """The input scale a controller checkpoint was trained with (None: raw); a checkpoint
+    trained with another ``controller_input`` than ``cfg``'s is refused, naming both."""
+    trained = saved.get("controller_input", "raw")
+    if trained != cfg.controller_input:
+        raise PipelineConfigError(f"{path} was trained with controller_input={trained!r}, this run has "
+                                  f"{cfg.controller_input!r}; pass --controller-input {trained} "
+                                  "or use a new run directory.")
+    return FeatureScale.from_state(saved) if trained == "standardized" else None
+
+
+def controller_spec(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, model: MDNRNN, device: torch.device,
+                    checkpoint: Path) -> ControllerSpec:
+    """``env``'s controller with the input scale of ``cfg.controller_input``: the one saved
+    in ``checkpoint`` when it exists (a resumed search), else measured on M's features
+    over the training episodes (``latents.npz``)."""
+    scale = checked_input_scale(cfg, checkpoint, load_checkpoint(checkpoint)) if checkpoint.is_file() else None
+    if cfg.controller_input == "raw":
+        return env.controller
+    if scale is None:
+        scale = measure_scale(model, load_npz(run / "latents.npz"), env.controller, device)
+    return dataclasses.replace(env.controller, scale=scale.to(device))
 
 
 def controller_dim(cfg: PipelineConfig, env: WorldModelsEnv, hidden_size: int) -> tuple[int, int]:
@@ -85,13 +113,16 @@ def controller_dim(cfg: PipelineConfig, env: WorldModelsEnv, hidden_size: int) -
 
 
 class Evaluator:
-    """Mean return over R rollouts per candidate ``[P]``, in the dream or the real env."""
+    """Mean return over R rollouts per candidate ``[P]``, in the dream or the real env.
+    Its controller spec (``self.spec``) carries the input scale of the search whose
+    checkpoint is ``out/controller_best.pt`` (``out``: the run by default)."""
 
     def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device,
-                 rows: slice | None = None):
+                 rows: slice | None = None, out: Path | None = None):
         self.cfg, self.env, self.device = cfg, env, device
         rows = rows or slice(0, cfg.population)     # the candidates this process scores
         self.model = load_mdnrnn(run, device)
+        self.spec = controller_spec(cfg, run, env, self.model, device, (out or run) / "controller_best.pt")
         self.to_env_action = action_map(env.action_map)
         if cfg.train_in_dream:
             self.starts = dream_starts(run)
@@ -106,12 +137,12 @@ class Evaluator:
     def __call__(self, theta: torch.Tensor, generation: int) -> torch.Tensor:
         cfg = self.cfg
         if cfg.train_in_dream:
-            settings = dream_settings(cfg, self.env, cfg.rollouts_per_candidate, cfg.temperature)
+            settings = dream_settings(cfg, self.env, cfg.rollouts_per_candidate, cfg.temperature, self.spec)
             returns = dream_rollouts(self.model, theta, self.starts, settings, generation_seed(cfg, generation),
                                      self.to_env_action)
         else:
             returns, _ = real_rollouts(self.batch, self.vae, self.model, theta, cfg.rollouts_per_candidate,
-                                       cfg.controller_steps, self.to_env_action, spec=self.env.controller)
+                                       cfg.controller_steps, self.to_env_action, spec=self.spec)
         return returns.mean(1)
 
     def close(self) -> None:
@@ -123,11 +154,13 @@ class MeanProbe:
     """Every ``cfg.mean_eval_every`` generations (0: never), the CMA-ES mean over
     ``cfg.eval_episodes`` real episodes, as the authors' code does; rows of
     ``cmaes_mean_eval.csv`` (generation, mean_return, std_return). Every probe plays the
-    same episodes (seeds ``cfg.seed + MEAN_PROBE_SEED + i``, in batches of ``collect_envs``)."""
+    same episodes (seeds ``cfg.seed + MEAN_PROBE_SEED + i``, in batches of ``collect_envs``);
+    the CSV goes to ``out`` (the run by default)."""
 
     def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN,
-                 logger=None):
-        self.cfg, self.run, self.env, self.device, self.model, self.logger = cfg, run, env, device, model, logger
+                 logger=None, spec: ControllerSpec | None = None, out: Path | None = None):
+        self.cfg, self.run, self.env, self.device, self.model, self.logger = cfg, out or run, env, device, model, logger
+        self.spec = spec or env.controller
         self.vae = load_vae(run, device) if cfg.mean_eval_every else None
 
     def __call__(self, generation: int, mean: np.ndarray) -> None:
@@ -135,7 +168,8 @@ class MeanProbe:
         if not cfg.mean_eval_every or (generation + 1) % cfg.mean_eval_every:
             return
         theta = torch.from_numpy(mean).float().to(self.device).unsqueeze(0)
-        scores, _ = real_scores(cfg, self.env, self.vae, self.model, theta, record=False, offset=MEAN_PROBE_SEED)
+        scores, _ = real_scores(cfg, self.env, self.vae, self.model, theta, record=False, offset=MEAN_PROBE_SEED,
+                                spec=self.spec)
         returns = torch.from_numpy(scores)
         path = self.run / "cmaes_mean_eval.csv"
         with path.open("a") as handle:
@@ -149,13 +183,18 @@ class MeanProbe:
         pass
 
 
-def _save_best(run: Path, search: PopulationSearch, feature_dim: int, action_dim: int) -> float:
+def _save_best(out: Path, search: PopulationSearch, feature_dim: int, action_dim: int, cfg: PipelineConfig,
+               spec: ControllerSpec) -> float:
+    """``out/controller_best.pt``: the fittest candidate so far, the strategy's mean, the
+    dream temperature it was scored at and its input scale (``input_mean``/``input_std``
+    when standardized)."""
     losses, solutions = np.stack(search.losses), np.stack(search.solutions)
     generation, index = np.unravel_index(np.argmin(losses), losses.shape)
-    save_checkpoint(run / "controller_best.pt", {
+    save_checkpoint(out / "controller_best.pt", {
         "theta": torch.from_numpy(solutions[generation, index]).float(), "mean": torch.from_numpy(search.mean).float(),
         "fitness": float(-losses[generation, index]), "generation": int(generation),
-        "feature_dim": feature_dim, "action_dim": action_dim})
+        "feature_dim": feature_dim, "action_dim": action_dim, "temperature": float(cfg.temperature),
+        "controller_input": cfg.controller_input, **(spec.scale.state() if spec.scale is not None else {})})
     return float(-losses[generation, index])
 
 
@@ -181,18 +220,23 @@ def write_curve(run: Path, losses: np.ndarray) -> None:
 
 class SearchRecord:
     """Rank 0's side of the controller stage: the strategy, its history and best
-    controller on disk, the stage's logs, the progress bar and the mean probe."""
+    controller in ``out`` (the run, or one temperature's folder), the stage's logs
+    (``logs/<log_name>/``: fitness, and how saturated the population's tanh is on a
+    fixed sample of training features), the progress bar and the mean probe."""
 
-    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN):
-        self.cfg, self.run, self.env = cfg, run, env
+    def __init__(self, cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device, model: MDNRNN,
+                 spec: ControllerSpec, out: Path | None = None, log_name: str = "controller"):
+        self.cfg, self.out, self.env, self.spec, self.device = cfg, out or run, env, spec, device
+        self.out.mkdir(parents=True, exist_ok=True)
         self.feature_dim, self.dim = controller_dim(cfg, env, model.config.hidden_size)
-        self.state_path = run / "cmaes_state.npz"
+        self.state_path = self.out / "cmaes_state.npz"
         settings = (self.dim, cfg.population, cfg.sigma0, cfg.seed, cfg.antithetic)
         found = self.state_path.is_file()
         self.search = PopulationSearch.load(self.state_path, *settings) if found else PopulationSearch(*settings)
         resume_step = self.search.generation - 1 if self.search.generation else None   # the last generation logged
-        self.logger = stage_logger(run, "controller", cfg, resume_step=resume_step)
-        self.probe = MeanProbe(cfg, run, env, device, model, self.logger)
+        self.logger = stage_logger(run, log_name, cfg, resume_step=resume_step)
+        self.probe = MeanProbe(cfg, run, env, device, model, self.logger, spec, self.out)
+        self.probe_rows = probe_features(model, load_npz(run / "latents.npz"), env.controller, device, cfg.seed)
         self.bar = tqdm(total=cfg.generations, initial=self.search.generation, desc="cma-es", unit="generation")
         self.best = float("-inf")
 
@@ -201,11 +245,14 @@ class SearchRecord:
         fit = fitness(returns, solutions, self.cfg.weight_decay)
         self.search.tell(solutions, fit)
         self.search.save(self.state_path)
-        self.best = _save_best(self.run, self.search, self.feature_dim, self.env.action_dim)
+        self.best = _save_best(self.out, self.search, self.feature_dim, self.env.action_dim, self.cfg, self.spec)
         self.bar.update(1)
         self.bar.set_postfix(best=f"{fit.max():.2f}", mean=f"{fit.mean():.2f}", overall=f"{self.best:.2f}")
+        theta = torch.from_numpy(solutions).float().to(self.device)
+        saturated = {f"cmaes/{key}": value for key, value in saturation(theta, self.probe_rows, self.spec).items()}
         self.logger.log(generation, {"cmaes/best": fit.max(), "cmaes/mean": fit.mean(), "cmaes/worst": fit.min(),
-                                     "cmaes/mean_return": returns.mean(), "cmaes/best_so_far": self.best})
+                                     "cmaes/mean_return": returns.mean(), "cmaes/best_so_far": self.best,
+                                     **saturated})
         self.probe(generation, self.search.mean)
 
     def close(self) -> None:
@@ -213,16 +260,19 @@ class SearchRecord:
         self.probe.close()
         self.logger.close()
         if self.search.losses:
-            write_curve(self.run, np.stack(self.search.losses))
+            write_curve(self.out, np.stack(self.search.losses))
 
 
-def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
-    """CMA-ES generations up to ``cfg.generations``, resuming from ``cmaes_state.npz``.
-    Under torchrun rank 0 asks and tells, and every rank scores its share of each
-    generation (:class:`~worldmodels.algos.world_models.population.PopulationSplit`)."""
+def train_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device,
+                     out: Path | None = None, log_name: str = "controller") -> str:
+    """CMA-ES generations up to ``cfg.generations`` at ``cfg.temperature``, resuming from
+    ``out/cmaes_state.npz`` (``out``: the run by default; V, M and the latents are read
+    from ``run``). Under torchrun rank 0 asks and tells, and every rank scores its share
+    of each generation (:class:`~worldmodels.algos.world_models.population.PopulationSplit`)."""
     split = PopulationSplit(cfg.population)
-    evaluate = Evaluator(cfg, run, env, device, split.rows)
-    record = SearchRecord(cfg, run, env, device, evaluate.model) if split.is_main else None
+    evaluate = Evaluator(cfg, run, env, device, split.rows, out)
+    record = (SearchRecord(cfg, run, env, device, evaluate.model, evaluate.spec, out, log_name)
+              if split.is_main else None)
     first = split.broadcast_int(record.search.generation if record else 0)
     _, dim = controller_dim(cfg, env, evaluate.model.config.hidden_size)
     try:
@@ -254,99 +304,17 @@ def eval_chunks(cfg: PipelineConfig, offset: int = EVAL_SEED) -> list[tuple[int,
 
 
 def real_scores(cfg: PipelineConfig, env: WorldModelsEnv, vae, model: MDNRNN, theta: torch.Tensor,
-                record: bool, offset: int = EVAL_SEED) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The controller ``theta [1, n]`` over ``eval_episodes`` real episodes: returns and the
-    first episode's frames (with ``record``)."""
+                record: bool, offset: int = EVAL_SEED,
+                spec: ControllerSpec | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The controller ``theta [1, n]`` (reading its inputs as ``spec``, default ``env``'s)
+    over ``eval_episodes`` real episodes: returns and the first episode's frames (with ``record``)."""
     scores, frames = [], []
     for seed, count in eval_chunks(cfg, offset):
         batch = make_batch(env, count, seed, cfg.controller_steps)
         returns, recorded = real_rollouts(batch, vae, model, theta, count, cfg.controller_steps,
                                           action_map(env.action_map), record=record and not scores,
-                                          spec=env.controller)
+                                          spec=spec or env.controller)
         batch.close()
         scores.append(returns.flatten().cpu().numpy())
         frames = frames or recorded
     return np.concatenate(scores), frames
-
-
-def dream_by_temperature(cfg: PipelineConfig, env: WorldModelsEnv, run: Path, model: MDNRNN, theta: torch.Tensor,
-                         real_mean: float) -> list[dict[str, float]]:
-    """The controller's dream score over ``eval_episodes`` dreams at ``cfg.temperature`` and
-    each of ``cfg.eval_temperatures``, beside its real score (the paper's table 2)."""
-    rows = []
-    for tau in sorted({cfg.temperature, *cfg.eval_temperatures}):
-        dream = dream_rollouts(model, theta, dream_starts(run), dream_settings(cfg, env, cfg.eval_episodes, tau),
-                               cfg.seed + EVAL_SEED, action_map(env.action_map)).flatten().cpu().numpy()
-        rows.append({"temperature": float(tau), "dream_mean": float(dream.mean()), "dream_std": float(dream.std()),
-                     "real_mean": real_mean, "gap": float(dream.mean()) - real_mean})
-    with (run / "temperature_gap.csv").open("w") as handle:
-        handle.write("temperature,dream_mean,dream_std,real_mean,gap\n")
-        for row in rows:
-            handle.write(",".join(f"{row[key]:.4f}" for key in row) + "\n")
-    return rows
-
-
-def evaluate_controller(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: torch.device) -> str:
-    """``evaluation_results.json``: the best controller over ``eval_episodes`` real episodes,
-    the random policy over the same episodes' seeds, and the dream at each temperature
-    (``temperature_gap.csv``); ``videos/`` when asked."""
-    vae, model = load_vae(run, device), load_mdnrnn(run, device)
-    best = load_checkpoint(run / "controller_best.pt")
-    theta = best["theta"].to(device).unsqueeze(0)
-    real_np, frames = real_scores(cfg, env, vae, model, theta, record=cfg.save_videos)
-    by_tau = dream_by_temperature(cfg, env, run, model, theta, float(real_np.mean()))
-    dream = next(row for row in by_tau if row["temperature"] == cfg.temperature)
-    random_np = random_policy_returns(cfg, env)
-    results = {"env": env.env_id, "episodes": cfg.eval_episodes, "steps_cap": cfg.controller_steps,
-               "score": "frames survived" if env.alive_reward is not None else "return",
-               "real_mean": float(real_np.mean()), "real_std": float(real_np.std()), "real_returns": real_np.tolist(),
-               "dream_mean": dream["dream_mean"], "dream_std": dream["dream_std"], "dream_by_temperature": by_tau,
-               "random_policy_mean": float(random_np.mean()), "random_policy_std": float(random_np.std()),
-               "random_policy_returns": random_np.tolist(),
-               "temperature": cfg.temperature, "trained_in_dream": cfg.train_in_dream,
-               "controller_generation": int(best["generation"]), "controller_fitness": float(best["fitness"])}
-    save_json(run / "evaluation_results.json", results)
-    logger = stage_logger(run, "eval", cfg)
-    logger.log(results["controller_generation"], {f"eval/{key}": results[key] for key in (
-        "real_mean", "real_std", "dream_mean", "dream_std", "random_policy_mean", "random_policy_std")})
-    logger.close()
-    if cfg.save_videos:
-        write_videos(cfg, run, vae, model, theta, frames, env, device)
-    return (f"done: real {results['real_mean']:.2f} +- {results['real_std']:.2f}, dream {results['dream_mean']:.2f}, "
-            f"random policy {results['random_policy_mean']:.2f} +- {results['random_policy_std']:.2f}")
-
-
-def random_policy_returns(cfg: PipelineConfig, env: WorldModelsEnv) -> np.ndarray:
-    """Returns ``[eval_episodes]`` of the random collection policy on the evaluation seeds."""
-    rng = np.random.default_rng([cfg.seed, EVAL_SEED])
-    returns = []
-    for seed, count in eval_chunks(cfg):
-        batch = make_batch(env, count, seed, cfg.controller_steps)
-        returns += [episode["reward"].sum() for episode in collect_round(env, batch, rng, cfg.controller_steps)]
-        batch.close()
-    return np.array(returns)
-
-
-@torch.no_grad()
-def write_videos(cfg: PipelineConfig, run: Path, vae, model: MDNRNN, theta: torch.Tensor, frames: list[np.ndarray],
-                 env: WorldModelsEnv, device: torch.device) -> None:
-    """``videos/rollout.gif``: real frames | VAE reconstruction | the dream from the same start."""
-    from ...utils.images import write_gif
-
-    real = to_images(torch.from_numpy(np.stack(frames[: cfg.video_steps])), device)
-    recon = vae.reconstruct(real)
-    z = vae.encode(real[:1])[0]
-    state = model.initial_state(1, device)
-    dreamed = [vae.decode(z)]
-    for _ in range(len(real) - 1):
-        features = env.controller.features(z, state).view(1, 1, -1)
-        action = action_map(env.action_map)(population_actions(theta, features, env.controller.bias)).view(1, -1)
-        state = model.step(z, action, state)
-        out = model.heads(state[0])
-        noise = torch.rand_like(z), torch.randn_like(z)
-        z = sample_mixture(out["logit_pi"], out["mu"], out["log_sigma"], cfg.temperature, *noise)
-        dreamed.append(vae.decode(z))
-    row = torch.cat([real, recon, torch.cat(dreamed)], dim=-1)   # side by side
-    video = (row.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    video = video.repeat(3, axis=1).repeat(3, axis=2) if video.shape[1] < 32 else video
-    write_gif(run / "videos" / "rollout.gif", video, duration=60)

@@ -40,6 +40,7 @@ MODES = ("quick", "full", "tiny")
 DEVICES = ("cpu", "cuda", "auto")
 WANDB_MODES = ("disabled", "online", "offline")
 DREAM_DONE_RULES = ("sample", "threshold")
+CONTROLLER_INPUTS = ("raw", "standardized")
 
 
 class PipelineConfigError(WorldModelsError, ValueError):
@@ -82,6 +83,21 @@ class PipelineConfig:
     weight_decay: float = 0.01
     controller_steps: int = 100
     temperature: float = 1.0
+    # One controller per tau (the paper's table 2): each its own CMA-ES search in
+    # temperatures/tau_<t>/, trained in the dream at that tau (same seed, so every search
+    # starts from the same generation 0), and eval writes temperature_table.csv. () trains
+    # one controller at `temperature`.
+    train_temperatures: tuple[float, ...] = ()
+    # raw: the controller reads M's features [z, h(, c)] as they are (the paper, the
+    # authors' code). standardized: each feature minus its mean, over its std, both
+    # measured once on M's features over the training episodes and saved in the
+    # controller checkpoint; the real-env and the dream controller apply them. Why: on
+    # Doom, M's cell state c is large (median |mean| 32), so at sigma0 0.1 over 1,088
+    # weights the generation-0 candidates are bang-bang policies. Measured on a small
+    # Doom V and M (quick, VAE 2 epochs, M 10), 64 candidates on 4,096 training steps:
+    # raw, median |pre-activation| 35.7 and |tanh| > 0.99 at 92.1% of steps;
+    # standardized, 1.10 and 17.8%.
+    controller_input: str = "raw"
     dream_done: str = "sample"     # how a dream episode ends: sample (done ~ sigmoid(logit)) | threshold (logit > 0, the authors')
     mean_eval_every: int = 0       # generations between real-env evaluations of the CMA-ES mean; 0: never
     # evaluation
@@ -97,6 +113,9 @@ class PipelineConfig:
         """Raise :class:`PipelineConfigError` naming the first bad setting; return self."""
         if self.mode not in MODES:
             raise PipelineConfigError(f"mode={self.mode!r} is not one of {', '.join(MODES)}.")
+        if self.controller_input not in CONTROLLER_INPUTS:
+            raise PipelineConfigError(f"controller_input={self.controller_input!r} is not one of "
+                                      f"{', '.join(CONTROLLER_INPUTS)}.")
         if self.dream_done not in DREAM_DONE_RULES:
             raise PipelineConfigError(f"dream_done={self.dream_done!r} is not one of {', '.join(DREAM_DONE_RULES)}.")
         if self.wandb not in WANDB_MODES:
@@ -114,6 +133,10 @@ class PipelineConfig:
             raise PipelineConfigError("sigma0, vae_lr, mdn_lr and done_weight must be > 0.")
         if any(tau < 0 for tau in self.eval_temperatures):
             raise PipelineConfigError(f"eval_temperatures={list(self.eval_temperatures)} must all be >= 0.")
+        check_train_temperatures(self.train_temperatures)
+        if self.train_temperatures and not self.train_in_dream:
+            raise PipelineConfigError(f"train_temperatures={list(self.train_temperatures)} trains each controller in "
+                                      "the dream at its tau: add --train-in-dream, or leave --train-temperatures out.")
         if self.population < 2:
             raise PipelineConfigError(f"population={self.population} must be >= 2 for CMA-ES.")
         if self.antithetic and self.population % 2:
@@ -121,6 +144,37 @@ class PipelineConfig:
         if self.mdn_seq_len >= self.rollout_steps:
             raise PipelineConfigError(f"mdn_seq_len={self.mdn_seq_len} must be < rollout_steps={self.rollout_steps}.")
         return self
+
+
+def temperature_folder(tau: float) -> str:
+    """``tau_1.15``: the folder of the controller trained at ``tau`` (under ``temperatures/``)."""
+    return f"tau_{tau:g}"
+
+
+def check_train_temperatures(taus: tuple[float, ...]) -> None:
+    """Refuse a negative tau or one listed twice, naming the list."""
+    if any(tau < 0 for tau in taus):
+        raise PipelineConfigError(f"train_temperatures={list(taus)}: every tau must be >= 0 "
+                                  "(e.g. 0.1,0.5,1.0,1.15,1.3).")
+    folders = [temperature_folder(tau) for tau in taus]
+    if len(set(folders)) != len(folders):
+        raise PipelineConfigError(f"train_temperatures={list(taus)} lists a tau twice; give each once.")
+
+
+def parse_temperatures(values: list[str], flag: str = "--train-temperatures") -> tuple[float, ...]:
+    """``["0.1,0.5", "1.15"]`` (commas or spaces) -> ``(0.1, 0.5, 1.15)``; an empty list
+    or a word that is not a number is refused in one line naming the flag."""
+    words = [word for value in values for word in value.replace(",", " ").split()]
+    if not words:
+        raise PipelineConfigError(f"{flag} needs at least one tau, e.g. {flag} 0.1,0.5,1.0,1.15,1.3; "
+                                  "leave it out to train one controller at --temperature.")
+    try:
+        taus = tuple(float(word) for word in words)
+    except ValueError:
+        raise PipelineConfigError(f"{flag} {' '.join(values)}: every tau must be a number, "
+                                  f"e.g. {flag} 0.1,0.5,1.0,1.15,1.3.") from None
+    check_train_temperatures(taus)
+    return taus
 
 
 PRESETS: dict[str, dict[str, object]] = {
@@ -175,4 +229,5 @@ def from_json(values: dict) -> PipelineConfig:
     values = dict(values)
     values["vae_widths"] = tuple(values["vae_widths"])
     values["eval_temperatures"] = tuple(values.get("eval_temperatures", ()))
+    values["train_temperatures"] = tuple(values.get("train_temperatures", ()))
     return PipelineConfig(**values).check()

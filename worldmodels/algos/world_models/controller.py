@@ -13,11 +13,15 @@ controller reads ``[z, h, c]`` (the LSTM's cell state too) with no bias, one out
 (64 + 512 + 512 = 1,088 parameters); its tanh value is the M model's action input, and
 the env thresholds it at +-1/3 into left / stay / right
 (:func:`~worldmodels.algos.world_models.envs.doom_discrete_actions`).
+
+A spec may carry a :class:`FeatureScale` (``controller_input=standardized``): its
+features are then ``(x - mean) / std``, wherever the controller acts (dream, real env,
+videos).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -25,12 +29,46 @@ import torch
 CONTROLLER_INPUTS = ("zh", "zhc")
 
 
+@dataclass(frozen=True, eq=False)
+class FeatureScale:
+    """Per-feature standardization of the controller's inputs: ``(x - mean) / std``
+    with ``mean``, ``std`` ``[F]`` measured on M's features over the training episodes
+    (:func:`~worldmodels.algos.world_models.feature_scale.measure_scale`)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.mean.shape != self.std.shape or self.mean.dim() != 1:
+            raise ValueError(f"feature scale needs mean and std of one shape [F], got {tuple(self.mean.shape)} "
+                             f"and {tuple(self.std.shape)}.")
+        if not bool((self.std > 0).all()):
+            raise ValueError("feature scale std must be > 0 everywhere.")
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+    def to(self, device: torch.device | str) -> "FeatureScale":
+        return FeatureScale(self.mean.to(device), self.std.to(device))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The checkpoint entries ``input_mean`` and ``input_std`` (float32, CPU)."""
+        return {"input_mean": self.mean.detach().float().cpu(), "input_std": self.std.detach().float().cpu()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "FeatureScale":
+        """The scale saved by :meth:`state` in a checkpoint."""
+        return cls(state["input_mean"].float(), state["input_std"].float())
+
+
 @dataclass(frozen=True)
 class ControllerSpec:
-    """What the controller reads (``zh``: ``[z, h]``; ``zhc``: ``[z, h, c]``) and whether it has a bias."""
+    """What the controller reads (``zh``: ``[z, h]``; ``zhc``: ``[z, h, c]``), whether it
+    has a bias, and the scale its inputs go through (None: raw features, the paper's)."""
 
     inputs: str = "zh"
     bias: bool = True
+    scale: FeatureScale | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.inputs not in CONTROLLER_INPUTS:
@@ -41,8 +79,9 @@ class ControllerSpec:
         return latent_dim + hidden_size * (2 if self.inputs == "zhc" else 1)
 
     def features(self, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``[N, F]`` from ``z [N, Z]`` and the LSTM state ``(h, c)``."""
-        return torch.cat([z, state[0], state[1]] if self.inputs == "zhc" else [z, state[0]], -1)
+        """``[N, F]`` from ``z [N, Z]`` and the LSTM state ``(h, c)`` (through ``scale`` when set)."""
+        features = torch.cat([z, state[0], state[1]] if self.inputs == "zhc" else [z, state[0]], -1)
+        return features if self.scale is None else self.scale(features)
 
 
 def parameter_count(feature_dim: int, action_dim: int, bias: bool = True) -> int:

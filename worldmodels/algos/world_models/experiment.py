@@ -40,7 +40,7 @@ def pipeline_config(cfg: DictConfig) -> PipelineConfig:
     ``logger.wandb`` mode and project."""
     algo = OmegaConf.to_container(cfg.algo, resolve=True)
     given = {name: algo[name] for name in setting_names() if algo.get(name) is not None}
-    for key in ("vae_widths", "eval_temperatures"):
+    for key in ("vae_widths", "eval_temperatures", "train_temperatures"):
         if key in given:
             given[key] = tuple(given[key])
     wandb = {"wandb": str(OmegaConf.select(cfg, "logger.wandb.mode", default="disabled")),

@@ -5,6 +5,8 @@
     python -m worldmodels.world_models --env carracing --mode quick
     python -m worldmodels.world_models --env carracing --stage controller,eval --resume runs/world_models/<run>
     python -m worldmodels.world_models --env carracing --mode full --real-env --save-videos
+    python -m worldmodels.world_models --env doom --train-temperatures 0.1,0.5,1.0,1.15,1.3 \\
+        --controller-input standardized        # one controller per tau, inputs scaled
     torchrun --standalone --nproc_per_node=4 -m worldmodels.world_models --resume runs/world_models/<run> \\
         --stage controller,eval --train-in-dream      # each generation split across 4 processes
 
@@ -32,8 +34,10 @@ import torch
 
 from ...errors import WorldModelsError
 from ...training import distributed
-from .c_stages import evaluate_controller, train_controller
-from .config import PRESETS, PipelineConfig, PipelineConfigError, from_json, preset, to_json
+from .c_eval import evaluate_controller
+from .c_stages import train_controller
+from .temperatures import evaluate_per_temperature, train_per_temperature
+from .config import PRESETS, PipelineConfig, PipelineConfigError, from_json, parse_temperatures, preset, to_json
 from .envs import resolve_env
 from .rundir import STAGES, append_summary, check_inputs, save_json
 from .vm_stages import collect, encode, train_mdnrnn, train_vae
@@ -43,8 +47,10 @@ STAGE_FUNCTIONS = {
     "vae": train_vae,
     "encode": encode,
     "mdnrnn": train_mdnrnn,
-    "controller": train_controller,
-    "eval": evaluate_controller,
+    "controller": lambda cfg, run, env, device: (train_per_temperature if cfg.train_temperatures else train_controller)(
+        cfg, run, env, device),
+    "eval": lambda cfg, run, env, device: (evaluate_per_temperature if cfg.train_temperatures else evaluate_controller)(
+        cfg, run, env, device),
 }
 
 
@@ -89,7 +95,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, stages: list[str],
     for stage in stages:
         if stage == "eval" and not where.is_main:
             continue
-        check_inputs(run, stage, cfg.env)
+        check_inputs(run, stage, cfg.env, cfg.train_temperatures)
         start = time.perf_counter()
         try:
             outcome = STAGE_FUNCTIONS[stage](cfg, run, env, device)
@@ -139,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-videos", dest="save_videos", action="store_true", default=None)
     parser.add_argument("--antithetic", dest="antithetic", action="store_true", default=None,
                         help="CMA-ES samples mirrored pairs m +- sigma*y, each pair on the same env seeds")
+    parser.add_argument("--train-temperatures", nargs="*", default=None, metavar="TAU",
+                        help="train one controller per tau in the dream, e.g. 0.1,0.5,1.0,1.15,1.3")
+    parser.add_argument("--controller-input", default=None,
+                        help="raw (the paper's) | standardized (each feature of [z, h, c] to mean 0, std 1)")
     for field in dataclasses.fields(PipelineConfig):
-        if field.name in ("train_in_dream", "save_videos", "antithetic"):
+        if field.name in ("train_in_dream", "save_videos", "antithetic", "train_temperatures", "controller_input"):
             continue
         if field.type == "bool":
             parser.add_argument(_flag(field.name), type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
@@ -160,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
     for key in ("vae_widths", "eval_temperatures"):
         if key in given:
             given[key] = tuple(given[key])
+    if "train_temperatures" in given:
+        given["train_temperatures"] = parse_temperatures(given["train_temperatures"])
     if args.resume is not None:
         saved = args.resume / "config.json"
         if not saved.is_file():

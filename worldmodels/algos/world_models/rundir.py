@@ -9,7 +9,9 @@ stage's inputs exist, atomic npz/JSON writes and the stage summary CSV.
     <run>/latents.npz, latents.json   encode: mu, logvar [N, Z], action, reward, done, starts
     <run>/mdnrnn.pt                   mdnrnn
     <run>/controller_best.pt, cmaes_state.npz, cmaes_curve.csv, cmaes_curve.png   controller
+    <run>/temperatures/tau_<t>/controller_best.pt, cmaes_state.npz, ...   controller, one per tau of train_temperatures
     <run>/evaluation_results.json, videos/   eval
+    <run>/temperature_table.csv, temperature_table.png   eval with train_temperatures
     <run>/pipeline_summary.csv        stage, seconds, outcome
     <run>/logs/<stage>/metrics.csv, logs/<stage>/tensorboard/   each stage's scalars
                                       (``tensorboard --logdir <run>/logs``)
@@ -26,7 +28,7 @@ import numpy as np
 
 from ...errors import WorldModelsError
 from ...utils.atomic import atomic_write
-from .config import PipelineConfig, to_json
+from .config import PipelineConfig, temperature_folder, to_json
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")
 # what each stage reads, and which stage makes it
@@ -46,13 +48,23 @@ class MissingInputError(WorldModelsError, FileNotFoundError):
     """A stage's input is missing; the message names it and the command that makes it."""
 
 
-def check_inputs(run: Path, stage: str, env: str) -> None:
+def stage_inputs(stage: str, train_temperatures: tuple[float, ...] = ()) -> tuple[str, ...]:
+    """What ``stage`` reads: :data:`INPUTS`, with each tau's controller in place of the
+    one controller when ``eval`` scores the controllers of ``train_temperatures``."""
+    names = INPUTS[stage]
+    if stage != "eval" or not train_temperatures:
+        return names
+    per_tau = tuple(f"temperatures/{temperature_folder(tau)}/controller_best.pt" for tau in train_temperatures)
+    return tuple(name for name in names if name != "controller_best.pt") + per_tau
+
+
+def check_inputs(run: Path, stage: str, env: str, train_temperatures: tuple[float, ...] = ()) -> None:
     """Raise :class:`MissingInputError` (one line) when an input of ``stage`` is missing."""
-    for name in INPUTS[stage]:
+    for name in stage_inputs(stage, train_temperatures):
         path = run / name
         present = any(path.glob("episode_*.npz")) if name == "episodes" else path.is_file()
         if not present:
-            maker = MADE_BY[name]
+            maker = MADE_BY.get(name, "controller")
             raise MissingInputError(
                 f"stage {stage!r} needs {path} (made by stage {maker!r}), which is missing; make it with: "
                 f"python -m worldmodels.world_models --env {env} --stage {maker} --resume {run}")
