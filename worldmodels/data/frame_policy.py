@@ -63,9 +63,17 @@ def policy_record(value: Any) -> dict[str, Any]:
 
 def check_same_policy(path: Path, recorded: Any, wanted: dict[str, Any]) -> None:
     """Raise :class:`PolicyMismatchError` when a resume would record with another policy."""
-    if policy_record(recorded) != wanted:
-        raise PolicyMismatchError(f"{path}: recorded by policy {policy_record(recorded)}, not {wanted}; resume with "
-                                  "the same --policy, --temperature and --epsilon, or record into another --out.")
+    recorded = policy_record(recorded)
+    if recorded == wanted:
+        return
+    if recorded.get("kind") != wanted.get("kind"):
+        differs = f"recorded by a policy of kind {recorded.get('kind')!r}, not {wanted.get('kind')!r}"
+    else:
+        keys = [key for key in sorted({*recorded, *wanted}) if recorded.get(key) != wanted.get(key)]
+        differs = "recorded by another policy: " + ", ".join(
+            f"{key} {recorded.get(key)!r}, not {wanted.get(key)!r}" for key in keys)
+    raise PolicyMismatchError(f"{path}: {differs}; resume with the same --policy, --temperature and --epsilon, or "
+                              "record into another --out.")
 
 
 def _takes_temperature(agent: Any) -> bool:

@@ -146,7 +146,8 @@ class EnvSpec:
     ``hard``) and Procgen's options ``num_levels`` (0: unlimited), ``start_level``,
     ``use_sequential_levels``, ``center_agent``, ``use_backgrounds``,
     ``use_monochrome_assets``, ``restrict_themes``, ``use_generated_assets``,
-    ``paint_vel_info``, ``use_easy_jump``; ``size`` stays Procgen's 64x64.
+    ``paint_vel_info``, ``use_easy_jump``; ``size`` stays Procgen's 64x64 and episodes
+    end at the game's own limit (``max_episode_steps`` null).
     """
 
     suite: str

@@ -76,7 +76,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def check_spec(spec: EnvSpec) -> None:
     """The Procgen keys of ``spec``: only suite ``procgen`` sets them, and there they
-    must be valid (:func:`check_options`; the size Procgen renders, 64x64)."""
+    must be valid (:func:`check_options`; the size Procgen renders, 64x64; no
+    ``max_episode_steps``: envpool's Procgen ignores it, the game's limit holds)."""
     if spec.suite != "procgen":
         for key, default in PROCGEN_DEFAULTS.items():
             if getattr(spec, key) != default:
@@ -89,12 +90,15 @@ def check_spec(spec: EnvSpec) -> None:
                          f"[{NATIVE_SIZE}, {NATIVE_SIZE}], got {list(spec.size)}.")
     if spec.backend == "gymnasium":
         raise ValueError("suite 'procgen' runs on envpool only; use backend 'auto' or 'envpool'.")
+    if spec.max_episode_steps is not None:   # envpool's Procgen keeps the game's own limit whatever it is given
+        raise ValueError(f"Procgen ends episodes at the game's own limit (coinrun: 1,000 steps); max_episode_steps "
+                         f"must be null, got {spec.max_episode_steps}.")
 
 
 def make_procgen(game: str, mode: str, num_envs: int, seed: int, options: dict[str, Any]) -> Any:
     """An envpool gymnasium batch of ``num_envs`` Procgen ``game`` envs (``mode`` easy or
     hard); ``options`` are envpool's Procgen settings (``num_levels``, ``start_level``,
-    ``use_backgrounds``, ..., and ``channel_first``, ``max_episode_steps``)."""
+    ``use_backgrounds``, ..., and envpool's ``channel_first``)."""
     name = task_id(game, mode)
     try:
         import envpool
@@ -112,8 +116,6 @@ def procgen_env(spec: EnvSpec) -> VectorEnv:
 
     options: dict[str, Any] = {key: getattr(spec, key) for key in OPTIONS}
     options["channel_first"] = False
-    if spec.max_episode_steps is not None:
-        options["max_episode_steps"] = spec.max_episode_steps * spec.action_repeat
     env = make_procgen(spec.task, spec.distribution_mode, spec.num_envs, spec.seed, options)
     return EnvpoolVectorEnv(spec, task_id(spec.task, spec.distribution_mode), None, env=env)
 
