@@ -36,7 +36,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..envs.factory import EnvSpec, make_env
-from ..envs.procgen import GAMES, MODES, NATIVE_SIZE, ProcgenUnavailableError, check_options, make_procgen  # noqa: F401
+from ..envs.procgen import GAMES, MODES, NATIVE_SIZE, check_options
+from ..envs.procgen import ProcgenUnavailableError, make_procgen  # noqa: F401  (its names before envs.procgen)
 from ..envs.spaces import VectorEnv
 from ..errors import WorldModelsError
 from ..rl.collector import Collector
@@ -252,7 +253,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-levels", type=int, default=0, help="0: unlimited levels")
     p.add_argument("--start-level", type=int, default=0)
-    p.add_argument("--option", action="append", default=[], help="other envpool Procgen option, key=value")
+    p.add_argument("--option", action="append", default=[],
+                   help="another Procgen option, key=value (use_backgrounds=false, use_sequential_levels=true, ...)")
     p.add_argument("--size", type=int, default=NATIVE_SIZE,
                    help=f"stored frame size in pixels (Procgen renders {NATIVE_SIZE}; 84 for the older setups)")
     p.add_argument("--gray", action="store_true", help="store one grayscale channel (BT.601 luma)")

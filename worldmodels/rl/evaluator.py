@@ -169,5 +169,5 @@ class EpisodeEvaluator:
         self.collector.close()
 
 
-__all__ = ["EVAL_SEED_OFFSET", "PROTOCOL_TEMPERATURE", "SUCCESS_KEY", "EpisodeEvaluator", "EvalResult", "checkpoint_path",
-           "eval_env_config", "policy_settings"]
+__all__ = ["EVAL_SEED_OFFSET", "PROTOCOL_TEMPERATURE", "SUCCESS_KEY", "EpisodeEvaluator", "EvalResult",
+           "checkpoint_path", "eval_env_config", "policy_settings"]
