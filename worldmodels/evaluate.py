@@ -38,11 +38,15 @@ from typing import Any
 
 
 from worldmodels.errors import WorldModelsError
+from worldmodels.rl.evaluator import (  # noqa: F401  (re-exported: the command's own names)
+    PROTOCOL_TEMPERATURE,
+    checkpoint_path,
+    policy_settings,
+)
 
 DEFAULT_EPISODES = 100
 ATARI_TEST_ENV = {"noop_max": 1, "sticky_actions": 0.0, "terminal_on_life_loss": False}
 ATARI_MAX_FRAMES = 108_000
-PROTOCOL_TEMPERATURE = {"iris": 0.5, "delta_iris": 1.0}   # IRIS's and Δ-IRIS's test collection
 
 # Published per-game scores of a human player and a random policy (the Atari 100k
 # references of IRIS's results/data/HUMAN.json and RANDOM.json), for human-normalised scores.
@@ -80,12 +84,6 @@ def human_normalised(task: str, mean: float) -> dict[str, float]:
     return {"random_score": random, "human_score": human, "human_normalised": (mean - random) / (human - random)}
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """``path`` itself, or ``<path>/checkpoints/last.pt`` for a run directory."""
-    path = Path(path)
-    return path / "checkpoints" / "last.pt" if path.is_dir() else path
-
-
 def protocol_env_config(cfg: Any) -> Any:
     """The test env's config: ``cfg.env`` with ``cfg.eval_env``, then for Atari the papers'
     test settings (:data:`ATARI_TEST_ENV`, 108,000 frames)."""
@@ -98,22 +96,6 @@ def protocol_env_config(cfg: Any) -> Any:
         return env
     repeat = int(env.get("action_repeat") or 4)
     return OmegaConf.merge(env, {**ATARI_TEST_ENV, "max_episode_steps": ATARI_MAX_FRAMES // repeat})
-
-
-def policy_settings(algo: str, cfg: Any, temperature: float | None) -> tuple[str, dict[str, float], float]:
-    """``(mode, policy kwargs, temperature)``: ``sample`` at the temperature, or ``greedy`` at 0.
-    A run whose ``algo.eval_mode`` is ``sample`` or ``greedy`` (DreamerV3) is evaluated
-    that way unless a temperature is given (``sample`` is at the policy's own temperature 1)."""
-    eval_mode = (cfg.get("algo") or {}).get("eval_mode")
-    if temperature is None and eval_mode in ("sample", "greedy"):
-        return (eval_mode, {}, 1.0) if eval_mode == "sample" else ("greedy", {}, 0.0)
-    if temperature is None:
-        temperature = PROTOCOL_TEMPERATURE.get(algo)
-    if temperature is None:
-        temperature = float((cfg.get("algo") or {}).get("eval_temperature", 0.0) or 0.0)
-    if temperature <= 0:
-        return "greedy", {}, 0.0
-    return "sample", {"temperature": float(temperature)}, float(temperature)
 
 
 def evaluate(path: str | Path, episodes: int = DEFAULT_EPISODES, *, temperature: float | None = None,

@@ -95,10 +95,11 @@ class EnvpoolVectorEnv(VectorEnv):
     (``frame_skip``) and its CHW frames become HWC; envpool crashes (segfault) with
     ``noop_max=0``, so it gets at least 1 (one no-op after each reset). Other suites repeat in Python: all envs
     step together, stopping at the first sub-step where any episode ends, and a call
-    that resets an env steps once.
+    that resets an env steps once. ``env``: an envpool batch already built for ``spec``
+    (Procgen's, :func:`worldmodels.envs.procgen.procgen_env`) instead of ``envpool.make``.
     """
 
-    def __init__(self, spec: EnvSpec, task_id: str, envpool: Any):
+    def __init__(self, spec: EnvSpec, task_id: str, envpool: Any, env: Any = None):
         kwargs: dict[str, Any] = {"env_type": "gymnasium", "num_envs": spec.num_envs, "seed": spec.seed}
         self._atari = spec.suite == "atari"
         self._repeat = 1 if self._atari else spec.action_repeat
@@ -111,7 +112,7 @@ class EnvpoolVectorEnv(VectorEnv):
             kwargs["max_episode_steps"] = spec.max_episode_steps * self._repeat
         with warnings.catch_warnings():   # envpool's float64 Box bounds, cast by gymnasium
             warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
-            self._env = envpool.make(task_id, **kwargs)
+            self._env = envpool.make(task_id, **kwargs) if env is None else env
             space, action_space = self._env.observation_space, self._env.action_space
         self.num_envs = spec.num_envs
         if self._atari:
@@ -126,6 +127,8 @@ class EnvpoolVectorEnv(VectorEnv):
                 terminal: np.ndarray) -> dict[str, np.ndarray]:
         if self._atari:
             out = {"image": np.ascontiguousarray(np.asarray(obs, np.uint8).transpose(0, 2, 3, 1))}
+        elif "image" in self.obs_space:   # HWC frames (Procgen with channel_first off)
+            out = {"image": np.asarray(obs, np.uint8)}
         else:
             out = {"vector": flat_observation(obs, (self.num_envs,))}
         out["reward"] = reward

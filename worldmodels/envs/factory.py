@@ -1,6 +1,6 @@
 """One vectorised environment interface for DreamerV3/IRIS, whatever the backend.
 
-:class:`EnvSpec` names a task (suite ``classic | gym | atari | dmc | crafter | robosuite``);
+:class:`EnvSpec` names a task (suite ``classic | gym | atari | dmc | crafter | robosuite | procgen``);
 :func:`make_env` builds a :class:`VectorEnv` of ``num_envs`` copies on envpool when it
 is installed and has the task (classic control, Atari, DMC), otherwise on gymnasium
 (a Python loop over ``gymnasium.make`` envs; Atari through ale-py, Crafter through
@@ -10,6 +10,8 @@ observation dict flattened in key order) on envpool, and on dm_control
 camera frames (``image``, rendered headless by MuJoCo: DMC from pixels). robosuite's
 manipulation tasks (:mod:`worldmodels.envs.robosuite`) keep their observation dict under
 robomimic's names (``agentview_image``, ``robot0_eef_pos``, ..., ``log_success``).
+Procgen's 16 games (:mod:`worldmodels.envs.procgen`) run on envpool only: ``image``
+``[64, 64, 3]`` and 15 discrete actions.
 
 Every call returns a dict of arrays with leading dim ``N``: observations (``image``
 uint8 ``[N, H, W, C]`` and/or ``vector`` float32 ``[N, D]``), ``reward`` float32
@@ -44,6 +46,8 @@ import numpy as np
 from ..errors import WorldModelsError
 from .catch import register as register_catch
 from .backends import CrafterAdapter, EnvpoolVectorEnv, FireReset, GymnasiumVectorEnv
+from .procgen import GAMES as PROCGEN_GAMES
+from .procgen import PROCGEN_DEFAULTS, check_spec as check_procgen_spec, procgen_env
 from .spaces import (  # noqa: F401  (re-exported: the factory is where users import them from)
     FLAGS,
     ActionSpace,
@@ -55,7 +59,7 @@ from .spaces import (  # noqa: F401  (re-exported: the factory is where users im
     resize_image,
 )
 
-SUITES = ("classic", "gym", "atari", "dmc", "crafter", "robosuite")
+SUITES = ("classic", "gym", "atari", "dmc", "crafter", "robosuite", "procgen")
 BACKENDS = ("auto", "envpool", "gymnasium")
 DEFAULT_ACTION_REPEAT = {"atari": 4, "dmc": 2}
 CLASSIC_TASKS = {
@@ -100,6 +104,10 @@ def resolve_task(suite: str, task: str) -> tuple[str | None, str | None]:
         if re.fullmatch(r"[A-Z][A-Za-z0-9]*", task) is None:
             raise ValueError(f"bad robosuite task {task!r}; use a robosuite env name, e.g. 'Lift' or 'Stack'")
         return None, None
+    if suite == "procgen":
+        if task not in PROCGEN_GAMES:
+            raise ValueError(f"unknown procgen task {task!r}; the games are {', '.join(PROCGEN_GAMES)}")
+        return None, None
     if suite == "crafter":
         if task not in CRAFTER_TASKS:
             raise ValueError(f"unknown crafter task {task!r}; known: {', '.join(CRAFTER_TASKS)}")
@@ -133,6 +141,13 @@ class EnvSpec:
     other observation keys), ``controller`` (None: the robot's default) and
     ``reward_shaping`` (robosuite's dense reward instead of the sparse success reward),
     ``render_effects`` (MuJoCo's shadows, reflections and skybox; off: 5x faster frames).
+
+    Procgen only (:mod:`worldmodels.envs.procgen`): ``distribution_mode`` (``easy`` |
+    ``hard``) and Procgen's options ``num_levels`` (0: unlimited), ``start_level``,
+    ``use_sequential_levels``, ``center_agent``, ``use_backgrounds``,
+    ``use_monochrome_assets``, ``restrict_themes``, ``use_generated_assets``,
+    ``paint_vel_info``, ``use_easy_jump``; ``size`` stays Procgen's 64x64 and episodes
+    end at the game's own limit (``max_episode_steps`` null).
     """
 
     suite: str
@@ -155,6 +170,17 @@ class EnvSpec:
     controller: str | None = ROBOSUITE_DEFAULTS["controller"]
     reward_shaping: bool = ROBOSUITE_DEFAULTS["reward_shaping"]
     render_effects: bool = ROBOSUITE_DEFAULTS["render_effects"]
+    distribution_mode: str = PROCGEN_DEFAULTS["distribution_mode"]
+    num_levels: int = PROCGEN_DEFAULTS["num_levels"]
+    start_level: int = PROCGEN_DEFAULTS["start_level"]
+    use_sequential_levels: bool = PROCGEN_DEFAULTS["use_sequential_levels"]
+    center_agent: bool = PROCGEN_DEFAULTS["center_agent"]
+    use_backgrounds: bool = PROCGEN_DEFAULTS["use_backgrounds"]
+    use_monochrome_assets: bool = PROCGEN_DEFAULTS["use_monochrome_assets"]
+    restrict_themes: bool = PROCGEN_DEFAULTS["restrict_themes"]
+    use_generated_assets: bool = PROCGEN_DEFAULTS["use_generated_assets"]
+    paint_vel_info: bool = PROCGEN_DEFAULTS["paint_vel_info"]
+    use_easy_jump: bool = PROCGEN_DEFAULTS["use_easy_jump"]
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -186,6 +212,7 @@ class EnvSpec:
                 raise ValueError(f"{name} is an Atari option; suite {self.suite!r} has no lives or FIRE button")
         self._check_robosuite_options()
         resolve_task(self.suite, self.task)
+        check_procgen_spec(self)
 
     def _check_robosuite_options(self) -> None:
         self.cameras, self.proprio = tuple(str(c) for c in self.cameras), tuple(str(k) for k in self.proprio)
@@ -286,6 +313,10 @@ def backend_name(spec: EnvSpec) -> str:
     ``gymnasium``, ``gymnasium+ale-py`` (Atari) or ``crafter``. Raises as :func:`make_env`
     would for a missing package or a task the backend lacks."""
     _, envpool_id = resolve_task(spec.suite, spec.task)
+    if spec.suite == "procgen":
+        if not _installed("envpool"):
+            raise MissingEnvPackageError(f"procgen task {spec.task!r} needs envpool: {ENVS_HINT}")
+        return "envpool"
     backend, _, _ = _choose_backend(spec, envpool_id)
     if backend == "envpool":
         return "envpool"
@@ -369,9 +400,12 @@ def make_env(spec: EnvSpec) -> VectorEnv:
 
     Raises:
         ValueError: a task the backend does not have, or an unsupported combination.
-        MissingEnvPackageError: a missing optional package, with the ``pip install`` command.
+        MissingEnvPackageError: a missing optional package, with the ``pip install`` command
+            (Procgen: :class:`~worldmodels.envs.procgen.ProcgenUnavailableError`).
     """
     gym_id, envpool_id = resolve_task(spec.suite, spec.task)
+    if spec.suite == "procgen":
+        return procgen_env(spec)
     backend, envpool, note = _choose_backend(spec, envpool_id)
     if note:
         print(f"worldmodels: {note}")

@@ -11,10 +11,12 @@ Three forms of one batch of ``N`` actions:
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
 from ..envs.spaces import ActionSpace
+from .protocols import ActionFeedback
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,4 +72,34 @@ def random_policy(space: ActionSpace, num_envs: int, rng: np.random.Generator) -
     return rng.uniform(-1.0, 1.0, (num_envs, space.size)).astype(np.float32)
 
 
-__all__ = ["from_env_action", "onehot", "random_policy", "stored_action", "to_env_action"]
+class EpsilonAgent:
+    """``agent`` whose action in each env is replaced, with probability ``epsilon``, by a
+    uniform one of ``space`` (drawn from ``rng``); an :class:`ActionFeedback` agent is
+    told the actions taken, so its next step conditions on them. ``epsilon`` 1 acts
+    uniformly at random (the agent still runs, its state follows the env)."""
+
+    def __init__(self, agent: Any, space: ActionSpace, epsilon: float, rng: np.random.Generator):
+        if not 0.0 <= float(epsilon) <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}.")
+        self.agent, self.space, self.epsilon, self.rng = agent, space, float(epsilon), rng
+
+    def reseed(self, seed: int) -> None:
+        """Draw the random actions from ``seed`` on."""
+        self.rng = np.random.default_rng(seed)
+
+    def init_policy_state(self, num_envs: int) -> Any:
+        return self.agent.init_policy_state(num_envs)
+
+    def policy(self, obs: dict[str, np.ndarray], state: Any, mode: str = "explore", **kwargs: Any) -> tuple:
+        actions, state = self.agent.policy(obs, state, mode, **kwargs)
+        replace = self.rng.random(len(actions)) < self.epsilon
+        if not np.count_nonzero(replace):
+            return actions, state
+        actions = np.array(actions, copy=True)
+        actions[replace] = random_policy(self.space, int(replace.sum()), self.rng)
+        if isinstance(self.agent, ActionFeedback):
+            state = self.agent.with_actions(state, actions)
+        return actions, state
+
+
+__all__ = ["EpsilonAgent", "from_env_action", "onehot", "random_policy", "stored_action", "to_env_action"]

@@ -18,6 +18,7 @@ included (``result.successes``, ``eval/success_rate``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from .protocols import Agent, check_mode
 
 EVAL_SEED_OFFSET = 10_000   # evaluation envs are seeded seed + EVAL_SEED_OFFSET
 SUCCESS_KEY = "log_success"  # an env's per-step success flag (worldmodels.envs.robosuite)
+PROTOCOL_TEMPERATURE = {"iris": 0.5, "delta_iris": 1.0}   # IRIS's and Δ-IRIS's test collection
 
 
 def eval_env_config(cfg: Any) -> Any:
@@ -38,6 +40,28 @@ def eval_env_config(cfg: Any) -> Any:
 
     override = OmegaConf.select(cfg, "eval_env", default=None)
     return cfg.env if not override else OmegaConf.merge(cfg.env, override)
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """``path`` itself, or ``<path>/checkpoints/last.pt`` for a run directory."""
+    path = Path(path)
+    return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
+def policy_settings(algo: str, cfg: Any, temperature: float | None) -> tuple[str, dict[str, float], float]:
+    """``(mode, policy kwargs, temperature)``: ``sample`` at the temperature, or ``greedy`` at 0.
+    A run whose ``algo.eval_mode`` is ``sample`` or ``greedy`` (DreamerV3) is evaluated
+    that way unless a temperature is given (``sample`` is at the policy's own temperature 1)."""
+    eval_mode = (cfg.get("algo") or {}).get("eval_mode")
+    if temperature is None and eval_mode in ("sample", "greedy"):
+        return (eval_mode, {}, 1.0) if eval_mode == "sample" else ("greedy", {}, 0.0)
+    if temperature is None:
+        temperature = PROTOCOL_TEMPERATURE.get(algo)
+    if temperature is None:
+        temperature = float((cfg.get("algo") or {}).get("eval_temperature", 0.0) or 0.0)
+    if temperature <= 0:
+        return "greedy", {}, 0.0
+    return "sample", {"temperature": float(temperature)}, float(temperature)
 
 
 @dataclass
@@ -145,4 +169,5 @@ class EpisodeEvaluator:
         self.collector.close()
 
 
-__all__ = ["EVAL_SEED_OFFSET", "SUCCESS_KEY", "EpisodeEvaluator", "EvalResult", "eval_env_config"]
+__all__ = ["EVAL_SEED_OFFSET", "PROTOCOL_TEMPERATURE", "SUCCESS_KEY", "EpisodeEvaluator", "EvalResult",
+           "checkpoint_path", "eval_env_config", "policy_settings"]

@@ -46,6 +46,16 @@ class Agent(Protocol):
 
 
 @runtime_checkable
+class ActionFeedback(Protocol):
+    """An agent whose policy state carries the action it chose, fed to its next step
+    (DreamerV3's posterior takes the previous action): ``with_actions(state, actions)``
+    is that state with ``actions`` (the agent's form, ``[N]`` or ``[N, A]``) as the ones
+    taken, for a caller that stepped the env with other actions (epsilon-random ones)."""
+
+    def with_actions(self, state: Any, actions: np.ndarray) -> Any: ...
+
+
+@runtime_checkable
 class WorldModelEnv(Protocol):
     """A world model as a batched environment over frames (IRIS and Δ-IRIS's dreams).
 
@@ -85,4 +95,4 @@ def rebuild_agent(state: dict[str, Any], build: Any, spaces: Any = None) -> Any:
     return agent.eval()
 
 
-__all__ = ["Agent", "POLICY_MODES", "PolicyMode", "WorldModelEnv", "check_mode", "rebuild_agent"]
+__all__ = ["ActionFeedback", "Agent", "POLICY_MODES", "PolicyMode", "WorldModelEnv", "check_mode", "rebuild_agent"]

@@ -30,7 +30,7 @@ from .validation import (
 OP_IMPLS = ("auto", "triton", "cpp", "ref")          # worldmodels.ops._dispatch.IMPLS
 RSSM_IMPLS = ("auto", "triton", "cpp", "scan", "ref")  # worldmodels.ops.rssm.RSSM_IMPLS
 ATTENTION_IMPLS = ("auto", "triton", "ref")          # worldmodels.nn.transformer.ATTENTION_IMPLS
-ENV_SUITES = ("classic", "gym", "atari", "dmc", "crafter", "robosuite")  # worldmodels.envs.factory.SUITES
+ENV_SUITES = ("classic", "gym", "atari", "dmc", "crafter", "robosuite", "procgen")  # worldmodels.envs.factory.SUITES
 ENV_BACKENDS = ("auto", "envpool", "gymnasium")      # worldmodels.envs.factory.BACKENDS
 NON_NEGATIVE = number(0)
 COUNT = integer(1)
@@ -125,6 +125,13 @@ ENVS: dict[str, dict[str, Rule]] = {
         "env.controller": text().or_null(),
         "env.reward_shaping": boolean(),
         "env.render_effects": boolean(),
+        # procgen only (worldmodels.envs.procgen.PROCGEN_DEFAULTS)
+        "env.distribution_mode": choice("easy", "hard"),
+        "env.num_levels": integer(0),
+        "env.start_level": integer(0),
+        **{f"env.{key}": boolean() for key in (
+            "use_sequential_levels", "center_agent", "use_backgrounds", "use_monochrome_assets", "restrict_themes",
+            "use_generated_assets", "paint_vel_info", "use_easy_jump")},
     },
 }
 # The evaluation env of online runs: null (the training env) or settings that differ from env's.

@@ -188,6 +188,14 @@ class DreamerAgent(nn.Module):
         action = action.clamp(-1.0, 1.0).to(deter.dtype)
         return action.cpu().numpy().astype(np.float32), PolicyState(deter, stoch, action)
 
+    def with_actions(self, state: PolicyState, actions: np.ndarray) -> PolicyState:
+        """``state`` with ``actions`` (int64 ``[N]`` or float32 ``[N, A]``) as the ones taken,
+        fed to the next step (:class:`~worldmodels.rl.protocols.ActionFeedback`)."""
+        taken = torch.as_tensor(np.asarray(actions), device=state.action.device)
+        if self.actor_critic.discrete:
+            taken = F.one_hot(taken.long(), self.actor_critic.action_dim)
+        return state._replace(action=taken.to(state.action.dtype).reshape(state.action.shape))
+
     def open_loop(self, batch: Mapping[str, Any], context: int) -> dict[str, Tensor]:
         """Open-loop video of the first image key: posterior over ``context`` steps, prior
         with the recorded actions after. ``{"truth", "prediction", "error"}`` uint8
