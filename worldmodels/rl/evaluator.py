@@ -51,10 +51,16 @@ def checkpoint_path(path: str | Path) -> Path:
 def policy_settings(algo: str, cfg: Any, temperature: float | None) -> tuple[str, dict[str, float], float]:
     """``(mode, policy kwargs, temperature)``: ``sample`` at the temperature, or ``greedy`` at 0.
     A run whose ``algo.eval_mode`` is ``sample`` or ``greedy`` (DreamerV3) is evaluated
-    that way unless a temperature is given (``sample`` is at the policy's own temperature 1)."""
+    that way unless a temperature is given; its policy has no temperature, so only 1
+    (``sample``, at the policy's own temperature) and 0 (``greedy``) are accepted."""
     eval_mode = (cfg.get("algo") or {}).get("eval_mode")
-    if temperature is None and eval_mode in ("sample", "greedy"):
-        return (eval_mode, {}, 1.0) if eval_mode == "sample" else ("greedy", {}, 0.0)
+    if eval_mode in ("sample", "greedy"):  # a policy with no temperature argument (DreamerV3)
+        if temperature is None:
+            return (eval_mode, {}, 1.0) if eval_mode == "sample" else ("greedy", {}, 0.0)
+        if temperature in (0.0, 1.0):
+            return ("sample", {}, 1.0) if temperature == 1.0 else ("greedy", {}, 0.0)
+        raise ValueError(f"{algo}'s policy samples at its own temperature only: give --temperature 1 (sample) "
+                         f"or 0 (greedy), not {temperature}.")
     if temperature is None:
         temperature = PROTOCOL_TEMPERATURE.get(algo)
     if temperature is None:
