@@ -7,8 +7,10 @@ the first time it sees a shape and replays it afterwards, so a horizon costs one
 launch. Without CUDA (or with ``use_graph=False``) it runs the same code eagerly.
 
 Imagination runs without autograd, as in DreamerV3: it starts from detached
-posterior states and the world model is not trained through it; the actor and
-critic re-evaluate themselves on the returned (detached) states and actions.
+posterior states and the world model is not trained through it. An eager rollout's
+policy may still run under ``torch.enable_grad`` and keep its own graph (DreamerV3's
+actor does, :meth:`RSSMImaginer.captures` says when); a captured one cannot, and the
+actor and critic re-evaluate themselves on the returned (detached) states and actions.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ glibc's ``malloc`` serves every request above its mmap threshold (128 KiB at fir
 most 32 MiB) with a fresh ``mmap`` and gives the pages back on ``free``. A CPU training
 update allocates and frees gigabytes of activations and gradients (a DreamerV3 update at
 the 2023 ``small`` size on a 16 x 64 batch: about 3 GB), so every update page-faults
-its whole working set in again: 700,000 to 900,000 minor faults and 1.4-2.3 s of kernel
-time per update measured on a 2-core Xeon (``benchmarks/bench_dreamer_port.py``).
+its whole working set in again: 0.7-1.1 million minor faults and 1.4-2.3 s of kernel
+time per update measured on a 2-core Xeon (``benchmarks/probe_host_memory.py``).
 
 :func:`retain_freed_memory` turns that off with ``mallopt``: no mmap for large blocks
 (``M_MMAP_MAX = 0``; glibc still falls back to mmap when the heap cannot grow) and no

@@ -21,6 +21,11 @@ so only the actor receives its gradient. Continuous actions enter the prior boun
 ``[-1, 1]``, the range of the replay's actions (:func:`bound_action`); REINFORCE scores
 the bounded action, as NM512/dreamerv3-torch (whose ``ContDist`` bounds its samples).
 The slow critic (``theta_slow <- (1 - f) theta_slow + f theta``) only regularises the critic.
+
+With REINFORCE each network runs once over the imagined states: the actor pass that
+samples ``a_t`` in imagination keeps its graph for ``L_actor`` (unless the imagination
+replays a CUDA graph, which cannot keep it; then the actor runs again on the returned
+states), and one critic pass gives both ``v_t`` (detached) and ``L_critic``.
 """
 
 from __future__ import annotations
