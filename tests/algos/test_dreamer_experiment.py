@@ -440,7 +440,7 @@ def test_evaluation_defaults_follow_the_references(config_from):
     assert policy_settings("dreamerv3", atari, None) == ("sample", {}, 1.0)
     assert policy_settings("dreamerv3", atari, 0.0) == ("greedy", {}, 0.0)
     assert policy_settings("dreamerv3", atari, 1.0) == ("sample", {}, 1.0)
-    with pytest.raises(ValueError, match="own temperature only: give --temperature 1 .* not 0.5"):
+    with pytest.raises(ValueError, match="own temperature only; give --temperature 1 .* not 0.5"):
         policy_settings("dreamerv3", atari, 0.5)
     greedy = config_from(["+exp=dreamer_atari100k", "algo.eval_mode=greedy"])
     assert policy_settings("dreamerv3", greedy, None) == ("greedy", {}, 0.0)

@@ -59,7 +59,7 @@ def policy_settings(algo: str, cfg: Any, temperature: float | None) -> tuple[str
             return (eval_mode, {}, 1.0) if eval_mode == "sample" else ("greedy", {}, 0.0)
         if temperature in (0.0, 1.0):
             return ("sample", {}, 1.0) if temperature == 1.0 else ("greedy", {}, 0.0)
-        raise ValueError(f"{algo}'s policy samples at its own temperature only: give --temperature 1 (sample) "
+        raise ValueError(f"{algo}'s policy samples at its own temperature only; give --temperature 1 (sample) "
                          f"or 0 (greedy), not {temperature}.")
     if temperature is None:
         temperature = PROTOCOL_TEMPERATURE.get(algo)
