@@ -14,7 +14,6 @@ manifest's ``policy``.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,11 +75,6 @@ def check_same_policy(path: Path, recorded: Any, wanted: dict[str, Any]) -> None
                               "record into another --out.")
 
 
-def _takes_temperature(agent: Any) -> bool:
-    parameters = inspect.signature(agent.policy).parameters.values()
-    return any(p.name == "temperature" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
 def _check_env(file: Path, state: dict[str, Any], game: str, space: ActionSpace) -> None:
     """The checkpoint's env must be Procgen ``game`` with ``space``'s action count."""
     env = (state.get("config") or {}).get("env") or {}
@@ -112,11 +106,6 @@ def agent_policy(path: str | Path, game: str, space: ActionSpace, *, temperature
     algo = algo_name(state)
     agent = load_agent(state)
     mode, kwargs, temp = policy_settings(algo, OmegaConf.create(state.get("config") or {}), temperature)
-    if kwargs and not _takes_temperature(agent):
-        if temp != 1.0:
-            raise ValueError(f"{algo}'s policy samples at its own temperature only; give --temperature 1 (sample) "
-                             f"or 0 (greedy), not {temp}.")
-        kwargs = {}
     if epsilon > 0:
         agent = EpsilonAgent(agent, space, epsilon, np.random.default_rng(0))
     record = {"kind": "agent", "checkpoint": str(file.resolve()), "algo": algo, "step": int(state.get("step", 0)),
