@@ -12,8 +12,8 @@ Policies: the random collection policy (each env keeps its action and redraws it
 probability 0.2 a step, :func:`~.vm_stages.collect_round`'s), doing nothing, and each
 action dimension held at its extremes (Doom: always left, always right; CarRacing:
 full gas straight, left, right). Writes ``policy_check.csv`` and ``policy_check.json``
-to the run directory; needs ``latents.npz`` and ``mdnrnn.pt`` (the encode and mdnrnn
-stages).
+to the run directory; needs the controller stage's inputs (``vae.pt``, ``latents.npz``,
+``mdnrnn.pt``) and names the stage that makes any that is missing.
 """
 
 from __future__ import annotations
