@@ -75,6 +75,24 @@ def test_compute_loss_is_the_mixture_nll_per_dim_plus_the_reward_mse():
     assert loss.item() == pytest.approx(nll.item() + (out["reward"] - reward).square().mean().item(), rel=1e-6)
 
 
+def test_a_masked_batch_has_the_loss_of_its_real_steps_alone():
+    """Padding (mask 0) changes no loss term: a sequence padded with junk after its end has
+    the losses of the same steps unpadded (predict_done on, deaths weighted)."""
+    model = MDNRNN(MDNRNNConfig(latent_dim=3, action_dim=2, hidden_size=8, num_mixtures=2,
+                                predict_done=True, done_weight=10.0))
+    z, action, reward = torch.randn(1, 5, 3), torch.randn(1, 4, 2), torch.randn(1, 4)
+    done = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    _, short = model.compute_loss({"z": z, "action": action, "reward": reward, "done": done})
+    pad = {"z": torch.cat([z, 50 * torch.randn(1, 3, 3)], 1), "action": torch.cat([action, torch.randn(1, 3, 2)], 1),
+           "reward": torch.cat([reward, torch.full((1, 3), 9.0)], 1), "done": torch.cat([done, torch.ones(1, 3)], 1),
+           "mask": torch.tensor([[1.0, 1, 1, 1, 0, 0, 0]])}
+    _, padded = model.compute_loss(pad)
+    for key in ("nll_per_dim", "reward_mse", "done_bce"):
+        assert padded[key].item() == pytest.approx(short[key].item(), rel=1e-5), key
+    _, unmasked = model.compute_loss({k: v for k, v in pad.items() if k != "mask"})
+    assert unmasked["nll_per_dim"].item() > short["nll_per_dim"].item() + 1.0   # the junk would count
+
+
 def test_step_equals_the_sequence_lstm():
     model = tiny_model()
     z, action = torch.randn(3, 4, 3), torch.randn(3, 4, 2)

@@ -18,6 +18,7 @@ from worldmodels.algos.world_models.config import PipelineConfigError, preset, t
 from worldmodels.algos.world_models.envs import EnvIdError, resolve_env
 from worldmodels.algos.world_models.pipeline import main, parse_stages, run_pipeline
 from worldmodels.algos.world_models.rundir import STAGES, MissingInputError, load_npz
+from worldmodels.algos.world_models.vm_stages import episode_paths, load_mdnrnn, load_vae, sequence_batch, to_images
 from worldmodels.training.checkpoint import load_checkpoint
 
 
@@ -311,3 +312,57 @@ def test_the_pipeline_runs_end_to_end_on_lunarlander_from_pixels(tmp_path):
     results = json.loads((tmp_path / "evaluation_results.json").read_text())
     assert results["env"] == "LunarLanderContinuous-v3" and np.isfinite(results["real_mean"])
     assert (tmp_path / "videos" / "rollout.gif").stat().st_size > 0
+
+
+def test_mdnrnn_chunks_pad_short_episodes_from_their_first_frame_and_mask_the_padding():
+    """Episodes of 3 and 12 steps, chunks of 6: the short one comes whole from its first
+    frame with 3 masked steps; the long one gives 6 consecutive steps; z is the posterior
+    mean when the posterior's variance is 0; episodes are drawn in proportion to length."""
+    lengths = np.array([3, 12])
+    steps = int(lengths.sum())
+    latents = {"lengths": lengths, "step_starts": np.array([0, 3]), "frame_starts": np.array([0, 4]),
+               "mu": np.arange(steps + 2, dtype=np.float32)[:, None].repeat(2, 1),
+               "logvar": np.full((steps + 2, 2), -1000.0, np.float32),
+               "action": np.arange(steps, dtype=np.float32)[:, None], "reward": np.zeros(steps, np.float32),
+               "done": np.isin(np.arange(steps), [2, 14])}
+    batch = sequence_batch(latents, 6, 400, np.random.default_rng(0), torch.device("cpu"))
+    first = batch["z"][:, 0, 0]
+    short = first == 0
+    assert 0.1 < short.float().mean().item() < 0.3          # 3 / 15 of the steps
+    assert torch.equal(batch["mask"][short], torch.tensor([1.0, 1, 1, 0, 0, 0]).expand(int(short.sum()), 6))
+    assert torch.equal(batch["z"][short][0, :, 0], torch.tensor([0.0, 1, 2, 3, 3, 3, 3]))
+    assert torch.equal(batch["action"][short][0, :3, 0], torch.tensor([0.0, 1, 2]))
+    assert torch.equal(batch["done"][short][0, :3], torch.tensor([0.0, 0, 1]))
+    long = ~short
+    assert bool((batch["mask"][long] == 1).all())
+    start = first[long]
+    assert bool(((start >= 4) & (start <= 4 + 12 - 6)).all())
+    assert torch.equal(batch["z"][long][:, :, 0] - start[:, None], torch.arange(7.0).expand(int(long.sum()), 7))
+    assert torch.equal(batch["action"][long][:, :, 0] - (start[:, None] - 1), torch.arange(6.0).expand(int(long.sum()), 6))
+    latents["logvar"][:] = 0.0                                # wide posteriors: draws differ from the means
+    drawn = sequence_batch(latents, 6, 8, np.random.default_rng(1), torch.device("cpu"))
+    means = sequence_batch(latents, 6, 8, np.random.default_rng(1), torch.device("cpu"), sample=False)
+    assert torch.equal(means["z"][:, :, 0], means["z"][:, :, 1])       # the means themselves
+    assert (drawn["z"] - means["z"]).abs().mean() > 0.5
+    torch.testing.assert_close(means["mask"], drawn["mask"])           # the same chunks
+
+
+def test_the_real_env_reads_the_posterior_mean_or_a_seeded_draw_from_it(tiny_run):
+    cfg, run, _ = tiny_run
+    cpu = torch.device("cpu")
+    vae, model = load_vae(run, cpu), load_mdnrnn(run, cpu)
+    images = to_images(torch.from_numpy(load_npz(episode_paths(run)[0])["frames"][:5]), cpu)
+    with torch.no_grad():
+        mu, logvar = vae.encode(images)
+        torch.testing.assert_close(c_stages.encode_latent(vae, images, None), mu)
+        drawn = c_stages.encode_latent(vae, images, torch.Generator().manual_seed(3))
+    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(drawn, mu + (0.5 * logvar).exp() * eps)
+    assert c_stages.latent_noise(cfg, 3) is None
+    sampled = preset("tiny", env="tiny", latent="sample")
+    theta = torch.randn(1, c_stages.controller_dim(sampled, resolve_env("tiny"), model.config.hidden_size)[1])
+    score = lambda c: c_stages.real_scores(c, resolve_env("tiny"), vae, model, theta, record=False)[0]
+    np.testing.assert_array_equal(score(sampled), score(sampled))       # seeded by the episodes' seeds
+    assert not np.array_equal(score(sampled), score(cfg))
+    with pytest.raises(PipelineConfigError, match="latent='noisy' is not one of mean, sample"):
+        preset("tiny", latent="noisy")

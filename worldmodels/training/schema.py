@@ -199,6 +199,7 @@ _WORLD_MODELS: dict[str, Rule] = {
     **{f"algo.{key}": NON_NEGATIVE.or_null() for key in ("kl_tolerance", "weight_decay")},
     "algo.done_weight": positive().or_null(),
     "algo.dream_done": choice("sample", "threshold").or_null(),
+    **{f"algo.{key}": choice("mean", "sample").or_null() for key in ("latent", "mdn_latent")},   # config.LATENTS
     "algo.eval_temperatures": list_of(NON_NEGATIVE).or_null(),
     "algo.train_temperatures": list_of(NON_NEGATIVE, min_len=1).or_null(),
     "algo.controller_input": choice("raw", "standardized").or_null(),   # world_models.config.CONTROLLER_INPUTS

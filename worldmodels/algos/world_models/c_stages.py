@@ -34,9 +34,11 @@ from .vm_stages import load_mdnrnn, load_vae, to_images
 @torch.no_grad()
 def real_rollouts(env_batch, vae, model: MDNRNN, theta: torch.Tensor, rollouts: int, steps: int,
                   to_env_action, record: bool = False,
-                  spec: ControllerSpec = ControllerSpec()) -> tuple[torch.Tensor, list[np.ndarray]]:
+                  spec: ControllerSpec = ControllerSpec(),
+                  latent_noise: torch.Generator | None = None) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Real-env returns ``[P, R]`` of P candidates, R episodes each, on a batch of P*R envs
-    (episodes capped at ``steps``); with ``record`` also env 0's frames."""
+    (episodes capped at ``steps``); with ``record`` also env 0's frames. z is V's
+    posterior mean, or with ``latent_noise`` (a CPU generator) a draw from the posterior."""
     device = theta.device
     population = theta.shape[0]
     batch = population * rollouts
@@ -46,7 +48,7 @@ def real_rollouts(env_batch, vae, model: MDNRNN, theta: torch.Tensor, rollouts: 
     total = torch.zeros(batch, device=device)
     recorded = [frames[0]] if record else []
     for _ in range(steps):
-        z = vae.encode(to_images(torch.from_numpy(frames), device))[0]
+        z = encode_latent(vae, to_images(torch.from_numpy(frames), device), latent_noise)
         features = spec.features(z, state).view(population, rollouts, -1)
         action = to_env_action(population_actions(theta, features, spec.bias)).reshape(batch, -1)
         frames, reward, done = env_batch.step(action.cpu().numpy())
@@ -58,6 +60,20 @@ def real_rollouts(env_batch, vae, model: MDNRNN, theta: torch.Tensor, rollouts: 
         if not alive.any():
             break
     return total.view(population, rollouts), recorded
+
+
+def encode_latent(vae, images: torch.Tensor, noise: torch.Generator | None) -> torch.Tensor:
+    """V's latent of ``images``: the posterior mean, or ``mu + sigma * eps`` with eps drawn
+    from ``noise`` (the authors' real env and dream starts draw z this way)."""
+    mu, logvar = vae.encode(images)
+    if noise is None:
+        return mu
+    return mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=noise).to(mu.device)
+
+
+def latent_noise(cfg: PipelineConfig, seed: int) -> torch.Generator | None:
+    """The generator of z's draws where ``cfg.latent`` is ``sample``; None for ``mean``."""
+    return torch.Generator().manual_seed(seed) if cfg.latent == "sample" else None
 
 
 def dream_starts(run: Path) -> torch.Tensor:
@@ -142,7 +158,8 @@ class Evaluator:
                                      self.to_env_action)
         else:
             returns, _ = real_rollouts(self.batch, self.vae, self.model, theta, cfg.rollouts_per_candidate,
-                                       cfg.controller_steps, self.to_env_action, spec=self.spec)
+                                       cfg.controller_steps, self.to_env_action, spec=self.spec,
+                                       latent_noise=latent_noise(cfg, generation_seed(cfg, generation)))
         return returns.mean(1)
 
     def close(self) -> None:
@@ -313,7 +330,7 @@ def real_scores(cfg: PipelineConfig, env: WorldModelsEnv, vae, model: MDNRNN, th
         batch = make_batch(env, count, seed, cfg.controller_steps)
         returns, recorded = real_rollouts(batch, vae, model, theta, count, cfg.controller_steps,
                                           action_map(env.action_map), record=record and not scores,
-                                          spec=spec or env.controller)
+                                          spec=spec or env.controller, latent_noise=latent_noise(cfg, seed))
         batch.close()
         scores.append(returns.flatten().cpu().numpy())
         frames = frames or recorded

@@ -50,12 +50,21 @@ class MDNRNNConfig:
             raise ValueError(f"MDNRNNConfig.done_weight={self.done_weight} must be > 0.")
 
 
-def done_loss(done_logit: torch.Tensor, done: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-    """Mean weighted binary cross-entropy of done logits: each step's
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` over the entries where ``mask`` is 1 (all of them if ``mask`` is None)."""
+    if mask is None:
+        return values.mean()
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def done_loss(done_logit: torch.Tensor, done: torch.Tensor, weight: float = 1.0,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean weighted binary cross-entropy of done logits (over ``mask``'s steps): each step's
     ``-(w * y * log sigmoid(l) + (1 - y) * log(1 - sigmoid(l)))``, as the authors' restart
     cost ``(1 + y * (w - 1)) * BCE`` (the same for y in {0, 1})."""
     pos_weight = torch.as_tensor(float(weight), dtype=done_logit.dtype, device=done_logit.device)
-    return F.binary_cross_entropy_with_logits(done_logit, done, pos_weight=pos_weight)
+    per_step = F.binary_cross_entropy_with_logits(done_logit, done, pos_weight=pos_weight, reduction="none")
+    return masked_mean(per_step, mask)
 
 
 def mixture_log_prob(target: torch.Tensor, logit_pi: torch.Tensor, mu: torch.Tensor,
@@ -136,19 +145,20 @@ class MDNRNN(nn.Module):
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mixture NLL per latent dim (+ reward MSE, + done BCE) on ``batch`` with
-        ``z [B, T+1, Z]``, ``action [B, T, A]``, ``reward [B, T]``, ``done [B, T]``."""
-        z = batch["z"]
+        ``z [B, T+1, Z]``, ``action [B, T, A]``, ``reward [B, T]``, ``done [B, T]`` and an
+        optional ``mask [B, T]`` (1 on real steps, 0 on padding: means are over real steps)."""
+        z, mask = batch["z"], batch.get("mask")
         out = self(z[:, :-1], batch["action"])
-        nll = -mixture_log_prob(z[:, 1:], out["logit_pi"], out["mu"], out["log_sigma"]).mean()
-        nll = nll / self.config.latent_dim
+        log_prob = mixture_log_prob(z[:, 1:], out["logit_pi"], out["mu"], out["log_sigma"])
+        nll = -masked_mean(log_prob, mask) / self.config.latent_dim
         metrics = {"nll_per_dim": nll.detach()}
         loss = nll
         if self.reward is not None:
-            reward_loss = F.mse_loss(out["reward"], batch["reward"])
+            reward_loss = masked_mean((out["reward"] - batch["reward"]).square(), mask)
             loss = loss + reward_loss
             metrics["reward_mse"] = reward_loss.detach()
         if self.done is not None:
-            done_cost = done_loss(out["done_logit"], batch["done"], self.config.done_weight)
+            done_cost = done_loss(out["done_logit"], batch["done"], self.config.done_weight, mask)
             loss = loss + done_cost
             metrics["done_bce"] = done_cost.detach()
         return loss, metrics

@@ -232,17 +232,26 @@ def load_mdnrnn(run: Path, device: torch.device) -> MDNRNN:
 
 
 def sequence_batch(latents: dict[str, np.ndarray], seq_len: int, batch: int, rng: np.random.Generator,
-                   device: torch.device) -> dict[str, torch.Tensor]:
-    """``batch`` random chunks of ``seq_len`` steps, z sampled from each frame's posterior."""
-    usable = np.flatnonzero(latents["lengths"] >= seq_len)
-    episodes = rng.choice(usable, batch)
-    offsets = rng.integers(0, latents["lengths"][episodes] - seq_len + 1)
-    frame_index = (latents["frame_starts"][episodes] + offsets)[:, None] + np.arange(seq_len + 1)
-    step_index = (latents["step_starts"][episodes] + offsets)[:, None] + np.arange(seq_len)
+                   device: torch.device, sample: bool = True) -> dict[str, torch.Tensor]:
+    """``batch`` random chunks of ``seq_len`` steps, z drawn from each frame's posterior
+    (``sample``, the authors') or its posterior mean.
+
+    Episodes are drawn in proportion to their length (as chunks of the authors' stream of
+    concatenated episodes are) and a chunk starts anywhere that leaves ``seq_len`` steps.
+    An episode shorter than ``seq_len`` is taken whole from its first frame and padded:
+    ``mask [B, T]`` is 1 on its steps and 0 on the padding, which the losses leave out."""
+    lengths = latents["lengths"]
+    episodes = rng.choice(len(lengths), batch, p=lengths / lengths.sum())
+    length = lengths[episodes][:, None]
+    offsets = rng.integers(0, np.maximum(length - seq_len, 0) + 1)
+    step = offsets + np.arange(seq_len)
+    frame = np.minimum(offsets + np.arange(seq_len + 1), length)        # an episode has length + 1 frames
+    frame_index = latents["frame_starts"][episodes][:, None] + frame
+    step_index = latents["step_starts"][episodes][:, None] + np.minimum(step, length - 1)
     mu, logvar = latents["mu"][frame_index], latents["logvar"][frame_index]
-    z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32)
+    z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32) if sample else mu
     out = {"z": z, "action": latents["action"][step_index], "reward": latents["reward"][step_index],
-           "done": latents["done"][step_index].astype(np.float32)}
+           "done": latents["done"][step_index], "mask": step < length}
     return {key: torch.from_numpy(np.ascontiguousarray(value, np.float32)).to(device) for key, value in out.items()}
 
 
@@ -258,8 +267,6 @@ def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: to
     if epoch >= cfg.mdn_epochs:
         return f"skipped: mdnrnn.pt has {epoch} epochs"
     latents = load_npz(run / "latents.npz")
-    if not (latents["lengths"] >= cfg.mdn_seq_len).any():
-        raise ValueError(f"no episode has mdn_seq_len={cfg.mdn_seq_len} steps; lower --mdn-seq-len.")
     where = distributed.placement()
     world = where.world_size if where.enabled else 1
     batches = max(1, int(latents["lengths"].sum()) // (cfg.mdn_seq_len * cfg.mdn_batch_size * world))
@@ -269,7 +276,8 @@ def train_mdnrnn(cfg: PipelineConfig, run: Path, env: WorldModelsEnv, device: to
         bar = tqdm(range(batches), desc=f"mdnrnn epoch {epoch + 1}/{cfg.mdn_epochs}", disable=not where.is_main)
         sums: dict[str, float] = {}
         for _ in bar:
-            loss, metrics = model.compute_loss(sequence_batch(latents, cfg.mdn_seq_len, cfg.mdn_batch_size, rng, device))
+            loss, metrics = model.compute_loss(sequence_batch(latents, cfg.mdn_seq_len, cfg.mdn_batch_size, rng, device,
+                                                             sample=cfg.mdn_latent == "sample"))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(list(model.parameters()))
