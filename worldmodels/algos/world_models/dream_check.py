@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ from ...errors import WorldModelsError
 from ...utils.atomic import atomic_write
 from .config import PipelineConfig, from_json
 from .mdnrnn import MDNRNN, sample_mixture
-from .rundir import check_inputs, load_npz, save_json
+from .rundir import check_inputs, load_npz, save_json, saved_settings
 from .vm_stages import episode_paths, load_mdnrnn, load_vae, to_images
 
 VIEWS = ("real", "recon", "one-step", "dream")
@@ -177,13 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=None, help="M's tau (default: the run's)")
     args = parser.parse_args(argv)
     try:
-        saved = args.run / "config.json"
-        if not saved.is_file():
-            raise WorldModelsError(f"--run {args.run}: no config.json there; is it a World Models run?")
+        values = saved_settings(args.run)
         for flag in ("episodes", "steps", "block"):
             if getattr(args, flag) < 1:
                 raise WorldModelsError(f"--{flag} {getattr(args, flag)}: needs at least 1.")
-        cfg = from_json(json.loads(saved.read_text()))
+        cfg = from_json(values)
         rows = check(cfg, args.run, args.episodes, args.steps, args.block, args.temperature)
     except WorldModelsError as error:
         print(f"error: {error}", file=sys.stderr)

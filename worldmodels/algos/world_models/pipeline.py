@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Mapping
@@ -39,7 +38,7 @@ from .c_stages import train_controller
 from .temperatures import evaluate_per_temperature, train_per_temperature
 from .config import PRESETS, PipelineConfig, PipelineConfigError, from_json, parse_temperatures, preset, to_json
 from .envs import resolve_env
-from .rundir import STAGES, append_summary, check_inputs, save_json
+from .rundir import STAGES, append_summary, check_inputs, save_json, saved_settings
 from .vm_stages import collect, encode, train_mdnrnn, train_vae
 
 STAGE_FUNCTIONS = {
@@ -173,10 +172,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
     if "train_temperatures" in given:
         given["train_temperatures"] = parse_temperatures(given["train_temperatures"])
     if args.resume is not None:
-        saved = args.resume / "config.json"
-        if not saved.is_file():
-            raise PipelineConfigError(f"--resume {args.resume}: no config.json there; is it a World Models run?")
-        values = {**json.loads(saved.read_text()), **given}
+        values = {**saved_settings(args.resume, "--resume"), **given}
         return from_json(values), args.resume
     mode = given.pop("mode", "quick")
     cfg = preset(mode, **given)

@@ -38,7 +38,7 @@ from .config import PipelineConfig, from_json
 from .dream import still_alive
 from .envs import WorldModelsEnv, make_batch, resolve_env
 from .mdnrnn import MDNRNN, sample_mixture
-from .rundir import check_inputs, save_json
+from .rundir import check_inputs, save_json, saved_settings
 from .vm_stages import ACTION_CHANGE_PROB, load_mdnrnn, random_actions
 
 CHECK_SEED = 30_000   # real episodes use seeds cfg.seed + CHECK_SEED + i
@@ -205,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        saved = args.run / "config.json"
-        if not saved.is_file():
-            raise WorldModelsError(f"--run {args.run}: no config.json there; is it a World Models run?")
-        values = json.loads(saved.read_text())
+        values = saved_settings(args.run)
         if args.episodes is not None:
             values["eval_episodes"] = args.episodes
         if args.rollouts < 1:

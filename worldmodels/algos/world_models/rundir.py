@@ -28,7 +28,7 @@ import numpy as np
 
 from ...errors import WorldModelsError
 from ...utils.atomic import atomic_write
-from .config import PipelineConfig, temperature_folder, to_json
+from .config import PipelineConfig, PipelineConfigError, temperature_folder, to_json
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "eval")
 # what each stage reads, and which stage makes it
@@ -68,6 +68,15 @@ def check_inputs(run: Path, stage: str, env: str, train_temperatures: tuple[floa
             raise MissingInputError(
                 f"stage {stage!r} needs {path} (made by stage {maker!r}), which is missing; make it with: "
                 f"python -m worldmodels.world_models --env {env} --stage {maker} --resume {run}")
+
+
+def saved_settings(run: Path, flag: str = "--run") -> dict:
+    """The settings a run was made with (its ``config.json``) as a dict; refuses, naming
+    ``flag`` and the directory, a directory without one."""
+    saved = run / "config.json"
+    if not saved.is_file():
+        raise PipelineConfigError(f"{flag} {run}: no config.json there; is it a World Models run?")
+    return json.loads(saved.read_text())
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
