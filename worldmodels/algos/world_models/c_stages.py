@@ -64,7 +64,7 @@ def real_rollouts(env_batch, vae, model: MDNRNN, theta: torch.Tensor, rollouts: 
 
 def encode_latent(vae, images: torch.Tensor, noise: torch.Generator | None) -> torch.Tensor:
     """V's latent of ``images``: the posterior mean, or ``mu + sigma * eps`` with eps drawn
-    from ``noise`` (the authors' real env and dream starts draw z this way)."""
+    from ``noise`` (the authors' real env draws z this way)."""
     mu, logvar = vae.encode(images)
     if noise is None:
         return mu
