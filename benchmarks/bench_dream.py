@@ -14,6 +14,11 @@ seed, so their returns must agree (checked before timing).
   paper's is 1,000; both paths' time grows linearly with it). At R=16 the loop already
   steps 16 rollouts per call and both paths are bound by the LSTM's matmuls, so the
   batch gains little on a CPU; at R=1 the loop is bound by per-call overhead.
+  Each row also stores the roofline of the batched path: the matrix-product FLOPs of a
+  generation, this device's float32 GEMM rate measured on the LSTM's own product in the
+  same process, the time those FLOPs take at that rate (``gemm_floor_s``: no batched
+  dream can beat it) and so the largest speed-up over the loop any batched dream could
+  show (``max_speedup_vs_loop`` = the loop's seconds / ``gemm_floor_s``).
 * CUDA (skipped without a GPU): the same at horizon 1,000.
 
 Each row stores the loop's median seconds and ``speedup_vs_loop``.
@@ -50,6 +55,23 @@ def build(device: str) -> tuple[MDNRNN, torch.Tensor]:
     return model, torch.randn(100, LATENT)
 
 
+def generation_flops(model: MDNRNN, population: int, rollouts: int, horizon: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of the matrix products in one generation: per
+    rollout step the LSTM's input and recurrent products, M's heads and the controller."""
+    c = model.config
+    per_row = (c.latent_dim + c.action_dim) * 4 * c.hidden_size + c.hidden_size * 4 * c.hidden_size
+    per_row += c.hidden_size * (3 * c.latent_dim * c.num_mixtures + int(c.predict_reward) + int(c.predict_done))
+    per_row += (c.latent_dim + c.hidden_size) * c.action_dim
+    return 2.0 * per_row * population * rollouts * horizon
+
+
+def gemm_rate(rows: int, inner: int, cols: int, device: str) -> float:
+    """FLOP/s of a float32 ``[rows, inner] @ [inner, cols]`` here (median of 30)."""
+    a = torch.randn(rows, inner, device=device)
+    b = torch.randn(inner, cols, device=device)
+    return 2.0 * rows * inner * cols / median_seconds(lambda: a @ b, device)
+
+
 def generation(model, starts, settings, device, evaluate) -> float:
     """ask, evaluate every candidate in the dream, tell; returns the best fitness."""
     search = PopulationSearch(parameter_count(LATENT + HIDDEN, ACTIONS), POPULATION, 0.1, seed=0)
@@ -79,6 +101,11 @@ def _row(benchmark, device: str, rollouts: int = ROLLOUTS) -> None:
                             repeats=1, warmup=0)
     benchmark.pedantic(lambda: generation(model, starts, settings, device, dream_returns), rounds=3, warmup_rounds=1)
     finish_row(benchmark, "loop", anchor)
+    hidden = model.config.hidden_size
+    flops = generation_flops(model, POPULATION, rollouts, settings.horizon)
+    rate = gemm_rate(POPULATION * rollouts, hidden, 4 * hidden, device)
+    benchmark.extra_info.update(gflop=flops / 1e9, gemm_gflops=rate / 1e9, gemm_floor_s=flops / rate,
+                                max_speedup_vs_loop=anchor * rate / flops)
 
 
 @needs_cuda
