@@ -38,14 +38,20 @@ blocks mmapped and unmapped on free, with its adaptive threshold; it must run fi
 its process, as no ``mallopt`` call restores that adaptivity), ``retained`` is
 :func:`worldmodels.utils.host_memory.retain_freed_memory`, which this package's
 training loop applies to CPU runs. Each round runs the port's update then ours
-(interleaved, so drifts of the machine's speed hit both); the row stores the mean
-seconds of each and ``speedup_worldmodels_vs_port``, the median over rounds of the
-port's seconds divided by ours.
+(interleaved, so drifts of the machine's speed hit both), after ``WARMUP`` untimed
+rounds: with freed memory retained the heap reaches its working size within a few
+updates, after which an update page-faults little or nothing, as in a training run's
+thousands of updates. The row stores the mean seconds of each, the mean minor page
+faults per timed update of each (``port_faults``, ``worldmodels_faults``: on a virtual
+machine a fault can cost tens of microseconds, so they explain most differences between
+runs) and ``speedup_worldmodels_vs_port``, the median over rounds of the port's seconds
+divided by ours.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -70,7 +76,8 @@ ruamel_yaml = pytest.importorskip("ruamel.yaml")
 SIZE = "dreamer2023_small"
 SHAPE = (16, 64)     # (batch, length): both references' training batch
 ACTIONS = 6
-ROUNDS = 3
+ROUNDS = 5
+WARMUP = 3
 MALLOC = ("glibc", "retained")   # in this order: glibc's adaptive default cannot be restored once changed
 _MALLOC_CHANGED: list[bool] = []
 
@@ -131,6 +138,11 @@ def port_update_fn(port_dir: Path, shape: tuple[int, int]):
     return params, update, commit
 
 
+def _minor_faults() -> int:
+    """This process's minor page faults so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 @pytest.mark.parametrize("malloc", MALLOC)
 def test_update_cpu_vs_port(benchmark, malloc):
     if malloc == "glibc" and _MALLOC_CHANGED:
@@ -140,15 +152,24 @@ def test_update_cpu_vs_port(benchmark, malloc):
     try:
         port_params, port_update, commit = port_update_fn(Path(PORT_DIR), SHAPE)
         agent, ours = _update_fn("cpu", "auto", SHAPE, SIZE)
-        port_update(), ours()  # warm-up
+        for _ in range(WARMUP):
+            port_update(), ours()
         port_seconds: list[float] = []
+        port_faults: list[int] = []
+        our_faults: list[int] = []
 
         def timed_port_update():
-            start = time.perf_counter()
+            faults, start = _minor_faults(), time.perf_counter()
             port_update()
             port_seconds.append(time.perf_counter() - start)
+            port_faults.append(_minor_faults() - faults)
 
-        benchmark.pedantic(ours, setup=timed_port_update, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+        def counted_ours():
+            faults = _minor_faults()
+            ours()
+            our_faults.append(_minor_faults() - faults)
+
+        benchmark.pedantic(counted_ours, setup=timed_port_update, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     finally:
         if malloc == "retained":
             release_freed_memory()
@@ -163,5 +184,9 @@ def test_update_cpu_vs_port(benchmark, malloc):
     ours_seconds = list(stats.data)
     benchmark.extra_info["port_s"] = round(statistics.mean(port_seconds), 3)
     benchmark.extra_info["worldmodels_s"] = round(statistics.mean(ours_seconds), 3)
+    benchmark.extra_info["port_rounds_s"] = [round(t, 3) for t in port_seconds]
+    benchmark.extra_info["worldmodels_rounds_s"] = [round(t, 3) for t in ours_seconds]
+    benchmark.extra_info["port_faults"] = round(statistics.mean(port_faults))
+    benchmark.extra_info["worldmodels_faults"] = round(statistics.mean(our_faults))
     benchmark.extra_info["speedup_worldmodels_vs_port"] = round(
         statistics.median(p / o for p, o in zip(port_seconds, ours_seconds)), 2)

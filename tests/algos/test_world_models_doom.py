@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from worldmodels.algos.world_models.envs import (
     DOOM_FRAME_SKIP,
     DOOM_LEFT,
     DOOM_RIGHT,
+    DOOM_STALLED,
     DOOM_STAY,
     DoomBatch,
     doom_discrete_actions,
@@ -31,6 +35,7 @@ from worldmodels.algos.world_models.pipeline import run_pipeline
 from worldmodels.algos.world_models.rundir import STAGES, load_npz
 from worldmodels.algos.world_models.vm_stages import collect_round
 from worldmodels.nn.vae import ConvVAE, ConvVAEConfig
+from worldmodels.utils.watchdog import Watchdog
 
 
 def test_controller_output_is_thresholded_at_a_third_into_left_stay_right():
@@ -91,6 +96,39 @@ def test_random_episodes_score_four_frames_a_step_and_end_with_a_done():
         assert episode["reward"].sum() == DOOM_FRAME_SKIP * len(episode["action"])
         assert episode["done"][-1] and not episode["done"][:-1].any()
         assert episode["action"].shape[1] == 1 and np.abs(episode["action"]).max() <= 1
+
+
+def test_a_doom_step_that_stops_answering_is_reported_with_the_resume_command():
+    fired = threading.Event()
+    reported: list[str] = []
+
+    class StalledPool:   # a batch whose game process died: step waits until the watchdog has spoken
+        def step(self, actions):
+            assert fired.wait(5.0)
+            return np.zeros((1, 3, 64, 64), np.uint8), np.zeros(1), np.ones(1, bool), np.zeros(1, bool), {}
+
+    batch = DoomBatch.__new__(DoomBatch)
+    batch.num_envs, batch._env = 1, StalledPool()
+    batch._watchdog = Watchdog(0.05, DOOM_STALLED, lambda message: (reported.append(message), fired.set()))
+    frames, _, done = batch.step(np.zeros((1, 1), np.float32))
+    assert reported == [DOOM_STALLED] and frames.shape == (1, 64, 64, 3) and done.tolist() == [True]
+    assert "--resume <run directory> --stage" in DOOM_STALLED and "did not answer for 600 s" in DOOM_STALLED
+
+
+def test_doom_envs_start_in_a_process_that_has_loaded_scipys_openblas():
+    # cma loads scipy, whose OpenBLAS fork handler deadlocks when VizDoom's game processes
+    # are forked from several threads at once: without stop_openblas_threads 9 of 12 such
+    # processes hung in envpool.make. Three makes of 8 envs here would hang with odds ~98%.
+    script = ("import numpy as np, scipy.linalg\n"
+              "scipy.linalg.eigvalsh(np.eye(300) + np.ones((300, 300)))\n"
+              "from worldmodels.algos.world_models.envs import DoomBatch\n"
+              "for seed in range(3):\n"
+              "    batch = DoomBatch(8, seed, 10)\n"
+              "    batch.reset(); batch.close()\n"
+              "print('started')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "started"
 
 
 def test_the_done_loss_matches_a_hand_computed_weighted_cross_entropy():

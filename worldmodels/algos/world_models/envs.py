@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import WorldModelsError
+from ...utils.fork_safety import stop_openblas_threads
+from ...utils.watchdog import Watchdog
 from .controller import ControllerSpec
 
 
@@ -198,6 +200,11 @@ class TinyBatch:
 
 DOOM_STAY, DOOM_RIGHT, DOOM_LEFT = 0, 1, 2   # envpool's combined actions of take_cover.cfg (MOVE_LEFT, MOVE_RIGHT)
 DOOM_THRESHOLD = 1.0 / 3.0                  # the authors' 0.3333
+DOOM_STEP_TIMEOUT_S = 600.0   # making the envs takes seconds, a step milliseconds; a dead game process, forever
+DOOM_STALLED = (f"worldmodels: VizDoom (envpool TakeCover-v1) did not answer for {DOOM_STEP_TIMEOUT_S:.0f} s "
+                "(one of its game processes has died or never started); stopping. Finished stages are kept: "
+                "rerun the same command with --resume <run directory> --stage <the stage that stopped, "
+                "and those after it>.")
 
 
 def doom_discrete_actions(actions: np.ndarray) -> np.ndarray:
@@ -222,20 +229,25 @@ class DoomBatch:
             raise EnvIdError("--env doom needs envpool (pip install envpool; Linux), which has VizDoom's "
                              "TakeCover-v1.") from None
         self.num_envs = num_envs
-        self._env = envpool.make("TakeCover-v1", env_type="gymnasium", num_envs=num_envs, seed=seed,
-                                 img_height=64, img_width=64, stack_num=1, frame_skip=DOOM_FRAME_SKIP,
-                                 use_combined_action=True, max_episode_steps=max_steps)
+        self._watchdog = Watchdog(DOOM_STEP_TIMEOUT_S, DOOM_STALLED)
+        stop_openblas_threads()   # the game processes are forked from several threads at once
+        with self._watchdog:
+            self._env = envpool.make("TakeCover-v1", env_type="gymnasium", num_envs=num_envs, seed=seed,
+                                     img_height=64, img_width=64, stack_num=1, frame_skip=DOOM_FRAME_SKIP,
+                                     use_combined_action=True, max_episode_steps=max_steps)
 
     @staticmethod
     def _frames(obs: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(obs).transpose(0, 2, 3, 1))   # [N, 3, 64, 64] -> [N, 64, 64, 3]
 
     def reset(self) -> np.ndarray:
-        obs, _ = self._env.reset()
+        with self._watchdog:
+            obs, _ = self._env.reset()
         return self._frames(obs)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        obs, _, terminated, truncated, _ = self._env.step(doom_discrete_actions(actions))
+        with self._watchdog:
+            obs, _, terminated, truncated, _ = self._env.step(doom_discrete_actions(actions))
         done = np.asarray(terminated, bool) | np.asarray(truncated, bool)
         return self._frames(obs), np.full(self.num_envs, DOOM_FRAME_SKIP, np.float32), done
 
