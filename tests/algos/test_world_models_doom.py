@@ -111,6 +111,7 @@ def test_a_doom_step_that_stops_answering_is_reported_with_the_resume_command():
     batch.num_envs, batch._env = 1, StalledPool()
     batch._watchdog = Watchdog(0.05, DOOM_STALLED, lambda message: (reported.append(message), fired.set()))
     frames, _, done = batch.step(np.zeros((1, 1), np.float32))
+    batch._watchdog.close()
     assert reported == [DOOM_STALLED] and frames.shape == (1, 64, 64, 3) and done.tolist() == [True]
     assert "--resume <run directory> --stage" in DOOM_STALLED and "did not answer for 600 s" in DOOM_STALLED
 

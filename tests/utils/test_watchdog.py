@@ -29,6 +29,7 @@ def test_a_block_past_its_deadline_fires_once_with_the_message(capsys):
     with watchdog:
         assert fired.wait(5.0)
         time.sleep(0.2)   # still inside: it fires once per armed block, not again
+    watchdog.close()
     assert calls == ["the env stopped answering"]
     assert capsys.readouterr().err == "the env stopped answering\n"
 
@@ -40,6 +41,7 @@ def test_blocks_that_finish_in_time_never_fire():
         with watchdog:
             time.sleep(0.02)
     time.sleep(0.4)       # disarmed between and after the blocks
+    watchdog.close()
     assert not fired.is_set() and calls == []
 
 
@@ -50,6 +52,7 @@ def test_a_slow_block_after_fast_ones_fires():
         pass
     with watchdog:
         assert fired.wait(5.0)
+    watchdog.close()
     assert calls == ["stalled"]
 
 
@@ -68,3 +71,18 @@ def test_by_default_it_ends_a_process_blocked_in_a_call_that_holds_the_interpret
     assert time.monotonic() - start < 20
     assert done.returncode == EXIT_CODE
     assert done.stderr.strip() == "blocked: rerun with --resume" and "not reached" not in done.stdout
+
+
+def test_close_ends_the_thread_and_a_later_block_watches_again():
+    calls, fired, on_timeout = _recorder()
+    watchdog = Watchdog(0.1, "stalled", on_timeout)
+    before = set(threading.enumerate())
+    with watchdog:
+        pass
+    watching = set(threading.enumerate()) - before
+    watchdog.close()
+    assert len(watching) == 1 and not watching.pop().is_alive()
+    with watchdog:
+        assert fired.wait(5.0)
+    watchdog.close()
+    assert calls == ["stalled"]

@@ -3,10 +3,11 @@
 envpool's VizDoom starts one game process per env with ``fork()``, from the threads of
 its init pool, several at a time. Every OpenBLAS loaded in the process (numpy's and
 scipy's wheels each bring one; ``cma`` imports scipy) registers a fork handler,
-``blas_thread_shutdown_``, that joins OpenBLAS's worker threads. It checks whether the
-workers are running before it takes its lock, so two concurrent forks can both join
-the same threads: the second join never returns, that env's game never starts, and
-``envpool.make`` waits forever. Measured on a 2-core machine: with scipy's OpenBLAS
+``blas_thread_shutdown_``, that joins OpenBLAS's worker threads. Two forks at once run
+it concurrently, which OpenBLAS does not make safe (its issues 2270 and 3111 report the
+race): in a hung process the second fork's handler waits forever in ``pthread_join``,
+that env's game never starts, and ``envpool.make`` waits for it. Measured on a 2-core
+machine with the bundled wheels: with scipy's OpenBLAS
 loaded, 9 of 12 processes making 8 TakeCover-v1 envs hung; after
 :func:`stop_openblas_threads`, 0 of 12.
 

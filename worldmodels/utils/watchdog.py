@@ -40,11 +40,13 @@ class Watchdog:
         self._deadline: float | None = None
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closing = False
 
     def __enter__(self) -> "Watchdog":
         with self._changed:
             self._deadline = time.monotonic() + self.timeout_s
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                self._closing = False
                 self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
                 self._thread.start()
             self._changed.notify()
@@ -55,9 +57,17 @@ class Watchdog:
             self._deadline = None
             self._changed.notify()
 
+    def close(self) -> None:
+        """Stop the watching thread (a later ``with`` block starts it again)."""
+        with self._changed:
+            self._closing, self._deadline = True, None
+            self._changed.notify()
+        if self._thread is not None:
+            self._thread.join()
+
     def _watch(self) -> None:
         with self._changed:
-            while True:
+            while not self._closing:
                 if self._deadline is None:
                     self._changed.wait()
                     continue

@@ -253,6 +253,7 @@ class DoomBatch:
 
     def close(self) -> None:
         self._env.close()
+        self._watchdog.close()
 
 
 def make_batch(env: WorldModelsEnv, num_envs: int, seed: int, max_steps: int):
