@@ -118,8 +118,8 @@ def test_a_doom_step_that_stops_answering_is_reported_with_the_resume_command():
 
 def test_doom_envs_start_in_a_process_that_has_loaded_scipys_openblas():
     # cma loads scipy, whose OpenBLAS fork handler deadlocks when VizDoom's game processes
-    # are forked from several threads at once: without stop_openblas_threads 9 of 12 such
-    # processes hung in envpool.make. Three makes of 8 envs here would hang with odds ~98%.
+    # are forked from several threads at once: without stop_openblas_threads 15 of 24 such
+    # processes hung in envpool.make. Three makes of 8 envs here would hang with odds ~94%.
     script = ("import numpy as np, scipy.linalg\n"
               "scipy.linalg.eigvalsh(np.eye(300) + np.ones((300, 300)))\n"
               "from worldmodels.algos.world_models.envs import DoomBatch\n"

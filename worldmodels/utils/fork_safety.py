@@ -7,8 +7,8 @@ scipy's wheels each bring one; ``cma`` imports scipy) registers a fork handler,
 it concurrently, which OpenBLAS does not make safe (its issues 2270 and 3111 report the
 race): in a hung process the second fork's handler waits forever in ``pthread_join``,
 that env's game never starts, and ``envpool.make`` waits for it. Measured on a 2-core
-machine with the bundled wheels: with scipy's OpenBLAS
-loaded, 9 of 12 processes making 8 TakeCover-v1 envs hung; after
+machine with the bundled wheels: with scipy's OpenBLAS loaded, 15 of 24 processes
+making 8 TakeCover-v1 envs hung (6 and 9 in two sets of 12); after
 :func:`stop_openblas_threads`, 0 of 12.
 
 :func:`stop_openblas_threads` runs that same shutdown once, in the calling thread,
