@@ -30,4 +30,5 @@ PYBIND11_MODULE(_C, m) {
   wm::register_gru(m);
   wm::register_sampling(m);
   wm::register_maze(m);
+  wm::register_onehot_linear(m);
 }

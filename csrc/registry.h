@@ -7,4 +7,5 @@ void register_bouncing_balls(pybind11::module_& m);
 void register_gru(pybind11::module_& m);
 void register_sampling(pybind11::module_& m);
 void register_maze(pybind11::module_& m);
+void register_onehot_linear(pybind11::module_& m);
 }  // namespace wm

@@ -10,10 +10,12 @@ the same losses and the same gradients.
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
 
+from worldmodels import _ext
 from worldmodels.algos.dreamerv3.agent import DreamerAgent
 from worldmodels.algos.dreamerv3.config import DreamerConfig
 from worldmodels.envs.factory import ActionSpace
@@ -91,3 +93,28 @@ def test_the_critic_loss_never_reaches_the_actor_and_the_actor_loss_never_the_cr
     assert all(g is None for g in torch.autograd.grad(terms["critic"], actor_params, retain_graph=True,
                                                       allow_unused=True))
     assert all(g is None for g in torch.autograd.grad(terms["actor"], critic_params, allow_unused=True))
+
+
+@pytest.mark.skipif(not _ext.has_extension(), reason="worldmodels._C not built")
+@pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
+def test_gathering_the_one_hot_columns_changes_no_loss_and_no_gradient(discrete, monkeypatch):
+    agent = agent_for(discrete)
+    with torch.no_grad():
+        agent.actor_critic.critic.out.weight.normal_(0, 0.3)
+    deter, stoch = starts(agent)
+    imaginer = agent.world_model.imaginer()
+    assert imaginer(deter, stoch, agent.actor_critic._imagine_policy, horizon=3).index is not None
+    results = []
+    for gather in (True, False):
+        if not gather:  # the dense products everywhere, as on a GPU
+            monkeypatch.setattr(sys.modules["worldmodels.ops.onehot_linear"], "gathers", lambda x: False)
+        ac = copy.deepcopy(agent.actor_critic)
+        torch.manual_seed(5)
+        terms, metrics = ac.loss(agent.world_model, deter, stoch)
+        results.append((terms, metrics, grads(ac.actor, terms["actor"]), grads(ac.critic, terms["critic"])))
+    (terms, metrics, actor_grads, critic_grads), (want, want_metrics, want_actor, want_critic) = results
+    for name in ("actor", "critic"):
+        torch.testing.assert_close(terms[name], want[name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics, want_metrics, rtol=1e-5, atol=1e-6)
+    for got, expected in zip(actor_grads + critic_grads, want_actor + want_critic):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

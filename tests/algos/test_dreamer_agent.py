@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from worldmodels import _ext
 from worldmodels.algos.dreamerv3.agent import DreamerAgent, DreamerConfig, PolicyState
 from worldmodels.algos.dreamerv3.world_model import prev_actions
 from worldmodels.nn.distributions import TwoHotSymlog
@@ -515,3 +517,29 @@ def test_behaviour_cloning_learns_a_demonstrators_actions():
         optimizer.step()
         first = metrics["ac/bc_nll"].item() if first is None else first
     assert first > 1.0 and metrics["ac/bc_nll"].item() < 0.35 * first    # from ~log 3 towards 0
+
+
+@pytest.mark.skipif(not _ext.has_extension(), reason="worldmodels._C not built")
+def test_gathering_one_hot_columns_changes_no_loss_term_and_no_gradient(monkeypatch):
+    # the decoder (image and vector), reward and continue heads read the posterior by
+    # parts, the actor-critic the imagined states: the same values as the dense products
+    batch, results = make_batch(), []
+    for gather in (True, False):
+        if not gather:
+            for module in ("worldmodels.ops.onehot_linear", "worldmodels.algos.dreamerv3.world_model"):
+                monkeypatch.setattr(sys.modules[module], "gathers", lambda x: False)
+        agent = make_agent()
+        torch.manual_seed(3)
+        post = agent.world_model.observe(as_tensors(batch))
+        assert (agent.world_model.onehot_inputs(post) is not None) == gather
+        torch.manual_seed(3)
+        loss, metrics = agent.compute_loss(batch)
+        loss.backward()
+        results.append((metrics, grads(agent)))
+    (metrics, got), (want_metrics, want) = results
+    torch.testing.assert_close(metrics, want_metrics, rtol=1e-5, atol=1e-6)
+    assert sum(g is not None for g in got) > 40
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)

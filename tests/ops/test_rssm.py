@@ -3,10 +3,13 @@ imagine step, gradcheck of the reference, opcheck of the scan ops, bad input."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from worldmodels import _ext
 from worldmodels.ops import rssm as R
 from worldmodels.ops._dispatch import ImplUnavailableError
 from worldmodels.ops._rssm_loop import has_fast_parts, observe_loop
@@ -326,3 +329,31 @@ def test_imaginer_cuda_graph_matches_eager():
     torch.manual_seed(0)
     out_e = eager(h, z, actions=actions)
     torch.testing.assert_close(out_g.deter[:, 1], out_e.deter[:, 1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not _ext.has_extension(), reason="worldmodels._C not built")
+def test_imaginer_gathers_from_one_hot_starts_with_the_same_states(monkeypatch):
+    batch, s, k, groups, hg, inputs, embed, action, horizon = 6, 4, 8, 2, 16, 32, 16, 3, 4
+    p = make_params(s, k, groups, hg, inputs, embed, action)
+    h = torch.randn(batch, groups * hg)
+    z = F.one_hot(torch.randint(k, (batch, s)), k).float()
+    seen = []
+
+    def policy(deter, stoch, index=None):
+        seen.append(index)
+        return torch.tanh(deter[:, :action])
+
+    policy.takes_index = True
+    imaginer = R.RSSMImaginer(lambda: p)
+    torch.manual_seed(5)
+    out = imaginer(h, z, policy, horizon=horizon)
+    assert out.index is not None and torch.equal(out.index, out.stoch.argmax(-1))
+    assert all(torch.equal(i, out.index[:, t]) for t, i in enumerate(seen))
+    assert imaginer(h, z * 0.5, policy, horizon=horizon).index is None  # not one-hot: the dense products
+    monkeypatch.setattr(sys.modules["worldmodels.ops.onehot_linear"], "gathers", lambda x: False)
+    torch.manual_seed(5)
+    dense = imaginer(h, z, policy, horizon=horizon)
+    assert dense.index is None
+    torch.testing.assert_close(out.deter, dense.deter, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.action, dense.action, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.stoch, dense.stoch)

@@ -8,10 +8,12 @@ layer so that the first predictions are exactly 0 (reward head, critic).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from ..ops.onehot_linear import onehot_linear
 from .rssm import fan_avg_normal_
 
 Tensor = torch.Tensor
@@ -20,6 +22,16 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity,
 }
 NORM_EPS = 1e-3
+
+
+class OneHotInputs(NamedTuple):
+    """Features ``[x, flat(z)]`` by parts, for :meth:`MLP.forward_onehot`: ``x [..., D]``,
+    the class indices ``index [..., S]`` of the exactly one-hot ``z [..., S, K]``, and ``z``
+    itself when it needs a gradient (straight-through samples), else None."""
+
+    x: Tensor
+    index: Tensor
+    z: Tensor | None = None
 
 
 def activation(name: str) -> nn.Module:
@@ -98,5 +110,18 @@ class MLP(nn.Module):
         x = self.out(x) if self.out is not None else x
         return x.reshape(*lead, x.shape[-1])
 
+    def forward_onehot(self, x: Tensor, index: Tensor, z: Tensor | None = None) -> Tensor:
+        """``forward([x, flat(one_hot(index, K))])`` without building the one-hot part:
+        the first Linear gathers the weight columns that ``index [..., S]`` selects
+        (:func:`~worldmodels.ops.onehot_linear.onehot_linear`). For inputs whose last
+        ``in_dim - D`` features are ``S`` exact one-hot groups of ``K`` classes, ``x [..., D]``;
+        ``z [..., S, K]``: those latents, when they need a gradient (straight-through samples)."""
+        first = self.hidden[0] if len(self.hidden) else self.out
+        dims = x.shape[-1]
+        y = onehot_linear(x, index, first.weight[:, :dims], first.weight[:, dims:], first.bias, z=z)
+        for layer in self.hidden[1:]:
+            y = layer(y)
+        return self.out(y) if len(self.hidden) and self.out is not None else y
 
-__all__ = ["ACTIVATIONS", "MLP", "activation", "init_fan_avg_"]
+
+__all__ = ["ACTIVATIONS", "MLP", "OneHotInputs", "activation", "init_fan_avg_"]

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..ops.onehot_linear import onehot_linear
 from .distributions import MSE, SymlogMSE, symlog
-from .mlp import MLP, NORM_EPS, init_fan_avg_
+from .mlp import MLP, NORM_EPS, OneHotInputs, init_fan_avg_
 
 Tensor = torch.Tensor
 BOOKKEEPING = frozenset({"reward", "is_first", "is_last", "is_terminal", "discount", "action"})
@@ -327,29 +328,42 @@ class MultiDecoder(nn.Module):
         init_fan_avg_(self.image_head)
         init_fan_avg_(self.deconv)
 
-    def forward(self, feat: Tensor) -> dict[str, MSE | SymlogMSE]:
+    def _image_head(self, feat: Tensor, parts: OneHotInputs | None) -> Tensor:
+        """The first layer's output ``[N, C, h, w]`` (channels-last in memory, as the
+        transposed convolutions run fastest on the CPU)."""
+        if parts is None:
+            x = self.image_head(feat.reshape(-1, self.feat_dim))
+        else:
+            weight, dims = self.image_head.weight, parts.x.shape[-1]
+            x = onehot_linear(parts.x, parts.index, weight[:, :dims], weight[:, dims:], self.image_head.bias, z=parts.z)
+        return x.reshape(-1, *self.grid).contiguous(memory_format=torch.channels_last)
+
+    def forward(self, feat: Tensor, parts: OneHotInputs | None = None) -> dict[str, MSE | SymlogMSE]:
+        """``parts``: ``feat`` by parts when its latents are exactly one-hot; the first
+        layers then gather their weight columns (:meth:`MLP.forward_onehot`)."""
         if feat.shape[-1] != self.feat_dim:
             raise ValueError(f"features must be [..., {self.feat_dim}], got shape {tuple(feat.shape)}.")
         lead, dists = feat.shape[:-1], {}
         if self.image_head is not None:
-            x = self.image_head(feat.reshape(-1, self.feat_dim)).reshape(-1, *self.grid)
-            x = self.deconv(x).permute(0, 2, 3, 1)
+            x = self.deconv(self._image_head(feat, parts)).permute(0, 2, 3, 1)
             x = x.reshape(*lead, *x.shape[1:])
             splits = [self.shapes[k][2] for k in self.cnn_keys]
             for key, pred in zip(self.cnn_keys, torch.split(x, splits, dim=-1)):
                 dists[key] = MSE(pred, dims=3)
         if self.mlp is not None:
             splits = [self.shapes[k][0] for k in self.mlp_keys]
-            for key, pred in zip(self.mlp_keys, torch.split(self.mlp(feat), splits, dim=-1)):
+            pred = self.mlp(feat) if parts is None else self.mlp.forward_onehot(*parts)
+            for key, pred in zip(self.mlp_keys, torch.split(pred, splits, dim=-1)):
                 dists[key] = SymlogMSE(pred, dims=1)
         return dists
 
-    def loss(self, feat: Tensor, obs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Negative log-likelihoods ``{key: [*lead]}``; images compared in ``x / 255 - 0.5`` units."""
+    def loss(self, feat: Tensor, obs: Mapping[str, Tensor], parts: OneHotInputs | None = None) -> dict[str, Tensor]:
+        """Negative log-likelihoods ``{key: [*lead]}``; images compared in ``x / 255 - 0.5``
+        units. ``parts`` as in :meth:`forward`."""
         lead = _check_obs(obs, self.shapes)
         if lead != tuple(feat.shape[:-1]):
             raise ValueError(f"features have leading dims {tuple(feat.shape[:-1])}, observations {lead}.")
-        dists = self(feat)
+        dists = self(feat, parts)
         losses = {}
         for key, dist in dists.items():
             target = preprocess_image(obs[key], key) if key in self.cnn_keys else obs[key].float()

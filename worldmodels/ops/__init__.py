@@ -49,6 +49,10 @@ _EXPORTS = {
     "st_categorical_ref": "sampling",
     "boundary_sample": "sampling",
     "boundary_sample_ref": "sampling",
+    # linear layers over one-hot latents (DreamerV3's heads on imagined states)
+    "onehot_linear": "onehot_linear",
+    "onehot_linear_ref": "onehot_linear",
+    "onehot_index": "onehot_linear",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,6 +27,7 @@ class Imagination(NamedTuple):
     stoch: Tensor         # [B, horizon + 1, S, K]
     action: Tensor        # [B, horizon, A]          action[:, k] taken in state k
     prior_logits: Tensor  # [B, horizon, S, K]       logits of states 1..horizon
+    index: Tensor | None = None  # [B, horizon + 1, S]  class indices of stoch, where the rollout gathered
 
 
 class RSSMImaginer:
@@ -47,6 +48,12 @@ class RSSMImaginer:
     ``actions [B, horizon, A]`` for an open-loop rollout. The noise of the prior
     samples is drawn with ``torch.rand`` from the default generator inside the rollout.
     Returned tensors are fresh copies (safe to keep across calls).
+
+    On the CPU, where :func:`~worldmodels.ops.onehot_linear.gathers`, an eager rollout
+    whose start ``stoch`` is exactly one-hot keeps the class indices of every state
+    (``Imagination.index``): each step's input projection then gathers weight columns
+    instead of multiplying by the one-hot latents, and a policy with the attribute
+    ``takes_index = True`` is called as ``policy(deter, stoch, index [B, S])``.
     """
 
     def __init__(self, params_fn: Callable, *, unimix: float = 0.01, impl: str = "auto",
@@ -86,18 +93,27 @@ class RSSMImaginer:
         return int(horizon)
 
     def _rollout(self, deter, stoch, policy, actions, horizon) -> Imagination:
+        from .onehot_linear import gathers, onehot_index
         from .rssm import rssm_imagine_step
 
         params = self.params_fn()
         noise = torch.rand((horizon, *stoch.shape), device=stoch.device)
-        deters, stochs, acts, priors = [deter], [stoch], [], []
+        index = onehot_index(stoch) if self.impl != "ref" and gathers(stoch) else None
+        with_index = index is not None and getattr(policy, "takes_index", False)
+        deters, stochs, acts, priors, indices = [deter], [stoch], [], [], [index]
         for k in range(horizon):
-            action = policy(deter, stoch) if actions is None else actions[:, k]
+            if actions is not None:
+                action = actions[:, k]
+            else:
+                action = policy(deter, stoch, index) if with_index else policy(deter, stoch)
             deter, stoch, prior = rssm_imagine_step(deter, stoch, action, params, unimix=self.unimix,
-                                                    noise=noise[k], impl=self.impl)
+                                                    noise=noise[k], impl=self.impl, stoch_index=index)
+            if index is not None:
+                index = stoch.argmax(-1)  # the sampler's output is exactly one-hot
             deters.append(deter), stochs.append(stoch), acts.append(action), priors.append(prior)
+            indices.append(index)
         return Imagination(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(acts, 1),
-                           torch.stack(priors, 1))
+                           torch.stack(priors, 1), None if index is None else torch.stack(indices, 1))
 
     def _replay(self, deter, stoch, policy, actions, horizon) -> Imagination:
         key = (tuple(deter.shape), tuple(stoch.shape), deter.dtype, deter.device, horizon,
@@ -109,7 +125,7 @@ class RSSMImaginer:
         if actions is not None:
             inputs[2].copy_(actions)
         graph.replay()
-        return Imagination(*(t.clone() for t in output))
+        return Imagination(*(None if t is None else t.clone() for t in output))
 
     def _capture(self, deter, stoch, policy, actions, horizon):
         inputs = [deter.clone(), stoch.clone()] + ([] if actions is None else [actions.clone()])

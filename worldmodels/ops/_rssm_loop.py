@@ -116,13 +116,20 @@ def observe_loop(embed, action, first, params, unimix: float, state, noise: Tens
     return RSSMObservation(deter_seq, torch.stack(stochs, dim=1), prior_head(deter_seq, p), torch.stack(posts, dim=1))
 
 
-def imagine_step_fast(deter, stoch, action, params, unimix: float, noise: Tensor, impl: str):
-    """One prior step with split input weights (no concatenation) and the ``impl`` parts."""
-    from .rssm import ImagineStep, prior_head
+def imagine_step_fast(deter, stoch, action, params, unimix: float, noise: Tensor, impl: str,
+                      stoch_index: Tensor | None = None):
+    """One prior step with split input weights (no concatenation) and the ``impl`` parts;
+    with ``stoch_index`` the one-hot columns of the input weight are gathered."""
+    from .onehot_linear import onehot_linear
+    from .rssm import ImagineStep, norm_silu, prior_head
 
     p, sk = params, params.stoch * params.classes
-    action_proj = F.linear(action, p.in_weight[:, sk:], p.in_bias)
-    x = _input_proj(stoch.flatten(1), action_proj, p)
+    if stoch_index is None:
+        action_proj = F.linear(action, p.in_weight[:, sk:], p.in_bias)
+        x = _input_proj(stoch.flatten(1), action_proj, p)
+    else:
+        u = onehot_linear(action, stoch_index, p.in_weight[:, sk:], p.in_weight[:, :sk], p.in_bias)
+        x = norm_silu(u, p.in_norm_weight, p.in_norm_bias, p.eps)
     gru_impl, sample_impl = part_impls(impl)
     deter = gru_cell(gru_impl)(x, deter, p.gru_weight, p.gru_bias, p.gru_norm_weight, p.gru_norm_bias, p.eps)
     prior = prior_head(deter, p)

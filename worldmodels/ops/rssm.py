@@ -255,9 +255,16 @@ def rssm_observe(embed: Tensor, action: Tensor, is_first: Tensor, params: RSSMPa
 
 def rssm_imagine_step(deter: Tensor, stoch: Tensor, action: Tensor, params: RSSMParams, *,
                       unimix: float = 0.01, seed: int | None = None, noise: Tensor | None = None,
-                      generator: torch.Generator | None = None, impl: str = "auto") -> ImagineStep:
+                      generator: torch.Generator | None = None, impl: str = "auto",
+                      stoch_index: Tensor | None = None) -> ImagineStep:
     """Fast prior step; same as :func:`rssm_imagine_step_ref` plus ``seed`` and ``impl``
-    (``"scan"`` means the split-weight eager step, which avoids the concatenations)."""
+    (``"scan"`` means the split-weight eager step, which avoids the concatenations).
+
+    ``stoch_index [B, S]``: the class indices of ``stoch`` when it is exactly one-hot
+    (:func:`~worldmodels.ops.onehot_linear.onehot_index`; imagined samples are). The
+    fast paths then gather the input weight's columns instead of multiplying by the
+    one-hot (:func:`~worldmodels.ops.onehot_linear.onehot_linear`), which gives ``stoch``
+    no gradient: pass it only where none is needed. The reference ignores it."""
     dims = check_imagine(deter, stoch, action, params, noise, seed)
     noise = draw_noise((deter.shape[0], dims.stoch, dims.classes), deter.device, noise, seed, generator)
     path = resolve_rssm_impl(impl, deter.device)
@@ -265,4 +272,5 @@ def rssm_imagine_step(deter: Tensor, stoch: Tensor, action: Tensor, params: RSSM
         return rssm_imagine_step_ref(deter, stoch, action, params, unimix=unimix, noise=noise)
     from ._rssm_loop import imagine_step_fast
 
-    return imagine_step_fast(deter, stoch, action, params, unimix, noise, "ref" if path == "scan" else path)
+    return imagine_step_fast(deter, stoch, action, params, unimix, noise, "ref" if path == "scan" else path,
+                             stoch_index)

@@ -26,6 +26,13 @@ With REINFORCE each network runs once over the imagined states: the actor pass t
 samples ``a_t`` in imagination keeps its graph for ``L_actor`` (unless the imagination
 replays a CUDA graph, which cannot keep it; then the actor runs again on the returned
 states), and one critic pass gives both ``v_t`` (detached) and ``L_critic``.
+
+On the CPU the imagined latents are exact one-hot samples with no gradient of their
+own, so the first layer of every network that reads them (the actor, the critic, the
+slow critic, the reward and continue heads, and the prior's input projection) gathers
+the weight columns the samples select instead of multiplying by the one-hot part of
+the features (:func:`~worldmodels.ops.onehot_linear.onehot_linear`): the same values
+with a third of those layers' multiply-adds, and scatter-add weight gradients.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ...nn.distributions import BoundedNormal, OneHotDist, TwoHotSymlog, bound_action
+from ...nn.distributions import Bernoulli, BoundedNormal, OneHotDist, TwoHotSymlog, bound_action
 from ...nn.mlp import MLP
 from ...ops.rssm import Imagination, rssm_imagine_step
 from .config import DreamerConfig
@@ -59,6 +66,21 @@ class Rollout(NamedTuple):
 
 
 ACTOR_GRADS = ("reinforce", "dynamics")
+
+
+class HeadInputs(NamedTuple):
+    """Imagined states as the networks read them: features ``[N, H+1, F]`` and, where the
+    rollout kept the latents' class indices, ``deter [N, H+1, D]`` and ``index [N, H+1, S]``."""
+
+    feat: Tensor
+    deter: Tensor | None = None
+    index: Tensor | None = None
+
+    def apply(self, net, steps: slice = slice(None)) -> Tensor:
+        """``net(feat[:, steps])``; an :class:`MLP` reads ``(deter, index)`` instead when given."""
+        if self.index is None or not isinstance(net, MLP):
+            return net(self.feat[:, steps])
+        return net.forward_onehot(self.deter[:, steps], self.index[:, steps])
 
 
 def _frozen(module: nn.Module, x: Tensor) -> Tensor:
@@ -127,12 +149,16 @@ class ActorCritic(nn.Module):
         step: the actor loss then reuses them instead of running the actor again. Samples
         are drawn exactly as :meth:`_sample_imagined_action` draws them."""
 
-        def policy(deter: Tensor, stoch: Tensor) -> Tensor:
+        def policy(deter: Tensor, stoch: Tensor, index: Tensor | None = None) -> Tensor:
             with torch.enable_grad():
-                out = self.actor(torch.cat([deter, stoch.flatten(-2).to(deter.dtype)], dim=-1))
+                if index is None:
+                    out = self.actor(torch.cat([deter, stoch.flatten(-2).to(deter.dtype)], dim=-1))
+                else:
+                    out = self.actor.forward_onehot(deter, index)
             outputs.append(out)
             return self._sample(self._policy_from_output(out.detach()), deter)
 
+        policy.takes_index = True
         return policy
 
     def _sample(self, dist: OneHotDist | BoundedNormal, deter: Tensor) -> Tensor:
@@ -154,16 +180,18 @@ class ActorCritic(nn.Module):
         """Imagine from ``N`` starts and compute the detached targets (module docstring).
         ``start_cont [N]`` is ``1 - is_terminal`` of the starts (None: all 1)."""
         imag = self.imagine(world_model, start_deter, start_stoch)
-        feat = world_model.features(imag.deter, imag.stoch)
-        return self._targets(world_model, feat, imag.action, start_cont, world_model.reward, self.value)
+        states = HeadInputs(world_model.features(imag.deter, imag.stoch), imag.deter, imag.index)
+        value = TwoHotSymlog(states.apply(self.critic))
+        return self._targets(world_model, states, imag.action, start_cont, world_model.reward_head, value)
 
     def _rollout_with_critic(self, world_model, start_deter: Tensor, start_stoch: Tensor,
-                             start_cont: Tensor | None) -> tuple[Rollout, Tensor, Tensor | None]:
+                             start_cont: Tensor | None) -> tuple[Rollout, Tensor, Tensor | None, HeadInputs]:
         """:meth:`rollout`, plus the critic's logits ``[N, H+1, bins]`` with their graph (one
         critic pass gives both the detached values of the targets and the critic loss) and,
         where the imagination runs eagerly, the actor's outputs ``[N, H, .]`` on ``s_0 ..
         s_{H-1}`` with their graph (one actor pass samples the actions and gives the actor
-        loss; a CUDA-graph imagination cannot keep them: None, the loss runs the actor)."""
+        loss; a CUDA-graph imagination cannot keep them: None, the loss runs the actor),
+        and the imagined states as the networks read them."""
         imaginer = world_model.imaginer()
         start_deter, start_stoch = start_deter.detach(), start_stoch.detach()
         if imaginer.captures(start_deter):
@@ -172,12 +200,12 @@ class ActorCritic(nn.Module):
             outputs: list[Tensor] = []
             imag = imaginer(start_deter, start_stoch, self._recording_policy(outputs), horizon=self.config.horizon)
             actor_out = torch.stack(outputs, 1)
-        feat = world_model.features(imag.deter, imag.stoch)
-        critic_logits = self.critic(feat)
+        states = HeadInputs(world_model.features(imag.deter, imag.stoch), imag.deter, imag.index)
+        critic_logits = states.apply(self.critic)
         with torch.no_grad():
             value = TwoHotSymlog(critic_logits.detach())
-            roll = self._targets(world_model, feat, imag.action, start_cont, world_model.reward, lambda _: value)
-        return roll, critic_logits, actor_out
+            roll = self._targets(world_model, states, imag.action, start_cont, world_model.reward_head, value)
+        return roll, critic_logits, actor_out, states
 
     def rollout_with_dynamics(self, world_model, start_deter: Tensor, start_stoch: Tensor,
                               start_cont: Tensor | None = None) -> Rollout:
@@ -198,27 +226,26 @@ class ActorCritic(nn.Module):
             deters.append(deter), stochs.append(stoch), actions.append(action)
         feat = world_model.features(torch.stack(deters, 1), torch.stack(stochs, 1))
 
-        def reward(x: Tensor) -> TwoHotSymlog:
-            return TwoHotSymlog(_frozen(world_model.reward_head, x))
+        def reward_net(x: Tensor) -> Tensor:
+            return _frozen(world_model.reward_head, x)
 
-        def value(x: Tensor) -> TwoHotSymlog:
-            return TwoHotSymlog(_frozen(self.critic, x))
+        value = TwoHotSymlog(_frozen(self.critic, feat))
+        return self._targets(world_model, HeadInputs(feat), torch.stack(actions, 1), start_cont, reward_net, value)
 
-        return self._targets(world_model, feat, torch.stack(actions, 1), start_cont, reward, value)
-
-    def _targets(self, world_model, feat: Tensor, action: Tensor, start_cont: Tensor | None,
-                 reward_fn, value_fn) -> Rollout:
-        """Rewards, continues, values, lambda-returns and weights of an imagined ``feat``."""
+    def _targets(self, world_model, states: HeadInputs, action: Tensor, start_cont: Tensor | None,
+                 reward_net, value: TwoHotSymlog) -> Rollout:
+        """Rewards (``reward_net``'s logits on ``s_1 .. s_H``), continues, lambda-returns
+        and weights of imagined ``states`` whose critic distribution is ``value [N, H+1]``."""
         c = self.config
-        reward = reward_fn(feat[:, 1:]).mean()
+        reward = TwoHotSymlog(states.apply(reward_net, slice(1, None))).mean()
         with torch.no_grad():
-            cont = world_model.cont(feat[:, 1:]).mean()
+            cont = Bernoulli(states.apply(world_model.cont_head, slice(1, None)).squeeze(-1)).mean()
         first = torch.ones_like(cont[:, 0]) if start_cont is None else start_cont.to(cont)
         cont = torch.cat([first.reshape(-1, 1), cont], dim=1)
-        value = value_fn(feat).mean()
+        value = value.mean()
         returns = lambda_returns(reward, cont[:, 1:], value, c.discount, c.lam)
         weight = torch.cumprod(c.discount * cont[:, :-1], dim=1) / c.discount
-        return Rollout(feat, action, reward, cont, value, returns, weight)
+        return Rollout(states.feat, action, reward, cont, value, returns, weight)
 
     def loss(self, world_model, start_deter: Tensor, start_stoch: Tensor,
              start_cont: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -238,9 +265,10 @@ class ActorCritic(nn.Module):
         if self.dynamics_grad:
             roll = self.rollout_with_dynamics(world_model, start_deter, start_stoch, start_cont)
             critic_logits = actor_out = None
+            states = HeadInputs(roll.feat)
         else:
-            roll, critic_logits, actor_out = self._rollout_with_critic(world_model, start_deter, start_stoch,
-                                                                       start_cont)
+            roll, critic_logits, actor_out, states = self._rollout_with_critic(world_model, start_deter, start_stoch,
+                                                                               start_cont)
         if self.training:
             self.return_norm.update(roll.returns)
         scale = self.return_norm.scale()
@@ -257,7 +285,7 @@ class ActorCritic(nn.Module):
         advantage = advantage.detach()
         critic_dist = self.value(feat) if critic_logits is None else TwoHotSymlog(critic_logits[:, :-1])
         with torch.no_grad():
-            slow_value = self.value(feat, slow=True).mean()
+            slow_value = TwoHotSymlog(states.apply(self.slow_critic, slice(None, -1))).mean()
         critic_nll = -critic_dist.log_prob(roll.returns) - c.slow_critic_reg * critic_dist.log_prob(slow_value)
         critic = (roll.weight * critic_nll).mean()
         metrics = {

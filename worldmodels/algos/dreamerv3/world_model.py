@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...nn.distributions import Bernoulli, TwoHotSymlog
-from ...nn.mlp import MLP
+from ...nn.mlp import MLP, OneHotInputs
 from ...nn.multi_io import (
     MultiDecoder,
     MultiEncoder,
@@ -28,6 +28,7 @@ from ...nn.multi_io import (
     preprocess_image,
 )
 from ...nn.rssm import RSSM
+from ...ops.onehot_linear import gathers, onehot_index
 from ...ops.rssm import RSSMImaginer, RSSMObservation
 from .config import DreamerConfig
 
@@ -98,6 +99,17 @@ class WorldModel(nn.Module):
         """Continue distribution ``[...]`` (probability that the episode goes on)."""
         return Bernoulli(self.cont_head(feat).squeeze(-1))
 
+    @staticmethod
+    def onehot_inputs(post: RSSMObservation) -> OneHotInputs | None:
+        """The posterior's features by parts (``h``, the indices of ``z``, ``z``) where the
+        heads' first layers can gather the weight columns the samples select instead of
+        multiplying by the one-hot ``z`` (:func:`~worldmodels.ops.onehot_linear.gathers`;
+        the straight-through ``z`` still gets the gradient ``dy W_z``), else None."""
+        if not gathers(post.deter):
+            return None
+        index = onehot_index(post.stoch)
+        return None if index is None else OneHotInputs(post.deter, index, post.stoch)
+
     def observe(self, batch: Mapping[str, Tensor]) -> RSSMObservation:
         """Posterior scan over a replay batch (``action [B, T, A]`` taken after step ``t``)."""
         embed = self.encoder({k: batch[k] for k in self.obs_keys})
@@ -118,9 +130,13 @@ class WorldModel(nn.Module):
         c = self.config
         post = self.observe(batch)
         feat = self.features(post.deter, post.stoch)
-        terms = {key: nll.mean() for key, nll in self.decoder.loss(feat, {k: batch[k] for k in self.obs_keys}).items()}
-        reward_nll = -self.reward(feat).log_prob(batch["reward"].float())
-        cont_nll = -self.cont(feat).log_prob(1.0 - batch["is_terminal"].float())
+        parts = self.onehot_inputs(post)
+        obs = {k: batch[k] for k in self.obs_keys}
+        terms = {key: nll.mean() for key, nll in self.decoder.loss(feat, obs, parts).items()}
+        reward = self.reward(feat) if parts is None else TwoHotSymlog(self.reward_head.forward_onehot(*parts))
+        cont = self.cont(feat) if parts is None else Bernoulli(self.cont_head.forward_onehot(*parts).squeeze(-1))
+        reward_nll = -reward.log_prob(batch["reward"].float())
+        cont_nll = -cont.log_prob(1.0 - batch["is_terminal"].float())
         kl = self.rssm.kl_loss(post.post_logits, post.prior_logits, c.free_nats, c.dyn_scale, c.rep_scale)
         terms.update(reward=reward_nll.mean(), cont=cont_nll.mean(), dyn=kl.dyn.mean(), rep=kl.rep.mean(),
                      kl=kl.loss.mean())
