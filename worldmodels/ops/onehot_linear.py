@@ -81,7 +81,7 @@ class _OneHotLinear(torch.autograd.Function):
         y = onehot_gather_sum(weight_z.t().contiguous(), rows, classes)
         if bias is not None:
             y += bias
-        y = torch.addmm(y, x, weight_x.t())
+        y.addmm_(x, weight_x.t())  # in place: no copy of y into a new result
         ctx.save_for_backward(x, rows, weight_x, weight_z)
         ctx.classes = classes
         return y
