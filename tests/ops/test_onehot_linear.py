@@ -220,3 +220,16 @@ def test_straight_through_latents_get_the_dense_products_gradient(impl):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"z must be \[\.\.\., S, K\]"):
         onehot_linear(x, index, weight[:, :4], weight[:, 4:], bias, z=z[..., :5], impl=impl)
+
+
+@needs_cpp
+def test_non_finite_values_where_the_paths_agree_and_where_they_differ():
+    x, index, weight, _ = _inputs((3,), 2, 2, 4, 5, torch.float32)
+    x, weight = x.detach(), weight.detach()
+    unselected = next(k for k in range(4) if not (index[:, 0] == k).any())
+    weight[1, 2 + unselected] = float("inf")     # a column of group 0 that no row selects
+    assert torch.isnan(_run("ref", x, index, weight, None)[:, 1]).all()   # 0 * inf
+    assert torch.isfinite(_run("cpp", x, index, weight, None)).all()     # never read
+    x[0, 0] = float("nan")
+    for impl in ("ref", "cpp"):
+        assert torch.isnan(_run(impl, x, index, weight, None)[0]).all()

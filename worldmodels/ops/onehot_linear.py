@@ -16,6 +16,10 @@ multiply-adds, and its weight gradient is a scatter-add of the output gradient
 Straight-through latents (the world model's posterior samples) are exactly one-hot in
 value but carry a gradient: pass them as ``z`` and they receive ``dz = dy W_z``, the
 gradient the dense product gives them, while the forward pass still gathers.
+
+Non-finite weights: the reference multiplies every column, so an inf or NaN in a column
+that no sample selects gives NaN (``0 * inf``); the gather never reads such a column.
+Non-finite values in ``x`` or in the selected columns propagate alike on both paths.
 """
 
 from __future__ import annotations
