@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "array_checks.h"
+#include "parallel.h"
 #include "registry.h"
 
 #ifdef WM_HAVE_OPENMP
@@ -85,17 +86,6 @@ void check_index(const int64_t* index, int64_t rows, int64_t groups, int64_t cla
   }
 }
 
-int thread_count(int num_threads, int64_t work) {
-#ifdef WM_HAVE_OPENMP
-  if (work < kParallelMin) return 1;
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  (void)work;
-  return 1;
-#endif
-}
-
 template <typename T>
 using Array = py::array_t<T, py::array::c_style>;
 using IndexArray = py::array_t<int64_t, py::array::c_style>;
@@ -113,7 +103,7 @@ Array<T> gather(const Array<T>& table, const IndexArray& index, int64_t classes,
   const T* t = table.data();
   const int64_t* i = index.data();
   T* o = out.mutable_data();
-  const int threads = thread_count(num_threads, rows * groups * units);
+  const int threads = threads_for(rows * groups * units, num_threads, kParallelMin);
   {
     py::gil_scoped_release release;
 #ifdef WM_HAVE_OPENMP
@@ -144,7 +134,7 @@ Array<T> scatter(const Array<T>& grad, const IndexArray& index, int64_t classes,
   const int64_t* i = index.data();
   T* o = out.mutable_data();
   const int64_t blocks = (units + kScatterBlock - 1) / kScatterBlock;
-  const int threads = thread_count(num_threads, rows * groups * units);
+  const int threads = threads_for(rows * groups * units, num_threads, kParallelMin);
   {
     py::gil_scoped_release release;
 #ifdef WM_HAVE_OPENMP

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "array_checks.h"
+#include "parallel.h"
 #include "registry.h"
 
 #ifdef WM_HAVE_OPENMP
@@ -146,17 +147,6 @@ void forward_row(const ForwardArgs& a, int64_t b) {
   }
 }
 
-int threads_for(int64_t work, int num_threads) {
-#ifdef WM_HAVE_OPENMP
-  if (work < kParallelMin) return 1;
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)work;
-  (void)num_threads;
-  return 1;
-#endif
-}
-
 py::tuple boundary_forward(const F32Array& logits, const py::object& noise, uint64_t seed,
                            double beta, int64_t seg_len, int64_t seg_num, int num_threads) {
   if (logits.ndim() != 2) throw py::value_error("logits must be [B, T]");
@@ -179,7 +169,7 @@ py::tuple boundary_forward(const F32Array& logits, const py::object& noise, uint
                 free.mutable_data()};
   {
     py::gil_scoped_release release;
-    const int threads = threads_for(batch * steps, num_threads);
+    const int threads = threads_for(batch * steps, num_threads, kParallelMin);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t b = 0; b < batch; ++b) forward_row(a, b);
   }
@@ -215,7 +205,7 @@ F32Array boundary_backward(const py::object& grad_mask, const py::object& grad_p
   const float bt = static_cast<float>(beta);
   {
     py::gil_scoped_release release;
-    const int threads = threads_for(n, num_threads);
+    const int threads = threads_for(n, num_threads, kParallelMin);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t i = 0; i < n; ++i) {
       if (!fr[i]) {

@@ -123,5 +123,9 @@ class MLP(nn.Module):
             y = layer(y)
         return self.out(y) if len(self.hidden) and self.out is not None else y
 
+    def forward_parts(self, x: Tensor, parts: OneHotInputs | None = None) -> Tensor:
+        """``self(x)``, or :meth:`forward_onehot` on ``parts`` (``x`` by parts) when given."""
+        return self(x) if parts is None else self.forward_onehot(*parts)
+
 
 __all__ = ["ACTIVATIONS", "MLP", "OneHotInputs", "activation", "init_fan_avg_"]

@@ -352,7 +352,7 @@ class MultiDecoder(nn.Module):
                 dists[key] = MSE(pred, dims=3)
         if self.mlp is not None:
             splits = [self.shapes[k][0] for k in self.mlp_keys]
-            pred = self.mlp(feat) if parts is None else self.mlp.forward_onehot(*parts)
+            pred = self.mlp.forward_parts(feat, parts)
             for key, pred in zip(self.mlp_keys, torch.split(pred, splits, dim=-1)):
                 dists[key] = SymlogMSE(pred, dims=1)
         return dists

@@ -45,7 +45,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ...nn.distributions import Bernoulli, BoundedNormal, OneHotDist, TwoHotSymlog, bound_action
-from ...nn.mlp import MLP
+from ...nn.mlp import MLP, OneHotInputs
 from ...ops.rssm import Imagination, rssm_imagine_step
 from .config import DreamerConfig
 from .returns import ReturnNormalizer, ema_update_, lambda_returns
@@ -78,9 +78,10 @@ class HeadInputs(NamedTuple):
 
     def apply(self, net, steps: slice = slice(None)) -> Tensor:
         """``net(feat[:, steps])``; an :class:`MLP` reads ``(deter, index)`` instead when given."""
-        if self.index is None or not isinstance(net, MLP):
+        if not isinstance(net, MLP):
             return net(self.feat[:, steps])
-        return net.forward_onehot(self.deter[:, steps], self.index[:, steps])
+        parts = None if self.index is None else OneHotInputs(self.deter[:, steps], self.index[:, steps])
+        return net.forward_parts(self.feat[:, steps], parts)
 
 
 def _frozen(module: nn.Module, x: Tensor) -> Tensor:

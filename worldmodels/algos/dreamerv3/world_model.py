@@ -91,13 +91,15 @@ class WorldModel(nn.Module):
         """``[h, flat(z)]``: ``[..., H], [..., S, K] -> [..., H + S*K]``."""
         return RSSM.features(deter, stoch)
 
-    def reward(self, feat: Tensor) -> TwoHotSymlog:
-        """Reward distribution ``[...]`` from ``feat [..., F]`` (``.mean()`` is the prediction)."""
-        return TwoHotSymlog(self.reward_head(feat))
+    def reward(self, feat: Tensor, parts: OneHotInputs | None = None) -> TwoHotSymlog:
+        """Reward distribution ``[...]`` from ``feat [..., F]`` (``.mean()`` is the prediction);
+        ``parts``: ``feat`` by parts (:meth:`onehot_inputs`), read instead when given."""
+        return TwoHotSymlog(self.reward_head.forward_parts(feat, parts))
 
-    def cont(self, feat: Tensor) -> Bernoulli:
-        """Continue distribution ``[...]`` (probability that the episode goes on)."""
-        return Bernoulli(self.cont_head(feat).squeeze(-1))
+    def cont(self, feat: Tensor, parts: OneHotInputs | None = None) -> Bernoulli:
+        """Continue distribution ``[...]`` (probability that the episode goes on); ``parts``
+        as in :meth:`reward`."""
+        return Bernoulli(self.cont_head.forward_parts(feat, parts).squeeze(-1))
 
     @staticmethod
     def onehot_inputs(post: RSSMObservation) -> OneHotInputs | None:
@@ -133,10 +135,8 @@ class WorldModel(nn.Module):
         parts = self.onehot_inputs(post)
         obs = {k: batch[k] for k in self.obs_keys}
         terms = {key: nll.mean() for key, nll in self.decoder.loss(feat, obs, parts).items()}
-        reward = self.reward(feat) if parts is None else TwoHotSymlog(self.reward_head.forward_onehot(*parts))
-        cont = self.cont(feat) if parts is None else Bernoulli(self.cont_head.forward_onehot(*parts).squeeze(-1))
-        reward_nll = -reward.log_prob(batch["reward"].float())
-        cont_nll = -cont.log_prob(1.0 - batch["is_terminal"].float())
+        reward_nll = -self.reward(feat, parts).log_prob(batch["reward"].float())
+        cont_nll = -self.cont(feat, parts).log_prob(1.0 - batch["is_terminal"].float())
         kl = self.rssm.kl_loss(post.post_logits, post.prior_logits, c.free_nats, c.dyn_scale, c.rep_scale)
         terms.update(reward=reward_nll.mean(), cont=cont_nll.mean(), dyn=kl.dyn.mean(), rep=kl.rep.mean(),
                      kl=kl.loss.mean())
