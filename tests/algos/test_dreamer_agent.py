@@ -543,3 +543,28 @@ def test_gathering_one_hot_columns_changes_no_loss_term_and_no_gradient(monkeypa
         assert (g is None) == (w is None)
         if g is not None:
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_on_the_cpu_gives_the_fp32_losses_to_bf16_precision():
+    # precision=bf16 on the CPU: the convolutions and products run in bf16, the
+    # parameters and their gradients stay fp32, the dense bf16 product replaces the
+    # one-hot gathers, and the losses are the fp32 ones to bf16's precision
+    batch, results = make_batch(batch=4, steps=6), []
+    for autocast in (False, True):
+        agent = make_agent()
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            post = agent.world_model.observe(as_tensors(batch))
+            assert (agent.world_model.onehot_inputs(post) is None) == autocast
+            torch.manual_seed(3)
+            loss, metrics = agent.compute_loss(batch)
+        loss.backward()
+        results.append((loss, metrics, grads(agent)))
+    (loss32, metrics32, grads32), (loss16, metrics16, grads16) = results
+    assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
+    for key in ("model/image", "model/vector", "model/reward", "model/cont", "model/kl", "ac/critic"):
+        torch.testing.assert_close(metrics16[key], metrics32[key], rtol=0.03, atol=0.02, msg=key)
+    assert all(g is None or (g.dtype == torch.float32 and bool(torch.isfinite(g).all())) for g in grads16)
+    cosines = [F.cosine_similarity(a.flatten(), b.flatten(), dim=0) for a, b in zip(grads16, grads32)
+               if a is not None and a.norm() > 0]
+    assert len(cosines) > 40 and min(cosines) > 0.99

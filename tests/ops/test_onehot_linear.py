@@ -74,6 +74,19 @@ def test_auto_takes_the_cpp_path_on_the_cpu():
     assert "_OneHotLinearBackward" not in " ".join(_graph_nodes(dense.grad_fn))
 
 
+@needs_cpp
+def test_auto_takes_the_dense_bf16_product_under_cpu_autocast():
+    x, index, weight, bias = _inputs((3,), 2, 2, 3, 4, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not gathers(x)
+        out = onehot_linear(x, index, weight[:, :2], weight[:, 2:], bias)
+        want = onehot_linear_ref(x, index, weight[:, :2], weight[:, 2:], bias)
+    assert out.dtype == torch.bfloat16
+    assert "_OneHotLinearBackward" not in " ".join(_graph_nodes(out.grad_fn))
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert gathers(x)
+
+
 def _graph_nodes(node, seen=None) -> list[str]:
     """The names of the autograd nodes reachable from ``node``."""
     seen = set() if seen is None else seen

@@ -1,9 +1,11 @@
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
+import worldmodels.training.precision as precision_module
 from worldmodels.training.precision import Precision, resolve_device, resolve_precision
 from worldmodels.training.step import train_step
 
@@ -113,6 +115,28 @@ def test_precision_choices_on_cpu():
         resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="precision='fp8'"):
         resolve_precision("fp8", cpu)
+
+
+@pytest.mark.parametrize("flags, units", [("fpu avx512f amx_bf16 amx_tile avx512_bf16", "amx"),
+                                          ("fpu avx512f avx512_bf16", "avx512_bf16"), ("fpu avx2 avx512f", None)])
+def test_cpu_bf16_units_reads_the_cpu_flags(monkeypatch, tmp_path, flags, units):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
+                                                                          *a, **k))
+    precision_module.cpu_bf16_units.cache_clear()
+    try:
+        assert precision_module.cpu_bf16_units() == units
+        if units is None:
+            with pytest.warns(UserWarning, match="without AMX or AVX512-BF16 runs bf16 emulated"):
+                resolve_precision("bf16", torch.device("cpu"))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert resolve_precision("bf16", torch.device("cpu")).autocast_dtype == torch.bfloat16
+    finally:
+        precision_module.cpu_bf16_units.cache_clear()
 
 
 def test_device_choices():

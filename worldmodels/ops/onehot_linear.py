@@ -126,14 +126,16 @@ def onehot_linear(x: Tensor, index: Tensor, weight_x: Tensor, weight_z: Tensor, 
         x, index, weight_x, weight_z, bias, z: as :func:`onehot_linear_ref`; the fast
             path reads only ``index`` (``z`` must equal ``one_hot(index)``) and gives
             ``z`` the gradient ``dy W_z``.
-        impl: "auto" (C++ for float32/float64 CPU tensors when the extension is built,
-            else the reference; on CUDA the reference, whose GEMM runs on tensor
-            cores), "cpp" or "ref". There is no Triton path.
+        impl: "auto" (C++ for float32/float64 CPU tensors outside autocast when the
+            extension is built, else the reference; on CUDA the reference, whose GEMM
+            runs on tensor cores; under CPU autocast the reference too, as a bf16 GEMM
+            on AMX or AVX512-BF16 units beats the fp32 gather), "cpp" or "ref". There
+            is no Triton path.
     Raises:
         ValueError: an index outside ``[0, K)`` (both paths), or mismatched shapes.
     """
     classes = _check(x, index, weight_x, weight_z, bias, z)
-    cpu_auto = "cpp" if x.dtype in FAST_DTYPES else "ref"
+    cpu_auto = "cpp" if _gather_wins(x) else "ref"
     path = resolve_impl("onehot_linear", impl, x.device, triton=False, cpp_symbol="onehot_gather_sum_f32",
                         cpu_auto=cpu_auto)
     if path == "ref":
@@ -141,10 +143,16 @@ def onehot_linear(x: Tensor, index: Tensor, weight_x: Tensor, weight_z: Tensor, 
     return _onehot_linear_cpp(x, index, weight_x, weight_z, bias, z, classes)
 
 
+def _gather_wins(x: Tensor) -> bool:
+    """fp32/fp64 outside autocast: under CPU autocast the dense product runs in bf16."""
+    return x.dtype in FAST_DTYPES and not torch.is_autocast_enabled(x.device.type)
+
+
 def gathers(x: Tensor) -> bool:
     """Whether :func:`onehot_linear` with ``impl="auto"`` takes its fast path for inputs
-    like ``x`` (elsewhere the dense product is the faster way to the same values)."""
-    return x.device.type == "cpu" and x.dtype in FAST_DTYPES and cpp_has("onehot_gather_sum_f32")
+    like ``x`` here and now (elsewhere, and under autocast, the dense product is the
+    faster way to the same values)."""
+    return x.device.type == "cpu" and _gather_wins(x) and cpp_has("onehot_gather_sum_f32")
 
 
 def onehot_index(z: Tensor) -> Tensor | None:

@@ -2,11 +2,17 @@
 
 ``precision=auto`` means bf16 autocast on CUDA devices that support it, fp16 autocast
 with gradient scaling on older CUDA devices, and plain fp32 on the CPU.
+
+``precision=bf16`` on the CPU is bf16 autocast: convolutions and matrix products run in
+bf16 (oneDNN), on AMX tiles or AVX512-BF16 where the CPU has them
+(:func:`cpu_bf16_units`) and emulated, usually slower than fp32, where it has neither.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +57,20 @@ class Precision:
         return f"{name} on {self.device_type}"
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_units() -> str | None:
+    """The CPU's native bf16 units from ``/proc/cpuinfo``: ``"amx"`` (AMX tiles),
+    ``"avx512_bf16"``, or None (none, or not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return None
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else None
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """Turn the ``precision`` config value into a :class:`Precision` for ``device``."""
     if name not in PRECISIONS:
@@ -66,6 +86,9 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     if name == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():
             raise ValueError("precision=bf16 but this GPU does not support bfloat16; use fp16 or auto.")
+        if device.type == "cpu" and cpu_bf16_units() is None:
+            warnings.warn("precision=bf16 on a CPU without AMX or AVX512-BF16 runs bf16 emulated, usually "
+                          "slower than fp32.", stacklevel=2)
         return Precision(device.type, torch.bfloat16)
     if not cuda:
         raise ValueError("precision=fp16 needs a CUDA device; use fp32 or bf16 on the CPU.")
