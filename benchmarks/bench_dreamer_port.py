@@ -46,6 +46,11 @@ faults per timed update of each (``port_faults``, ``worldmodels_faults``: on a v
 machine a fault can cost tens of microseconds, so they explain most differences between
 runs) and ``speedup_worldmodels_vs_port``, the median over rounds of the port's seconds
 divided by ours.
+
+**Precision:** the port runs fp32 on the CPU (its ``precision=16`` is CUDA autocast
+only). Ours runs fp32 in the ``glibc`` and ``retained`` rows, and bf16 autocast
+(``precision=bf16``, the authors' compute dtype) in ``retained-bf16``, a row that runs
+where the CPU has native bf16 units (AMX or AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ import torch
 
 from bench_dreamer_update import _update_fn, preset, replay_batch
 from conftest import environment_info
+from worldmodels.training.precision import cpu_bf16_units
 from worldmodels.utils.host_memory import release_freed_memory, retain_freed_memory
 
 PORT_DIR = os.environ.get("DREAMERV3_TORCH_DIR")
@@ -78,7 +84,10 @@ SHAPE = (16, 64)     # (batch, length): both references' training batch
 ACTIONS = 6
 ROUNDS = 5
 WARMUP = 3
-MALLOC = ("glibc", "retained")   # in this order: glibc's adaptive default cannot be restored once changed
+# (malloc, our precision), in this order: glibc's adaptive default cannot be restored once changed
+ROWS = [pytest.param("glibc", "fp32", id="glibc"), pytest.param("retained", "fp32", id="retained"),
+        pytest.param("retained", "bf16", id="retained-bf16", marks=pytest.mark.skipif(
+            cpu_bf16_units() is None, reason="needs a CPU with AMX or AVX512-BF16 (else bf16 is emulated)"))]
 _MALLOC_CHANGED: list[bool] = []
 
 
@@ -143,15 +152,15 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-@pytest.mark.parametrize("malloc", MALLOC)
-def test_update_cpu_vs_port(benchmark, malloc):
+@pytest.mark.parametrize("malloc, precision", ROWS)
+def test_update_cpu_vs_port(benchmark, malloc, precision):
     if malloc == "glibc" and _MALLOC_CHANGED:
         pytest.skip("glibc's default (adaptive mmap threshold) cannot be restored after mallopt: run this row first")
     if malloc == "retained":
         _MALLOC_CHANGED.append(retain_freed_memory())
     try:
         port_params, port_update, commit = port_update_fn(Path(PORT_DIR), SHAPE)
-        agent, ours = _update_fn("cpu", "auto", SHAPE, SIZE)
+        agent, ours = _update_fn("cpu", "auto", SHAPE, SIZE, autocast=precision)
         for _ in range(WARMUP):
             port_update(), ours()
         port_seconds: list[float] = []
@@ -175,7 +184,8 @@ def test_update_cpu_vs_port(benchmark, malloc):
             release_freed_memory()
     batch, length = SHAPE
     benchmark.extra_info.update(environment_info("cpu"))
-    benchmark.extra_info.update(dict(size=SIZE, batch=batch, length=length, malloc=malloc, port_commit=commit,
+    benchmark.extra_info.update(dict(size=SIZE, batch=batch, length=length, malloc=malloc, precision=precision,
+                                     port_precision="fp32", port_commit=commit,
                                      params_port=port_params,
                                      params_worldmodels=sum(p.numel() for p in agent.parameters())))
     stats = getattr(benchmark.stats, "stats", None)  # None under --benchmark-disable

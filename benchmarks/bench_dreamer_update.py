@@ -9,8 +9,10 @@ updates/s in ``extra_info``.
 
     pytest benchmarks/bench_dreamer_update.py --benchmark-only
 
-CPU rows use a small batch (B=4, T=16) and the paper's (B=16, T=64); CUDA rows use the
-paper's batch and bf16 autocast.
+CPU rows use a small batch (B=4, T=16) and the paper's (B=16, T=64) in fp32, and the
+2023 small size in bf16 autocast too where the CPU has native bf16 units (AMX or
+AVX512-BF16; ``precision=bf16``, the authors' compute dtype); CUDA rows use the paper's
+batch and bf16 autocast.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from omegaconf import OmegaConf
 from worldmodels.algos.dreamerv3.agent import DreamerAgent
 from worldmodels.algos.dreamerv3.config import DreamerConfig
 from worldmodels.envs.factory import ActionSpace
-from worldmodels.training.precision import Precision
+from worldmodels.training.precision import Precision, cpu_bf16_units
 from worldmodels.training.step import train_step
 
 from conftest import environment_info
@@ -66,11 +68,14 @@ def replay_batch(batch: int, length: int, device: str, seed: int = 0) -> dict[st
     return {k: v.to(device) for k, v in data.items()}
 
 
-def _update_fn(device: str, impl: str, shape: tuple[int, int], size: str = "dreamer2024_12m"):
+def _update_fn(device: str, impl: str, shape: tuple[int, int], size: str = "dreamer2024_12m",
+               autocast: str = "auto"):
+    """``(agent, update)``; ``autocast``: "auto" (bf16 on CUDA, fp32 on the CPU), "fp32" or "bf16"."""
     torch.manual_seed(0)
     agent = DreamerAgent(preset(size, rssm_impl=impl), OBS_SPACE, ACT_SPACE).to(device)
     optimizer = torch.optim.Adam(agent.param_groups())
-    precision = Precision(device, torch.bfloat16 if device == "cuda" else None)
+    bf16 = autocast == "bf16" or (autocast == "auto" and device == "cuda")
+    precision = Precision(device, torch.bfloat16 if bf16 else None)
     scaler = precision.grad_scaler()
     batch = replay_batch(*shape, device)
 
@@ -90,14 +95,16 @@ def _time(update, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _row(benchmark, device: str, impl: str, shape: tuple[int, int], repeats: int, size: str = "dreamer2024_12m"):
-    agent, update = _update_fn(device, impl, shape, size)
+def _row(benchmark, device: str, impl: str, shape: tuple[int, int], repeats: int, size: str = "dreamer2024_12m",
+         autocast: str = "auto"):
+    agent, update = _update_fn(device, impl, shape, size, autocast)
     batch, length = shape
     params = sum(p.numel() for p in agent.parameters())
     benchmark.extra_info.update(environment_info(device))
-    benchmark.extra_info.update(dict(size=size, params=params, batch=batch, length=length, rssm_impl=impl))
+    benchmark.extra_info.update(dict(size=size, params=params, batch=batch, length=length, rssm_impl=impl,
+                                     precision=autocast))
     if impl != "ref":
-        _SECONDS[device, shape, size] = _time(_update_fn(device, "ref", shape, size)[1], repeats)
+        _SECONDS[device, shape, size, autocast] = _time(_update_fn(device, "ref", shape, size, autocast)[1], repeats)
     update()
     benchmark.pedantic(update, rounds=repeats, iterations=1, warmup_rounds=0)
     stats = getattr(benchmark.stats, "stats", None)  # None under --benchmark-disable
@@ -106,8 +113,8 @@ def _row(benchmark, device: str, impl: str, shape: tuple[int, int], repeats: int
     benchmark.extra_info["updates_per_s"] = round(1.0 / stats.mean, 3)
     benchmark.extra_info["replayed_steps_per_s"] = round(batch * length / stats.mean, 1)
     if impl != "ref":
-        benchmark.extra_info["ref_s"] = round(_SECONDS[device, shape, size], 4)
-        benchmark.extra_info["speedup_vs_ref"] = round(_SECONDS[device, shape, size] / stats.mean, 2)
+        benchmark.extra_info["ref_s"] = round(_SECONDS[device, shape, size, autocast], 4)
+        benchmark.extra_info["speedup_vs_ref"] = round(_SECONDS[device, shape, size, autocast] / stats.mean, 2)
 
 
 @pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: f"B{s[0]}xT{s[1]}")
@@ -121,6 +128,13 @@ def test_update_cpu_small2023(benchmark, impl):
     """The 2023 paper's ``small`` size (19.1M parameters, the size of NM512/dreamerv3-torch's defaults) at the
     paper's batch: the row ``bench_dreamer_port.py`` sets beside the port."""
     _row(benchmark, "cpu", impl, (16, 64), repeats=3, size="dreamer2023_small")
+
+
+@pytest.mark.skipif(cpu_bf16_units() is None, reason="needs a CPU with AMX or AVX512-BF16 (else bf16 is emulated)")
+@pytest.mark.parametrize("impl", ["auto", "ref"])
+def test_update_cpu_small2023_bf16(benchmark, impl):
+    """The row above in bf16 autocast (``precision=bf16``)."""
+    _row(benchmark, "cpu", impl, (16, 64), repeats=3, size="dreamer2023_small", autocast="bf16")
 
 
 @needs_cuda

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldmodels.training.precision import cpu_bf16_units
 
 @functools.lru_cache(maxsize=None)
 def cpu_name() -> str:
@@ -43,6 +44,7 @@ def environment_info(device: str | torch.device = "cpu") -> dict:
     return {
         "device": device_name(device),
         "cpu_count": os.cpu_count(),
+        "cpu_bf16": cpu_bf16_units(),
         "torch_threads": torch.get_num_threads(),
         "numpy": np.__version__,
         "torch": torch.__version__,
