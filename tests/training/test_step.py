@@ -126,17 +126,22 @@ def test_cpu_bf16_units_reads_the_cpu_flags(monkeypatch, tmp_path, flags, units)
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
                                                                           *a, **k))
     precision_module.cpu_bf16_units.cache_clear()
+    precision_module._warn_emulated_bf16.cache_clear()
     try:
         assert precision_module.cpu_bf16_units() == units
         if units is None:
             with pytest.warns(UserWarning, match="without AMX or AVX512-BF16 runs bf16 emulated"):
                 resolve_precision("bf16", torch.device("cpu"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                resolve_precision("bf16", torch.device("cpu"))   # once a process
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 assert resolve_precision("bf16", torch.device("cpu")).autocast_dtype == torch.bfloat16
     finally:
         precision_module.cpu_bf16_units.cache_clear()
+        precision_module._warn_emulated_bf16.cache_clear()
 
 
 def test_device_choices():

@@ -71,6 +71,13 @@ def cpu_bf16_units() -> str | None:
     return "avx512_bf16" if "avx512_bf16" in flags else None
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_emulated_bf16() -> None:
+    """Once a process: the config check and the run both resolve the precision."""
+    warnings.warn("precision=bf16 on a CPU without AMX or AVX512-BF16 runs bf16 emulated, usually slower than "
+                  "fp32.", stacklevel=3)
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """Turn the ``precision`` config value into a :class:`Precision` for ``device``."""
     if name not in PRECISIONS:
@@ -87,8 +94,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         if cuda and not torch.cuda.is_bf16_supported():
             raise ValueError("precision=bf16 but this GPU does not support bfloat16; use fp16 or auto.")
         if device.type == "cpu" and cpu_bf16_units() is None:
-            warnings.warn("precision=bf16 on a CPU without AMX or AVX512-BF16 runs bf16 emulated, usually "
-                          "slower than fp32.", stacklevel=2)
+            _warn_emulated_bf16()
         return Precision(device.type, torch.bfloat16)
     if not cuda:
         raise ValueError("precision=fp16 needs a CUDA device; use fp32 or bf16 on the CPU.")
