@@ -568,3 +568,20 @@ def test_bf16_autocast_on_the_cpu_gives_the_fp32_losses_to_bf16_precision():
     cosines = [F.cosine_similarity(a.flatten(), b.flatten(), dim=0) for a, b in zip(grads16, grads32)
                if a is not None and a.norm() > 0]
     assert len(cosines) > 40 and min(cosines) > 0.99
+
+
+def test_bf16_heads_share_one_cast_of_the_imagined_features_with_the_same_losses(monkeypatch):
+    batch, results = make_batch(batch=4, steps=6), []
+    for once in (True, False):
+        if not once:
+            monkeypatch.setattr(sys.modules["worldmodels.algos.dreamerv3.behavior"], "_cast_once", lambda feat: feat)
+        agent = make_agent()
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, metrics = agent.compute_loss(batch)
+        loss.backward()
+        results.append((metrics, grads(agent)))
+    (metrics, got), (want_metrics, want) = results
+    torch.testing.assert_close(metrics, want_metrics, rtol=0, atol=0)
+    for g, w in zip(got, want):
+        assert (g is None and w is None) or torch.equal(g, w)

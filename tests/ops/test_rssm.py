@@ -357,3 +357,28 @@ def test_imaginer_gathers_from_one_hot_starts_with_the_same_states(monkeypatch):
     torch.testing.assert_close(out.deter, dense.deter, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.action, dense.action, rtol=1e-5, atol=1e-6)
     assert torch.equal(out.stoch, dense.stoch)
+
+
+def test_imaginer_under_autocast_casts_the_prior_matrices_once_with_the_same_states(monkeypatch):
+    batch, s, k, groups, hg, inputs, embed, action, horizon = 6, 4, 8, 2, 16, 32, 16, 3, 4
+    p = make_params(s, k, groups, hg, inputs, embed, action)
+    cast = p.with_matrices_in(torch.bfloat16)
+    for name, value in cast.tensors().items():
+        want = torch.bfloat16 if name in R.PRIOR_MATRICES else torch.float32
+        assert value.dtype == want, name
+        torch.testing.assert_close(value.float(), getattr(p, name), rtol=2**-8, atol=0)
+    h = torch.randn(batch, groups * hg)
+    z = F.one_hot(torch.randint(k, (batch, s)), k).float()
+    imaginer = R.RSSMImaginer(lambda: p)
+    policy = lambda deter, stoch: torch.tanh(deter[:, :action].float())  # noqa: E731
+    outs = []
+    for once in (True, False):
+        if not once:
+            monkeypatch.setattr(R.RSSMParams, "with_matrices_in", lambda self, dtype: self)
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(imaginer(h, z, policy, horizon=horizon))
+    once, each = outs
+    assert once.prior_logits.dtype == torch.bfloat16 and once.index is None   # no gathers under autocast
+    for got, want in zip(once[:4], each[:4]):
+        assert torch.equal(got, want)

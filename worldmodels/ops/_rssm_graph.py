@@ -97,6 +97,8 @@ class RSSMImaginer:
         from .rssm import rssm_imagine_step
 
         params = self.params_fn()
+        if torch.is_autocast_enabled(deter.device.type):
+            params = params.with_matrices_in(torch.get_autocast_dtype(deter.device.type))
         noise = torch.rand((horizon, *stoch.shape), device=stoch.device)
         index = onehot_index(stoch) if self.impl != "ref" and gathers(stoch) else None
         with_index = index is not None and getattr(policy, "takes_index", False)

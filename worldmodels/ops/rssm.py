@@ -53,6 +53,9 @@ Tensor = torch.Tensor
 RSSM_IMPLS = ("auto", "triton", "cpp", "scan", "ref")
 
 
+PRIOR_MATRICES = ("in_weight", "gru_weight", "prior_weight", "prior_out_weight")
+
+
 class RSSMParams(NamedTuple):
     """The RSSM's parameters (shapes with I input width, G GRU blocks, H = G * Hg,
     U head width, E embedding width, A action width, S x K latents)."""
@@ -87,6 +90,14 @@ class RSSMParams(NamedTuple):
     def tensors(self) -> dict[str, Tensor]:
         """The tensor fields by name (without ``stoch``, ``classes``, ``eps``)."""
         return {k: v for k, v in self._asdict().items() if isinstance(v, Tensor)}
+
+    def with_matrices_in(self, dtype: torch.dtype) -> RSSMParams:
+        """These parameters with the prior step's matrices (``in_weight``, ``gru_weight``,
+        ``prior_weight``, ``prior_out_weight``) in ``dtype``; norms, biases and the initial
+        state stay. Under autocast a rollout casts them once: the step reads slices and
+        reshapes of them, which autocast's weight cache does not keep, so it would cast
+        them again every step (the same values either way)."""
+        return self._replace(**{k: getattr(self, k).to(dtype) for k in PRIOR_MATRICES})
 
 
 class RSSMObservation(NamedTuple):

@@ -84,6 +84,14 @@ class HeadInputs(NamedTuple):
         return net.forward_parts(self.feat[:, steps], parts)
 
 
+def _cast_once(feat: Tensor) -> Tensor:
+    """``feat`` in the autocast dtype when autocast is on for its device: the four heads
+    that read the imagined features (critic, slow critic, reward, continue) then share
+    one cast instead of autocast casting it again for each (the same values)."""
+    device = feat.device.type
+    return feat.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else feat
+
+
 def _frozen(module: nn.Module, x: Tensor) -> Tensor:
     """``module(x)`` with its parameters detached: gradients reach ``x`` only."""
     return functional_call(module, {n: p.detach() for n, p in module.named_parameters()}, (x,))
@@ -181,7 +189,7 @@ class ActorCritic(nn.Module):
         """Imagine from ``N`` starts and compute the detached targets (module docstring).
         ``start_cont [N]`` is ``1 - is_terminal`` of the starts (None: all 1)."""
         imag = self.imagine(world_model, start_deter, start_stoch)
-        states = HeadInputs(world_model.features(imag.deter, imag.stoch), imag.deter, imag.index)
+        states = HeadInputs(_cast_once(world_model.features(imag.deter, imag.stoch)), imag.deter, imag.index)
         value = TwoHotSymlog(states.apply(self.critic))
         return self._targets(world_model, states, imag.action, start_cont, world_model.reward_head, value)
 
@@ -201,7 +209,7 @@ class ActorCritic(nn.Module):
             outputs: list[Tensor] = []
             imag = imaginer(start_deter, start_stoch, self._recording_policy(outputs), horizon=self.config.horizon)
             actor_out = torch.stack(outputs, 1)
-        states = HeadInputs(world_model.features(imag.deter, imag.stoch), imag.deter, imag.index)
+        states = HeadInputs(_cast_once(world_model.features(imag.deter, imag.stoch)), imag.deter, imag.index)
         critic_logits = states.apply(self.critic)
         with torch.no_grad():
             value = TwoHotSymlog(critic_logits.detach())
