@@ -227,3 +227,23 @@ def test_block_and_impl_errors():
         block_gru_scan(x, h, w, impl="fast")
     with pytest.raises(ValueError, match="eps"):
         gru_cell(x[:, 0], torch.zeros(2, 5), torch.zeros(15, 4), torch.zeros(15, 5), eps=0.0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("block", [False, True])
+def test_cpp_scans_run_in_fp32_under_cpu_autocast(block):
+    # precision=bf16 on the CPU: the C++ scans take fp32 inputs and run with autocast off
+    # (their Python-side input products included), so they give the fp32 values and gradients
+    args = block_args(3, 5, 6, 2, 4, True, True) if block else classic_args(3, 5, 6, 8, True, True)
+    scan = block_gru_scan if block else gru_scan
+    fp32 = outputs_and_grads(lambda *a: scan(*a, impl="cpp"), args)
+
+    def under_autocast(*a):   # the forward under autocast, the backward after it (as training runs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return scan(*a, impl="cpp")
+
+    under = outputs_and_grads(under_autocast, args)
+    assert under[0].dtype == torch.float32
+    torch.testing.assert_close(under[0], fp32[0], rtol=0, atol=0)
+    for got, want in zip(under[1], fp32[1]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

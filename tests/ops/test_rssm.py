@@ -382,3 +382,32 @@ def test_imaginer_under_autocast_casts_the_prior_matrices_once_with_the_same_sta
     assert once.prior_logits.dtype == torch.bfloat16 and once.index is None   # no gathers under autocast
     for got, want in zip(once[:4], each[:4]):
         assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not _ext.has_extension(), reason="worldmodels._C not built")
+@pytest.mark.parametrize("impl", ["auto", "scan", "cpp"])
+def test_every_cpu_path_runs_under_bf16_autocast_near_the_reference(impl):
+    # precision=bf16 on the CPU with any model.rssm_impl: the C++ cells run in fp32, the
+    # PyTorch products in bf16. Later steps follow samples that bf16's rounding may flip,
+    # so the first step (no sample yet) is compared with the reference's
+    batch, steps, s, k, groups, hg, inputs, embed, action = 4, 6, 4, 8, 2, 16, 32, 16, 3
+    p = make_params(s, k, groups, hg, inputs, embed, action)
+    emb, act, first, noise = make_inputs(batch, steps, s, k, embed, action, torch.float32)
+    h = torch.randn(batch, groups * hg)
+    z = F.one_hot(torch.randint(k, (batch, s)), k).float()
+    policy = lambda deter, stoch: torch.tanh(deter[:, :action].float())  # noqa: E731
+    outs = {}
+    for path in (impl, "ref"):
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[path] = (R.rssm_observe(emb, act, first, p, noise=noise, impl=path),
+                          R.RSSMImaginer(lambda: p, impl=path)(h, z, policy, horizon=3))
+    (post, imag), (post_ref, imag_ref) = outs[impl], outs["ref"]
+    for got in (post.deter, post.post_logits, imag.deter, imag.prior_logits):
+        assert bool(torch.isfinite(got).all())
+    for stoch in (post.stoch, imag.stoch[:, 1:]):
+        assert bool(((stoch == 0) | (stoch == 1)).all()) and bool((stoch.sum(-1) == 1).all())
+    torch.testing.assert_close(post.deter[:, 0].float(), post_ref.deter[:, 0].float(), rtol=0.02, atol=0.02)
+    torch.testing.assert_close(post.post_logits[:, 0].float(), post_ref.post_logits[:, 0].float(), rtol=0.05,
+                               atol=0.05)
+    torch.testing.assert_close(imag.deter[:, 1].float(), imag_ref.deter[:, 1].float(), rtol=0.02, atol=0.02)

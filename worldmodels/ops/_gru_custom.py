@@ -140,3 +140,8 @@ def _block_backward(ctx, grad, *_):
 
 
 block_gru_scan_op.register_autograd(_block_backward, setup_context=_block_setup)
+
+# The C++ paths compute in fp32/fp64: under CPU autocast (precision=bf16) both scans take
+# fp32 inputs and run with autocast off, as autocast's own fp32 ops do.
+for _op in ("worldmodels::gru_scan", "worldmodels::block_gru_scan"):
+    torch.library.register_autocast(_op, "cpu", torch.float32)

@@ -97,8 +97,8 @@ class RSSMImaginer:
         from .rssm import rssm_imagine_step
 
         params = self.params_fn()
-        if torch.is_autocast_enabled(deter.device.type):
-            params = params.with_matrices_in(torch.get_autocast_dtype(deter.device.type))
+        if self._casts_matrices_once(deter):
+            params = params.with_matrices_in(torch.get_autocast_dtype("cpu"))
         noise = torch.rand((horizon, *stoch.shape), device=stoch.device)
         index = onehot_index(stoch) if self.impl != "ref" and gathers(stoch) else None
         with_index = index is not None and getattr(policy, "takes_index", False)
@@ -116,6 +116,14 @@ class RSSMImaginer:
             indices.append(index)
         return Imagination(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(acts, 1),
                            torch.stack(priors, 1), None if index is None else torch.stack(indices, 1))
+
+    def _casts_matrices_once(self, deter: Tensor) -> bool:
+        """Under CPU autocast, where the step's products are PyTorch's (paths "scan" and
+        "ref"; the C++ and Triton cells take fp32 weights)."""
+        from .rssm import resolve_rssm_impl
+
+        return (deter.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and resolve_rssm_impl(self.impl, deter.device) in ("scan", "ref"))
 
     def _replay(self, deter, stoch, policy, actions, horizon) -> Imagination:
         key = (tuple(deter.shape), tuple(stoch.shape), deter.dtype, deter.device, horizon,

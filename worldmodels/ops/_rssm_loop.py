@@ -107,7 +107,7 @@ def observe_loop(embed, action, first, params, unimix: float, state, noise: Tens
         if resets[t]:
             deter = torch.where(first[:, t, None], p.initial_deter.to(deter.dtype), deter)
             stoch = stoch * keep[:, t, :, None]
-        x = _input_proj(stoch.flatten(1), action_proj[:, t], p)
+        x = _input_proj(stoch.flatten(1), action_proj[:, t], p).to(deter.dtype)  # bf16 under autocast
         deter = cell(x, deter, p.gru_weight, p.gru_bias, p.gru_norm_weight, p.gru_norm_bias, p.eps)
         post = post_head(deter, embed_proj[:, t], p)
         stoch = sample(post, unimix, noise[:, t])
@@ -131,6 +131,7 @@ def imagine_step_fast(deter, stoch, action, params, unimix: float, noise: Tensor
         u = onehot_linear(action, stoch_index, p.in_weight[:, sk:], p.in_weight[:, :sk], p.in_bias)
         x = norm_silu(u, p.in_norm_weight, p.in_norm_bias, p.eps)
     gru_impl, sample_impl = part_impls(impl)
+    x = x.to(deter.dtype)  # bf16 under autocast; the fast cells take one dtype
     deter = gru_cell(gru_impl)(x, deter, p.gru_weight, p.gru_bias, p.gru_norm_weight, p.gru_norm_bias, p.eps)
     prior = prior_head(deter, p)
     return ImagineStep(deter, sampler(sample_impl, deter.device)(prior, unimix, noise), prior)
