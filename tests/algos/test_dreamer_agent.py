@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -585,3 +586,18 @@ def test_bf16_heads_share_one_cast_of_the_imagined_features_with_the_same_losses
     torch.testing.assert_close(metrics, want_metrics, rtol=0, atol=0)
     for g, w in zip(got, want):
         assert (g is None and w is None) or torch.equal(g, w)
+
+
+def test_read_only_observations_are_copied_without_a_warning():
+    from worldmodels.algos.dreamerv3.agent import _as_tensor
+
+    frame = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    frame.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = _as_tensor(frame, torch.device("cpu"))
+    assert tensor.dtype == torch.uint8 and torch.equal(tensor, torch.from_numpy(frame.copy()))
+    writable = np.zeros(3, dtype=np.float32)
+    shared = _as_tensor(writable, torch.device("cpu"))
+    writable[0] = 1.0
+    assert shared[0] == 1.0   # a writable array is shared, not copied

@@ -28,9 +28,12 @@ BATCH_KEYS = ("action", "reward", "is_first", "is_terminal")
 
 
 def _as_tensor(value: Any, device: torch.device) -> Tensor:
-    """A numpy array, tensor or sequence as a tensor on ``device`` (dtype kept)."""
-    tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
-    return tensor.to(device, non_blocking=True)
+    """A numpy array, tensor or sequence as a tensor on ``device`` (dtype kept); a
+    read-only array (an env's observation buffer, say) is copied, not shared."""
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    array = np.asarray(value)
+    return torch.as_tensor(array if array.flags.writeable else array.copy()).to(device, non_blocking=True)
 
 
 class PolicyState(NamedTuple):
