@@ -34,6 +34,15 @@ class OneHotInputs(NamedTuple):
     z: Tensor | None = None
 
 
+def linear_by_parts(linear: nn.Linear, parts: OneHotInputs) -> Tensor:
+    """``linear([x, flat(z)])`` from ``parts``: the weight's columns past ``x``'s are
+    gathered where ``index`` selects them
+    (:func:`~worldmodels.ops.onehot_linear.onehot_linear`), not multiplied by ``z``."""
+    dims = parts.x.shape[-1]
+    return onehot_linear(parts.x, parts.index, linear.weight[:, :dims], linear.weight[:, dims:], linear.bias,
+                         z=parts.z)
+
+
 def activation(name: str) -> nn.Module:
     """The activation module called ``name`` (one of :data:`ACTIVATIONS`)."""
     if name not in ACTIVATIONS:
@@ -117,8 +126,7 @@ class MLP(nn.Module):
         ``in_dim - D`` features are ``S`` exact one-hot groups of ``K`` classes, ``x [..., D]``;
         ``z [..., S, K]``: those latents, when they need a gradient (straight-through samples)."""
         first = self.hidden[0] if len(self.hidden) else self.out
-        dims = x.shape[-1]
-        y = onehot_linear(x, index, first.weight[:, :dims], first.weight[:, dims:], first.bias, z=z)
+        y = linear_by_parts(first, OneHotInputs(x, index, z))
         for layer in self.hidden[1:]:
             y = layer(y)
         return self.out(y) if len(self.hidden) and self.out is not None else y
@@ -128,4 +136,4 @@ class MLP(nn.Module):
         return self(x) if parts is None else self.forward_onehot(*parts)
 
 
-__all__ = ["ACTIVATIONS", "MLP", "OneHotInputs", "activation", "init_fan_avg_"]
+__all__ = ["ACTIVATIONS", "MLP", "OneHotInputs", "activation", "init_fan_avg_", "linear_by_parts"]

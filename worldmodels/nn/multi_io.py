@@ -25,9 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops.onehot_linear import onehot_linear
 from .distributions import MSE, SymlogMSE, symlog
-from .mlp import MLP, NORM_EPS, OneHotInputs, init_fan_avg_
+from .mlp import MLP, NORM_EPS, OneHotInputs, init_fan_avg_, linear_by_parts
 
 Tensor = torch.Tensor
 BOOKKEEPING = frozenset({"reward", "is_first", "is_last", "is_terminal", "discount", "action"})
@@ -334,8 +333,7 @@ class MultiDecoder(nn.Module):
         if parts is None:
             x = self.image_head(feat.reshape(-1, self.feat_dim))
         else:
-            weight, dims = self.image_head.weight, parts.x.shape[-1]
-            x = onehot_linear(parts.x, parts.index, weight[:, :dims], weight[:, dims:], self.image_head.bias, z=parts.z)
+            x = linear_by_parts(self.image_head, parts)
         return x.reshape(-1, *self.grid).contiguous(memory_format=torch.channels_last)
 
     def forward(self, feat: Tensor, parts: OneHotInputs | None = None) -> dict[str, MSE | SymlogMSE]:
