@@ -29,6 +29,9 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+# The same constants inside @triton.jit code, which reads only constexpr globals.
+LOG2E_C = tl.constexpr(LOG2E)
+LN2_C = tl.constexpr(LN2)
 HEAD_DIMS = (16, 32, 64, 128)
 
 
@@ -121,7 +124,7 @@ def _fwd_kernel(
     o_ptrs = O + b * so_b + h * so_h + rows[:, None] * so_t + cols[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(rows < Tq)[:, None])
     if STORE_LSE:
-        lse = (m_i + tl.log2(l_i)) * LN2
+        lse = (m_i + tl.log2(l_i)) * LN2_C
         tl.store(LSE + bh.to(tl.int64) * Tq + rows, lse, mask=rows < Tq)
 
 
@@ -166,7 +169,7 @@ def _dkdv_kernel(
         delta = tl.load(DELTA + stats + rows, mask=rows < T, other=0.0)
         s_t = _dot(k, q_t, WIDEN) * qk_scale
         seen = (keys[:, None] // block <= rows[None, :] // block) & (rows < T)[None, :]
-        p_t = tl.exp2(tl.where(seen, s_t - lse[None, :] * LOG2E, float("-inf")))
+        p_t = tl.exp2(tl.where(seen, s_t - lse[None, :] * LOG2E_C, float("-inf")))
         dv += _dot(p_t.to(do.dtype), do, WIDEN)
         dp_t = _dot(v, tl.trans(do), WIDEN)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -191,7 +194,7 @@ def _dq_kernel(
     q = _load_rows(Q + b * sq_b + h * sq_h, rows, T, sq_t, cols)
     do = _load_rows(DO + b * sd_b + h * sd_h, rows, T, sd_t, cols)
     stats = bh.to(tl.int64) * T
-    lse2 = tl.load(LSE + stats + rows, mask=rows < T, other=0.0) * LOG2E
+    lse2 = tl.load(LSE + stats + rows, mask=rows < T, other=0.0) * LOG2E_C
     delta = tl.load(DELTA + stats + rows, mask=rows < T, other=0.0)
     k_base, v_base = K + b * sk_b + h * sk_h, V + b * sv_b + h * sv_h
     kv_end = _frontier(tl.minimum((pid_m + 1) * BLOCK_M, T) - 1, T, block)
